@@ -1,0 +1,97 @@
+"""Input detection and per-message conversion behind :class:`engine.convert.Converter`."""
+
+from __future__ import annotations
+
+from pipelines.common.ids import hashed_key
+from pipelines.common.model import Report
+from pipelines.context import MappingContext
+from pipelines.errors import MappingError
+from pipelines.hl7v2 import map_message, split_stream
+from pipelines.output import serialize, shape
+
+from engine.convert import Conversion, Output, Rejection
+
+__all__ = ["convert_bytes", "is_dicom", "partition_key"]
+
+
+def is_dicom(data: bytes) -> bool:
+    """DICOM Part 10 (128-byte preamble + "DICM"), or a raw dataset starting with a group 0002/0008 tag."""
+    if len(data) >= 132 and data[128:132] == b"DICM":
+        return True
+    return len(data) >= 8 and data[:2] in (b"\x02\x00", b"\x08\x00") and data[2:4] < b"\x20\x00" and not data.startswith(
+        (b"MSH", b"\x0b")
+    )
+
+
+def convert_bytes(data: bytes, ctx: MappingContext, model: str) -> Conversion:
+    result = Conversion()
+    if not data.strip():
+        result.messages = 1
+        result.rejections.append(Rejection(1, "empty input", data, "ParseError"))
+        return result
+    if is_dicom(data):
+        result.messages = 1
+        _convert_dicom(data, ctx, model, result)
+        return result
+    chunks = split_stream(data)
+    if not chunks:
+        result.messages = 1
+        result.rejections.append(Rejection(1, "no HL7 v2 message (no MSH segment) and not DICOM", data, "ParseError"))
+        return result
+    for n, chunk in enumerate(chunks, start=1):
+        result.messages += 1
+        if chunk.junk:
+            reason = "not an HL7 v2 message (no MSH segment) and not DICOM"
+            if b"\x00" in chunk.data[:4096]:
+                reason = "binary data, neither an HL7 v2 message nor DICOM"
+            elif not chunk.data.strip(b" \t\r\n<>R"):
+                reason = "empty message"
+            result.rejections.append(Rejection(n, reason, chunk.raw, "ParseError"))
+            continue
+        try:
+            reports = map_message(chunk.data, ctx)
+            outputs = [_output(r, model) for r in reports]
+        except MappingError as exc:
+            result.rejections.append(Rejection(n, str(exc), chunk.raw, type(exc).__name__))
+            continue
+        result.outputs.extend(outputs)
+    return result
+
+
+def _convert_dicom(data: bytes, ctx: MappingContext, model: str, result: Conversion) -> None:
+    try:
+        from pipelines.dicom_sr import map_dicom
+    except ImportError:
+        result.rejections.append(Rejection(1, "DICOM input: the DICOM SR pipeline is not installed", data, "ParseError"))
+        return
+    try:
+        reports = map_dicom(data, ctx)
+        result.outputs.extend(_output(r, model) for r in reports)
+    except MappingError as exc:
+        result.rejections.append(Rejection(1, str(exc), data, type(exc).__name__))
+
+
+def partition_key(report: Report) -> str | None:
+    """Issuer-qualified accession, else Study Instance UID, else patient identifier; hashed (no PHI)."""
+    for order in report.orders:
+        if order.accession is not None:
+            return hashed_key(order.accession.system, order.accession.value)
+    if report.studies:
+        return hashed_key("urn:dicom:uid", report.studies[0].uid)
+    if report.patient.identifiers:
+        ident = report.patient.identifiers[0]
+        return hashed_key(ident.system, ident.value)
+    return None
+
+
+def _output(report: Report, model: str) -> Output:
+    bundle, kind = shape(report, model)
+    dr = bundle["entry"][1 if kind == "document" else 0]["resource"]
+    return Output(
+        bundle_id=bundle["id"],
+        body=serialize(bundle),
+        report_id=dr["id"],
+        partition_key=partition_key(report),
+        kind=kind,
+        ids=dict(report.ids),
+    )

@@ -1,0 +1,33 @@
+"""``engine validate --config FILE``: check a deployment config without starting anything.
+
+Prints a PHI-free JSON summary and exits 0, or prints one line naming the problem and exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from engine.errors import ConfigError
+
+__all__ = ["register"]
+
+
+def register(subparsers: Any) -> None:
+    parser: argparse.ArgumentParser = subparsers.add_parser("validate", help="check a config file without starting")
+    parser.add_argument("--config", required=True, help="deployment YAML")
+    parser.set_defaults(func=validate)
+
+
+def validate(args: argparse.Namespace) -> int:
+    from engine.settings import load_settings
+
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(f"engine validate: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({"config": str(args.config), "valid": True, **settings.summary()}, sort_keys=True))
+    return 0

@@ -1,0 +1,58 @@
+"""Raw bytes in, serialized FHIR outputs out: the one call shared by ``engine map`` and the service.
+
+``Converter.convert(data)`` detects the input kind by content (HL7 v2 stream, DICOM Part 10 or raw
+dataset), splits HL7 streams into messages, maps each message with the pure pipelines and shapes the
+result for the deployment model. Each message either yields outputs or a :class:`Rejection` (with its
+own original bytes and a one-line reason); one bad message never costs its neighbours.
+
+``Output.body`` is the exact byte string written by every sink, so a folder sink and ``engine map``
+produce byte-identical files for the same input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pipelines.context import MappingContext
+
+__all__ = ["Conversion", "Converter", "Output", "Rejection"]
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    bundle_id: str  # deterministic; file name "<bundle_id>.json"
+    body: bytes  # serialized JSON (UTF-8), byte-identical for the same input
+    report_id: str  # deterministic id of the report (stable across versions of one report)
+    partition_key: str | None  # sha256 hex of issuer|accession (fallback Study UID, then patient); no PHI
+    kind: str  # "document" | "minimal" | ...: which Bundle profile
+    ids: dict[str, str] = field(default_factory=dict)  # PHI-free ids for logs: control_id, sop_uid, ...
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    index: int  # 1-based message number inside the input unit
+    reason: str  # one PHI-free line
+    raw: bytes  # the original bytes of that message
+    error_class: str = "MappingError"
+
+
+@dataclass(slots=True)
+class Conversion:
+    messages: int = 0
+    outputs: list[Output] = field(default_factory=list)
+    rejections: list[Rejection] = field(default_factory=list)
+
+
+class Converter:
+    """Stateless apart from its immutable context; safe to share between threads."""
+
+    def __init__(self, context: MappingContext | None = None, model: str = "document") -> None:
+        if model != "document":
+            raise ValueError(f"unknown output model {model!r} (available: document)")
+        self.context = context or MappingContext()
+        self.model = model
+
+    def convert(self, data: bytes) -> Conversion:
+        from engine._dispatch import convert_bytes
+
+        return convert_bytes(data, self.context, self.model)

@@ -1,0 +1,69 @@
+"""Dead letters in a folder: the failed message's original bytes plus a JSON sidecar (no PHI).
+
+File names are the SHA-256 of the dead-lettered bytes (``<sha256>.hl7`` / ``.dcm`` / ``.bin`` and
+``<sha256>.json``), so a message dead-lettered again after a crash or a replay overwrites its own entry
+instead of duplicating it. The sidecar holds the reason (one PHI-free line from the mapper), error
+class, source, envelope id, content type, PHI-free headers and times. Both files are written
+atomically and the directory is fsynced before ``put`` returns.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+from engine.sinks.folder import atomic_write, fsync_dir, remove_stale_tmp
+from engine.sources.base import CONTENT_DICOM, CONTENT_HL7V2, Envelope
+
+__all__ = ["FolderDeadLetters"]
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _extension(payload: bytes, content_type: str) -> str:
+    if payload[128:132] == b"DICM" or content_type == CONTENT_DICOM:
+        return ".dcm"
+    if payload.lstrip()[:3] in (b"MSH", b"FHS", b"BHS") or content_type == CONTENT_HL7V2:
+        return ".hl7"
+    return ".bin"
+
+
+class FolderDeadLetters:
+    name = "dlq-folder"
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        remove_stale_tmp(self.path)
+
+    def put(self, envelope: Envelope, payload: bytes, reason: str, error_class: str) -> None:
+        digest = hashlib.sha256(payload).hexdigest()
+        data_name = digest + _extension(payload, envelope.content_type)
+        sidecar = {
+            "reason": reason,
+            "error_class": error_class,
+            "source": envelope.source,
+            "envelope_id": envelope.id,
+            "content_type": envelope.content_type,
+            "payload_file": data_name,
+            "payload_sha256": digest,
+            "payload_bytes": len(payload),
+            "received_at": _iso(envelope.received_at),
+            "failed_at": _iso(datetime.now(UTC).timestamp()),
+            "headers": dict(envelope.headers),
+        }
+        atomic_write(self.path, data_name, payload, sync_dir=False)
+        body = json.dumps(sidecar, indent=2, sort_keys=True).encode() + b"\n"
+        atomic_write(self.path, f"{digest}.json", body, sync_dir=False)
+        fsync_dir(self.path)
+
+    def healthy(self) -> bool:
+        return self.path.is_dir() and os.access(self.path, os.W_OK)
+
+    def close(self) -> None:
+        return None

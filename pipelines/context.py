@@ -1,0 +1,97 @@
+"""Explicit mapping context: everything a pure mapping needs that is not in the message itself.
+
+Per-sender profiles answer the site questions the standards leave open: which field carries the
+accession number and which issuer namespace it belongs to, the patient-identifier namespace, the
+time-zone offset for date/times sent without one, and the organisation name of the sender.
+A profile applies to messages whose MSH-3 (sending application) and/or MSH-4 (sending facility)
+match; DICOM SRs match on Institution Name or on the ``dicom`` selector.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["DEFAULT_SYSTEM_BASE", "MappingContext", "SenderProfile"]
+
+#: Namespace root used to build identifier systems when a sender has no configured issuer.
+#: Deployments should configure real issuer URIs/OIDs per sender; this keeps identifiers valid and
+#: deterministic without inventing an authority.
+DEFAULT_SYSTEM_BASE = "urn:imaging-engine:sid"
+
+ACCESSION_FIELDS = ("OBR-18", "OBR-19", "OBR-20", "OBR-3", "OBR-2", "ORC-3", "ORC-2", "IPC-1")
+
+
+@dataclass(frozen=True, slots=True)
+class SenderProfile:
+    """Site rules for one sender (see module docstring)."""
+
+    name: str = "default"
+    sending_application: str | None = None  # MSH-3.1 to match (None = any)
+    sending_facility: str | None = None  # MSH-4.1 to match (None = any)
+    accession_field: str = "OBR-18"  # where the accession number is (ACCESSION_FIELDS)
+    accession_system: str | None = None  # issuer namespace URI of the accession (None = derived)
+    patient_id_system: str | None = None  # namespace for PID-3 without a usable assigning authority
+    organization_name: str | None = None  # performing organisation name (None = MSH-4 / Institution)
+    timezone: str | None = None  # "+01:00": offset for date/times that carry none (None = context default)
+
+    def matches(self, application: str, facility: str) -> bool:
+        if self.sending_application is not None and self.sending_application != application:
+            return False
+        return not (self.sending_facility is not None and self.sending_facility != facility)
+
+
+@dataclass(frozen=True, slots=True)
+class MappingContext:
+    """Passed explicitly to every mapping call; immutable and free of I/O."""
+
+    senders: tuple[SenderProfile, ...] = ()
+    default: SenderProfile = field(default_factory=SenderProfile)
+    system_base: str = DEFAULT_SYSTEM_BASE
+    default_timezone: str = "+00:00"  # used for `instant` fields when the source has no offset
+    max_message_bytes: int = 16 * 1024 * 1024
+
+    def sender(self, application: str, facility: str) -> SenderProfile:
+        for profile in self.senders:
+            if profile.matches(application, facility):
+                return profile
+        return self.default
+
+    def timezone_for(self, profile: SenderProfile) -> str:
+        return profile.timezone or self.default_timezone
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any] | None) -> MappingContext:
+        """Build from the ``mapping:`` section of a config YAML (validated, unknown keys rejected)."""
+        data = dict(data or {})
+        allowed = {"senders", "default", "system_base", "default_timezone", "max_message_bytes"}
+        unknown = set(data) - allowed
+        if unknown:
+            raise ValueError(f"unknown mapping settings: {', '.join(sorted(unknown))}")
+        senders = tuple(_profile(s, f"senders[{i}]") for i, s in enumerate(data.get("senders") or []))
+        default = _profile(data.get("default") or {}, "default")
+        return cls(
+            senders=senders,
+            default=default,
+            system_base=str(data.get("system_base", DEFAULT_SYSTEM_BASE)),
+            default_timezone=str(data.get("default_timezone", "+00:00")),
+            max_message_bytes=int(data.get("max_message_bytes", 16 * 1024 * 1024)),
+        )
+
+
+def _profile(data: Mapping[str, Any], where: str) -> SenderProfile:
+    fields = set(SenderProfile.__dataclass_fields__)
+    unknown = set(data) - fields
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {', '.join(sorted(unknown))}")
+    profile = SenderProfile(**{k: (None if v is None else str(v)) for k, v in data.items()})
+    if profile.accession_field not in ACCESSION_FIELDS:
+        raise ValueError(f"{where}: accession_field must be one of {', '.join(ACCESSION_FIELDS)}")
+    if profile.timezone is not None and not _valid_offset(profile.timezone):
+        raise ValueError(f"{where}: timezone must look like +01:00")
+    return profile
+
+
+def _valid_offset(value: str) -> bool:
+    return len(value) == 6 and value[0] in "+-" and value[3] == ":" and value.replace(":", "")[1:].isdigit()

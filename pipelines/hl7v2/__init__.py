@@ -1,0 +1,24 @@
+"""HL7 v2 ORU^R01 pipeline: framing, a purpose-built ER7 tokenizer, and the ORU -> report mapping."""
+
+from __future__ import annotations
+
+from pipelines.common.model import Report
+from pipelines.context import MappingContext
+from pipelines.errors import ParseError
+from pipelines.hl7v2.er7 import decode_message, parse_message
+from pipelines.hl7v2.framing import Chunk, split_stream
+from pipelines.hl7v2.oru import map_oru
+
+__all__ = ["Chunk", "map_message", "split_stream"]
+
+
+def map_message(raw: bytes, ctx: MappingContext) -> list[Report]:
+    """One message's bytes -> reports. Raises a MappingError subclass with a one-line reason."""
+    if len(raw) > ctx.max_message_bytes:
+        raise ParseError(f"message is {len(raw)} bytes, over the {ctx.max_message_bytes}-byte limit")
+    if b"\x00" in raw:
+        raise ParseError("binary data (NUL bytes) in an HL7 v2 message")
+    text, codec = decode_message(raw)
+    msg = parse_message(text)
+    msg.charset = codec
+    return map_oru(msg, ctx)

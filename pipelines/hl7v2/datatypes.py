@@ -1,0 +1,205 @@
+"""HL7 v2 data types to the neutral model (v2-to-FHIR datatype maps, mappings.md §1.9)."""
+
+from __future__ import annotations
+
+import re
+
+from pipelines.common.ids import slug
+from pipelines.common.model import Coding, Concept, Ident, Person
+from pipelines.hl7v2.er7 import Delimiters
+from pipelines.hl7v2.fields import components, repetitions, unescape
+
+__all__ = [
+    "coding_system",
+    "cwe",
+    "cx",
+    "dtm_date",
+    "dtm_datetime",
+    "dtm_instant",
+    "hd_system",
+    "xcn",
+    "xpn",
+]
+
+# Coding-scheme designators (CWE.3) -> FHIR system URIs (mappings.md §7.15).
+_SYSTEMS = {
+    "LN": "http://loinc.org",
+    "LOINC": "http://loinc.org",
+    "SCT": "http://snomed.info/sct",
+    "SNM": "http://snomed.info/sct",
+    "SRT": "http://snomed.info/sct",
+    "SNOMED": "http://snomed.info/sct",
+    "DCM": "http://dicom.nema.org/resources/ontology/DCM",
+    "RADLEX": "http://www.radlex.org",
+    "RADLEXPLAYBOOK": "http://www.radlex.org",
+    "UCUM": "http://unitsofmeasure.org",
+    "I10": "http://hl7.org/fhir/sid/icd-10",
+    "ICD10": "http://hl7.org/fhir/sid/icd-10",
+    "ICD-10": "http://hl7.org/fhir/sid/icd-10",
+    "I10C": "http://hl7.org/fhir/sid/icd-10-cm",
+    "I9C": "http://hl7.org/fhir/sid/icd-9-cm",
+    "C4": "http://www.ama-assn.org/go/cpt",
+    "CPT": "http://www.ama-assn.org/go/cpt",
+    "CPT4": "http://www.ama-assn.org/go/cpt",
+    "UMLS": "http://terminology.hl7.org/CodeSystem/umls",
+    "HL70078": "http://terminology.hl7.org/CodeSystem/v2-0078",
+}
+
+
+def coding_system(designator: str, base: str) -> str | None:
+    """System URI for a CWE coding-scheme designator; local (L, 99xxx, unknown) -> a namespaced URI."""
+    d = designator.strip()
+    if not d:
+        return None
+    known = _SYSTEMS.get(d.upper())
+    if known:
+        return known
+    if re.fullmatch(r"HL7\d{4}", d.upper()):
+        return f"http://terminology.hl7.org/CodeSystem/v2-{d[3:]}"
+    if re.fullmatch(r"[0-2](\.\d+)+", d):
+        return f"urn:oid:{d}"
+    return f"{base}/codesystem/{slug(d)}"
+
+
+def cwe(raw: str, d: Delimiters, base: str) -> Concept:
+    """CWE/CE -> Concept: triplets 1 and 2 as codings, CWE.9 (or a code-less display) as text."""
+    c = components(raw, d)
+
+    def part(i: int) -> str:
+        return unescape(c[i], d).strip() if i < len(c) else ""
+
+    codings: list[Coding] = []
+    for code_i, disp_i, sys_i in ((0, 1, 2), (3, 4, 5)):
+        code = part(code_i)
+        # A subcomponent separator inside CWE.1 (the v2 "71020&IMP" suffix convention) is kept as written.
+        code = code.replace(d.subcomponent, "&")
+        if code:
+            codings.append(Coding(code=code, system=coding_system(part(sys_i), base), display=part(disp_i) or None))
+    text = part(8) or None
+    if not codings and part(1):
+        text = text or part(1)
+    return Concept(codings=tuple(codings), text=text)
+
+
+def hd_system(raw_hd: str, d: Delimiters, base: str, sep: str) -> str | None:
+    """HD (namespace, universal id, type) -> a system URI: OID/UUID/URI when given, else base/<namespace>."""
+    parts = [unescape(p, d).strip() for p in raw_hd.split(sep)]
+    ns = parts[0] if parts else ""
+    uid = parts[1] if len(parts) > 1 else ""
+    kind = parts[2].upper() if len(parts) > 2 else ""
+    if uid and (kind == "ISO" or re.fullmatch(r"[0-2](\.\d+)+", uid)):
+        return f"urn:oid:{uid}"
+    if uid and kind == "UUID":
+        return f"urn:uuid:{uid.lower()}"
+    if uid and kind in ("URI", "URL"):
+        return uid
+    if ns:
+        if re.match(r"^(https?|urn):", ns):
+            return ns
+        return f"{base}/{slug(ns)}"
+    return None
+
+
+def cx(raw: str, d: Delimiters, base: str, fallback_system: str) -> list[Ident]:
+    """CX (repeating) -> identifiers. CX.4 assigning authority -> system; CX.5 -> type (table 0203)."""
+    out: list[Ident] = []
+    for rep in repetitions(raw, d):
+        c = rep.split(d.component)
+        value = unescape(c[0], d).strip() if c else ""
+        if not value:
+            continue
+        system = hd_system(c[3], d, base, d.subcomponent) if len(c) > 3 and c[3] else None
+        type_code = unescape(c[4], d).strip() if len(c) > 4 else ""
+        out.append(Ident(system=system or fallback_system, value=value, type_code=type_code or None))
+    return out
+
+
+def xpn(raw: str, d: Delimiters) -> tuple[str | None, list[str], list[str], list[str]]:
+    """XPN (first repetition) -> (family, given, prefix, suffix)."""
+    c = [unescape(p, d).strip() for p in components(raw, d)]
+    family = c[0].split("&")[0].strip() if c and c[0] else None
+    given = [g for g in (c[1] if len(c) > 1 else "", c[2] if len(c) > 2 else "") if g]
+    suffix = [s for s in (c[3] if len(c) > 3 else "", c[5] if len(c) > 5 else "") if s]
+    prefix = [c[4]] if len(c) > 4 and c[4] else []
+    return family or None, given, prefix, suffix
+
+
+def xcn(raw: str, d: Delimiters, base: str, fallback_system: str) -> Person | None:
+    """XCN/CNN/NDL.1 -> Person: XCN.1 id (XCN.9 authority), XCN.2-6 name (v2-to-FHIR XCN[Practitioner])."""
+    if not raw:
+        return None
+    first = raw.split(d.repetition, 1)[0]
+    c = first.split(d.component)
+    if len(c) == 1 and d.subcomponent in first:  # NDL: CNN is carried in subcomponents of NDL.1
+        c = first.split(d.subcomponent)
+    vals = [unescape(p, d).strip() for p in c]
+    ident = vals[0] if vals else ""
+    family = vals[1] if len(vals) > 1 else ""
+    given = [g for g in (vals[2] if len(vals) > 2 else "", vals[3] if len(vals) > 3 else "") if g]
+    suffix = [s for s in (vals[4] if len(vals) > 4 else "", vals[6] if len(vals) > 6 else "") if s]
+    prefix = [vals[5]] if len(vals) > 5 and vals[5] else []
+    if family.lower().startswith("unk") and not ident.strip("^"):
+        family = ""
+    person = Person(family=family or None, given=given, prefix=prefix, suffix=suffix)
+    if ident and not (len(c) == 2 and "," in ident):
+        system = hd_system(c[8], d, base, d.subcomponent) if len(c) > 8 and c[8] else None
+        person.identifiers.append(Ident(system=system or fallback_system, value=ident))
+    elif ident and not family:
+        person.text = ident  # "01^LOCHLEAR, JUDY"-style: a name in the id component
+    if not person.has_name() and not person.identifiers:
+        return None
+    return person
+
+
+_DTM = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\.\d{1,4})?([+-]\d{4})?$")
+
+
+def _split_dtm(raw: str) -> tuple[list[str], str | None] | None:
+    value = raw.strip().split(" ")[0]
+    m = _DTM.match(value)
+    if not m:
+        return None
+    year, month, day, hour, minute, second, frac, tz = m.groups()
+    if month and not 1 <= int(month) <= 12 or day and not 1 <= int(day) <= 31:
+        return None
+    if hour and int(hour) > 23 or minute and int(minute) > 59 or second and int(second) > 59:
+        return None
+    parts = [p for p in (year, month, day, hour, minute, second) if p]
+    if frac and second:
+        parts[-1] += frac
+    offset = f"{tz[:3]}:{tz[3:]}" if tz else None
+    return parts, offset
+
+
+def dtm_date(raw: str) -> str | None:
+    split = _split_dtm(raw)
+    if split is None:
+        return None
+    p = split[0]
+    return "-".join(p[:3])
+
+
+def dtm_datetime(raw: str, default_offset: str) -> str | None:
+    """DTM -> FHIR dateTime; a time without offset gets ``default_offset`` (FHIR requires one)."""
+    split = _split_dtm(raw)
+    if split is None:
+        return None
+    p, offset = split
+    date = "-".join(p[:3])
+    if len(p) <= 3:
+        return date
+    if len(p) == 4:
+        p = [*p, "00"]
+    time = ":".join(p[3:6])
+    return f"{date}T{time}{offset or default_offset}"
+
+
+def dtm_instant(raw: str, default_offset: str) -> str | None:
+    """DTM -> FHIR instant (seconds and offset required); None when the value has no day precision."""
+    split = _split_dtm(raw)
+    if split is None or len(split[0]) < 3:
+        return None
+    p, offset = split
+    while len(p) < 6:
+        p.append("00")
+    return f"{p[0]}-{p[1]}-{p[2]}T{p[3]}:{p[4]}:{p[5]}{offset or default_offset}"

@@ -1,0 +1,188 @@
+"""A purpose-built ER7 tokenizer: bytes -> segments -> fields, unescaped only after splitting.
+
+HL7 v2 chapter 2 rules: MSH-1 is the field separator, MSH-2 the encoding characters (component,
+repetition, escape, subcomponent); escape sequences are decoded *after* a field is split into
+components (mappings.md §7.4), so ``\\T\\`` inside OBR-4 never breaks the components. Character sets come
+from MSH-18; undeclared non-UTF-8 bytes are read as Windows-1252/Latin-1 (the usual legacy RIS case).
+
+The tokenizer is deliberately small: a parsed message is a list of segments, each a list of raw field
+strings indexed by HL7 field number (``seg[3]`` is field 3; for MSH, ``seg[1]`` is the field separator).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from pipelines.errors import ParseError
+
+__all__ = ["Delimiters", "Message", "decode_message", "parse_message"]
+
+# MSH-18 values (HL7 table 0211) -> Python codecs.
+_CHARSETS = {
+    "ASCII": "ascii",
+    "8859/1": "latin-1",
+    "8859/2": "iso8859-2",
+    "8859/3": "iso8859-3",
+    "8859/4": "iso8859-4",
+    "8859/5": "iso8859-5",
+    "8859/6": "iso8859-6",
+    "8859/7": "iso8859-7",
+    "8859/8": "iso8859-8",
+    "8859/9": "iso8859-9",
+    "8859/15": "iso8859-15",
+    "ISO IR6": "ascii",
+    "ISO IR100": "latin-1",
+    "ISO IR101": "iso8859-2",
+    "ISO IR109": "iso8859-3",
+    "ISO IR110": "iso8859-4",
+    "ISO IR144": "iso8859-5",
+    "ISO IR127": "iso8859-6",
+    "ISO IR126": "iso8859-7",
+    "ISO IR138": "iso8859-8",
+    "ISO IR148": "iso8859-9",
+    "ISO IR192": "utf-8",
+    "UNICODE UTF-8": "utf-8",
+    "UTF-8": "utf-8",
+    "UNICODE": "utf-8",
+    "UNICODE UTF-16": "utf-16",
+    "UTF-16": "utf-16",
+    "GB 18030-2000": "gb18030",
+    "KS X 1001": "euc-kr",
+    "BIG-5": "big5",
+    "ISO IR87": "iso2022_jp",
+    "ISO IR13": "shift_jis",
+}
+
+# Segment ids at which a line may be cut when a sender glued segments with spaces or "<cr>" literals.
+_KNOWN_SEGMENTS = (
+    "PID|PD1|PV1|PV2|ORC|OBR|OBX|NTE|ZDS|IPC|SPM|TQ1|TQ2|CTD|CTI|FT1|SFT|PRT|TXA|NK1|AL1|DG1|MSA|ERR|EVN|ROL|"
+    "Z[A-Z0-9]{2}"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Delimiters:
+    field: str = "|"
+    component: str = "^"
+    repetition: str = "~"
+    escape: str = "\\"
+    subcomponent: str = "&"
+
+
+@dataclass(slots=True)
+class Message:
+    """A tokenized message: ``segments`` in order, each a list of raw (still escaped) field strings."""
+
+    segments: list[list[str]]
+    delimiters: Delimiters
+    charset: str
+
+    def first(self, name: str) -> list[str] | None:
+        for seg in self.segments:
+            if seg[0] == name:
+                return seg
+        return None
+
+
+def decode_message(raw: bytes) -> tuple[str, str]:
+    """Decode message bytes using MSH-18 (or UTF-8, then Windows-1252 when undeclared). Returns (text, codec)."""
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+    declared = _declared_charset(raw)
+    codec = _CHARSETS.get(declared.upper(), "") if declared else ""
+    if codec and codec not in ("ascii", "utf-8"):
+        try:
+            return raw.decode(codec), codec
+        except (UnicodeDecodeError, LookupError):
+            pass
+    try:
+        return raw.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        # Declared ASCII/UTF-8 (or nothing) but the bytes are legacy 8-bit: the usual RIS Latin-1 case.
+        return raw.decode("cp1252", errors="replace") if _cp1252_ok(raw) else raw.decode("latin-1"), "latin-1"
+
+
+def _cp1252_ok(raw: bytes) -> bool:
+    return not any(b in raw for b in (b"\x81", b"\x8d", b"\x8f", b"\x90", b"\x9d"))
+
+
+def _declared_charset(raw: bytes) -> str:
+    end = min((i for i in (raw.find(b"\r"), raw.find(b"\n")) if i >= 0), default=len(raw))
+    head = raw[:end]
+    if len(head) < 4:
+        return ""
+    fs = head[3:4]
+    fields = head.split(fs)
+    # fields[0] = "MSH", fields[1] = MSH-2, so MSH-n is fields[n-1]
+    if len(fields) > 17:
+        value = fields[17].split(b"~")[0].split(fields[1][:1] or b"^")[0] if fields[1] else fields[17]
+        return value.decode("ascii", errors="ignore").strip()
+    return ""
+
+
+def parse_message(text: str) -> Message:
+    """Tokenize one message (text starting with ``MSH``)."""
+    if not text.startswith("MSH") or len(text) < 8:
+        raise ParseError("does not start with an MSH segment")
+    fs = text[3]
+    if fs.isalnum() or fs in "\r\n ":
+        raise ParseError("MSH-1 field separator is missing or invalid")
+    enc_end = text.find(fs, 4)
+    if enc_end < 0:
+        raise ParseError("MSH-2 encoding characters are missing")
+    delims = _delimiters(fs, text[4:enc_end])
+    lines = _segment_lines(text, fs)
+    segments: list[list[str]] = []
+    for line in _join_continuations(lines, fs):
+        if len(line) < 3 or not line[:3].isalnum():
+            if line.strip():
+                raise ParseError(f"segment {len(segments) + 1} is not a valid segment (no 3-character id)")
+            continue
+        if len(line) > 3 and line[3] != fs:
+            raise ParseError(f"segment {len(segments) + 1} ({_safe(line[:3])}) has no field separator after its id")
+        parts = line.split(fs)
+        if parts[0] == "MSH":
+            parts.insert(1, fs)
+        segments.append(parts)
+    if len(segments) < 2:
+        raise ParseError("truncated message: only an MSH segment")
+    return Message(segments=segments, delimiters=delims, charset="")
+
+
+def _join_continuations(lines: list[str], fs: str) -> list[str]:
+    """Senders that wrap long segments (base64 ED data, long text) put the rest on a new line that does not
+    start with a segment id and field separator: glue it back to its segment (with a line feed)."""
+    out: list[str] = []
+    for line in lines:
+        if out and line and not (len(line) >= 4 and line[:3].isalnum() and line[3] == fs) and line != line[:3]:
+            out[-1] = out[-1] + "\n" + line
+        else:
+            out.append(line)
+    return out
+
+
+def _safe(name: str) -> str:
+    return name if name.isalnum() else "?"
+
+
+def _delimiters(fs: str, enc: str) -> Delimiters:
+    comp = enc[0] if len(enc) > 0 else "^"
+    rep = enc[1] if len(enc) > 1 else "~"
+    esc = enc[2] if len(enc) > 2 else "\\"
+    rest = [c for c in enc[3:] if c not in (comp, rep, esc, fs)]
+    sub = rest[0] if rest else "&"
+    return Delimiters(fs, comp, rep, esc, sub)
+
+
+def _segment_lines(text: str, fs: str) -> list[str]:
+    text = text.replace("\r\n", "\r").replace("\n", "\r")
+    lines = text.split("\r")
+    glued = re.compile(r"(?:[ \t]+|<[cC][rR]>)(?=(?:" + _KNOWN_SEGMENTS + ")" + re.escape(fs) + ")")
+    out: list[str] = []
+    for line in lines:
+        if "<cr>" in line.lower() or (len(line) > 200 or " " in line):
+            out.extend(p for p in glued.split(line) if p != "")
+        else:
+            out.append(line)
+    return out

@@ -1,0 +1,57 @@
+"""ORU^R01 message structure: PATIENT_RESULT / ORDER_OBSERVATION groups (HL7 v2 chapter 7).
+
+Each ORC starts an order group and each OBR belongs to the ORC before it (ORC is optional); OBX/NTE follow
+their OBR. A ZDS (IHE SWF Study Instance UID) or IPC segment belongs to the group it follows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = ["OrderGroup", "split_groups"]
+
+Segment = list[str]
+
+
+@dataclass(slots=True)
+class OrderGroup:
+    obr: Segment
+    orc: Segment | None = None
+    obx: list[Segment] = field(default_factory=list)
+    nte: list[Segment] = field(default_factory=list)  # NTE directly after the OBR (report-level comments)
+    extra: list[Segment] = field(default_factory=list)  # ZDS, IPC, ... attached to this group
+    index: int = 0  # 1-based position of the OBR in the message
+
+
+def split_groups(segments: list[Segment]) -> tuple[list[OrderGroup], list[Segment]]:
+    """Return (order groups, message-level segments that precede any group: MSH, PID, PV1, ...)."""
+    groups: list[OrderGroup] = []
+    header: list[Segment] = []
+    pending_orc: Segment | None = None
+    current: OrderGroup | None = None
+    for seg in segments:
+        name = seg[0]
+        if name == "ORC":
+            pending_orc = seg
+            continue
+        if name == "OBR":
+            orc = pending_orc
+            current = OrderGroup(obr=seg, orc=orc, index=len(groups) + 1)
+            groups.append(current)
+            pending_orc = None
+            continue
+        if current is None:
+            header.append(seg)
+            continue
+        if name == "OBX":
+            current.obx.append(seg)
+        elif name == "NTE":
+            if not current.obx:
+                current.nte.append(seg)
+        elif name in ("ZDS", "IPC") or name.startswith("Z"):
+            current.extra.append(seg)
+        elif name == "SPM":
+            current.extra.append(seg)
+        else:
+            header.append(seg)
+    return groups, header

@@ -1,0 +1,239 @@
+"""OBX rows of one order group -> report sections, coded findings, study UIDs and attached documents.
+
+Rules (mappings.md §2, §7.3-§7.5, §7.7): text rows (TX/FT/ST, and CE/CWE with text but no code) are
+joined in message order into one text per section, line breaks kept, escapes decoded after splitting.
+The section comes from the OBX-3 suffix (``71020&IMP``, ``&GDT``), else a LOINC/DCM heading code, else a
+heading word in the OBX-3 text, else a heading line inside the text ("IMPRESSION:"), else the section of
+the previous text row; text before any heading goes to the whole-report section. Study Instance UIDs come
+from OBX 113014 / "Study Instance UID" rows (ST or HD, IHE RAD-28/RAD-128); encapsulated reports (ED) become
+attachments; coded and numeric rows become findings.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from dataclasses import dataclass, field
+
+from pipelines.common.ids import uid_ok
+from pipelines.common.model import Attachment, Coding, Concept, Finding, Section
+from pipelines.common.sections import section_for_code, section_for_heading
+from pipelines.hl7v2 import datatypes as dt
+from pipelines.hl7v2.er7 import Delimiters
+from pipelines.hl7v2.fields import field as fld
+from pipelines.hl7v2.fields import repetitions, unescape
+from pipelines.hl7v2.status import obx_status
+
+__all__ = ["GroupContent", "read_observations"]
+
+_SUFFIX = {
+    "GDT": "findings", "FND": "findings", "FIND": "findings", "ANT": "findings", "BODY": "findings",
+    "IMP": "impression", "SUM": "impression",
+    "REC": "recommendation",
+    "ADT": "addendum", "ADN": "addendum", "ADD": "addendum", "ADM": "addendum",
+    "HIS": "history", "HX": "history", "HST": "history", "IND": "history", "CLI": "history",
+    "TCM": "procedure", "TEC": "procedure", "TECH": "procedure", "PRO": "procedure", "PROC": "procedure",
+    "CMP": "comparison", "COMP": "comparison",
+    "CON": "conclusion", "CONC": "conclusion",
+}  # fmt: skip
+_UID_LABELS = re.compile(r"(study|series|sop|sr)\s*(instance)?\s*uid|sop class", re.IGNORECASE)
+_TEXT_TYPES = frozenset({"TX", "FT", "ST", "TEXT", "STR"})
+_INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
+
+
+@dataclass(slots=True)
+class GroupContent:
+    sections: list[Section] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+    study_uids: list[str] = field(default_factory=list)
+    forms: list[Attachment] = field(default_factory=list)
+    text_statuses: list[str] = field(default_factory=list)
+    invalid_uids: int = 0
+
+
+def read_observations(obx_rows: list[list[str]], d: Delimiters, base: str, charset: str) -> GroupContent:
+    out = GroupContent()
+    texts: dict[str, list[str]] = {}
+    order: list[str] = []
+    current: str | None = None
+    for n, obx in enumerate(obx_rows, start=1):
+        vtype = fld(obx, 2).split(d.component)[0].strip().upper()
+        raw3 = fld(obx, 3)
+        c3 = raw3.split(d.component)
+        code1_raw = c3[0] if c3 else ""
+        label = unescape(c3[1], d).strip() if len(c3) > 1 else ""
+        code1 = unescape(code1_raw.split(d.subcomponent)[0], d).strip()
+        raw5 = fld(obx, 5)
+        if code1 == "113014" or _UID_LABELS.search(label) or _UID_LABELS.search(code1):
+            if "study" in label.lower() or code1 == "113014":
+                uid = _uid_value(raw5, d)
+                if uid and uid_ok(uid):
+                    if uid not in out.study_uids:
+                        out.study_uids.append(uid)
+                elif uid:
+                    out.invalid_uids += 1
+            continue
+        if vtype == "ED":
+            form = _encapsulated(raw5, d, charset)
+            if form is not None:
+                out.forms.append(form)
+            continue
+        section = _section_of(code1_raw, code1, label, c3, d)
+        coded_value = vtype in ("CE", "CWE", "CNE", "CF") and bool(raw5.split(d.component)[0].strip())
+        system3 = unescape(c3[2], d).strip() if len(c3) > 2 else ""
+        is_text = vtype in _TEXT_TYPES or (vtype in ("CE", "CWE", "CNE", "CF") and not coded_value)
+        if is_text and system3 and section is None and d.subcomponent not in code1_raw and code1:
+            is_text = False  # a coded concept (e.g. SNOMED "Liver mass") with a text value: a finding
+        if is_text:
+            lines = _text_lines(raw5, vtype, d, charset)
+            for line in lines:
+                key = section
+                if key is None:  # untagged row: heading lines ("IMPRESSION:") switch the section
+                    heading = section_for_heading(line)
+                    if heading is not None:
+                        current = heading[0]
+                    key = current or "report"
+                if key not in texts:
+                    texts[key] = []
+                    order.append(key)
+                texts[key].append(line)
+            status = fld(obx, 11).strip()
+            if status:
+                out.text_statuses.append(status)
+            continue
+        finding = _finding(obx, vtype, raw3, raw5, d, base, section or "findings", n)
+        if finding is not None:
+            out.findings.append(finding)
+    for key in order:
+        text = "\n".join(texts[key]).strip("\n")
+        if text.strip():
+            out.sections.append(Section(key=key, text=text))
+    return out
+
+
+def _section_of(code1_raw: str, code1: str, label: str, c3: list[str], d: Delimiters) -> str | None:
+    if d.subcomponent in code1_raw:
+        suffix = code1_raw.rsplit(d.subcomponent, 1)[1].strip().upper()
+        if suffix in _SUFFIX:
+            return _SUFFIX[suffix]
+    for code in (code1, unescape(c3[3], d).strip() if len(c3) > 3 else ""):
+        if code:
+            key = section_for_code(code)
+            if key:
+                return key
+    if code1 == "18748-4":
+        return "report"
+    words = re.findall(r"[A-Za-z]+", label.lower())
+    if words and (words[-1] in _LABEL_WORDS or words[0] in _LABEL_WORDS):
+        return _LABEL_WORDS[words[-1] if words[-1] in _LABEL_WORDS else words[0]]
+    return None
+
+
+# Heading words accepted in an OBX-3 text ("Procedure Findings", "Study recommendation", "SR Text" excluded).
+_LABEL_WORDS = {
+    "findings": "findings", "impression": "impression", "impressions": "impression",
+    "recommendation": "recommendation", "recommendations": "recommendation", "history": "history",
+    "comparison": "comparison", "conclusion": "conclusion", "conclusions": "conclusion", "addendum": "addendum",
+    "technique": "procedure", "indication": "history", "indications": "history",
+}  # fmt: skip
+
+
+def _text_lines(raw5: str, vtype: str, d: Delimiters, charset: str) -> list[str]:
+    lines: list[str] = []
+    for rep in repetitions(raw5, d) or [""]:
+        if vtype in ("CE", "CWE", "CNE", "CF"):
+            parts = rep.split(d.component)
+            value = unescape(parts[1], d, charset) if len(parts) > 1 else ""
+        else:
+            value = unescape(rep, d, charset)
+        lines.extend(value.replace("\r\n", "\n").replace("\r", "\n").split("\n"))
+    return [line.rstrip() for line in lines]
+
+
+def _uid_value(raw5: str, d: Delimiters) -> str:
+    parts = [unescape(p, d).strip() for p in raw5.split(d.component)]
+    if len(parts) > 1 and parts[1] and uid_ok(parts[1]):
+        return parts[1]
+    return parts[0] if parts else ""
+
+
+def _encapsulated(raw5: str, d: Delimiters, charset: str) -> Attachment | None:
+    """ED: source application ^ type of data ^ data subtype ^ encoding ^ data (HL7 v2 2.A.24)."""
+    parts = raw5.split(d.component)
+    if len(parts) < 5:
+        return None
+    kind, subtype, encoding = (unescape(p, d).strip() for p in parts[1:4])
+    data = d.component.join(parts[4:])
+    if "/" in subtype:
+        mime = subtype.lower()
+    elif subtype.upper() == "PDF":
+        mime = "application/pdf"
+    elif subtype.upper() in ("XML", "CDA", "HL7-CDA"):
+        mime = "application/hl7-cda+xml" if "CDA" in subtype.upper() else "text/xml"
+    else:
+        mime = f"{kind.lower() or 'application'}/{subtype.lower() or 'octet-stream'}"
+    if encoding.upper() == "BASE64":
+        payload = re.sub(r"\s+", "", unescape(data, d))
+        try:
+            base64.b64decode(payload, validate=True)
+        except ValueError:
+            return None
+        b64 = payload
+    elif encoding.upper() == "HEX":
+        try:
+            b64 = base64.b64encode(bytes.fromhex(unescape(data, d))).decode("ascii")
+        except ValueError:
+            return None
+    else:  # A / ASCII / none: escaped text
+        b64 = base64.b64encode(unescape(data, d, charset).encode("utf-8")).decode("ascii")
+    if mime == "text/xml" and "ClinicalDocument" in base64.b64decode(b64)[:2000].decode("utf-8", "ignore"):
+        mime = "application/hl7-cda+xml"
+    return Attachment(content_type=mime, data_b64=b64)
+
+
+def _finding(
+    obx: list[str], vtype: str, raw3: str, raw5: str, d: Delimiters, base: str, section: str, n: int
+) -> Finding | None:
+    code = dt.cwe(raw3, d, base)
+    if not code:
+        return None
+    f = Finding(code=code, section=section, key=f"obx{n}|{fld(obx, 1)}|{fld(obx, 4)}")
+    if vtype in ("CE", "CWE", "CNE", "CF"):
+        f.value_concept = dt.cwe(raw5, d, base)
+    elif vtype in ("NM", "SN"):
+        q = _quantity(raw5, fld(obx, 6), d, base)
+        if q is None:
+            f.value_string = unescape(raw5, d).replace(d.component, " ").strip() or None
+        else:
+            f.value_quantity = q
+    else:
+        value = " ".join(unescape(r, d) for r in repetitions(raw5, d)).strip()
+        units = unescape(fld(obx, 6).split(d.component)[0], d).strip()
+        f.value_string = (f"{value} {units}".strip() if units and not value.endswith(units) else value) or None
+    if f.value_concept is None and f.value_quantity is None and f.value_string is None:
+        return None
+    f.status = obx_status(fld(obx, 11))
+    flag = unescape(fld(obx, 8).split(d.component)[0], d).strip()
+    if flag:
+        f.interpretation = Concept(codings=(Coding(code=flag, system=_INTERPRETATION),))
+    c15 = fld(obx, 15)
+    if c15 and "RADLEX" in c15.upper():
+        f.category = dt.cwe(c15, d, base)
+    return f
+
+
+def _quantity(raw5: str, raw6: str, d: Delimiters, base: str) -> tuple[float, str | None, str | None] | None:
+    text = raw5.split(d.repetition)[0]
+    parts = text.split(d.component)
+    number = parts[1] if len(parts) > 1 and not parts[0].strip().replace(".", "").isdigit() else parts[0]
+    if len(parts) > 2 and parts[2].strip():
+        return None  # SN ratio/range: kept as text
+    try:
+        value = float(number.strip())
+    except ValueError:
+        return None
+    units = raw6.split(d.component)
+    unit = unescape(units[0], d).strip() if units else ""
+    ucum_system = units[2].strip().upper() if len(units) > 2 else ""
+    ucum = unit if unit and ucum_system in ("UCUM", "") and re.fullmatch(r"[A-Za-z0-9%/.*\[\]{}^-]+", unit) else None
+    return value, unit or None, ucum if ucum_system == "UCUM" else None

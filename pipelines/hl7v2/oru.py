@@ -1,0 +1,271 @@
+"""ORU^R01 -> neutral :class:`~pipelines.common.model.Report` objects, one per ORC/OBR group.
+
+Field rules: mappings.md §1 (v2-to-FHIR), §2 (how radiology reports travel), §6 (status), §7 (dialects).
+Site questions (which field carries the accession, issuer namespaces, time zone) come from the sender
+profile in the :class:`~pipelines.context.MappingContext`. Nothing is invented: no accession, Study UID or
+status that the message does not carry.
+
+Grouped procedures: an OBR group with no OBX of its own that directly follows a group with report
+content (one dictation for CT chest/abdomen/pelvis) is attached to that report as an extra order rather
+than emitted as an empty report (mappings.md §7.6). A message whose groups carry no report content is
+rejected.
+"""
+
+from __future__ import annotations
+
+from pipelines.common.ids import digest, slug
+from pipelines.common.model import Ident, Order, Organization, Patient, Report, Study
+from pipelines.context import MappingContext, SenderProfile
+from pipelines.errors import UnsupportedMessage
+from pipelines.hl7v2 import classify
+from pipelines.hl7v2 import datatypes as dt
+from pipelines.hl7v2.er7 import Delimiters, Message
+from pipelines.hl7v2.fields import component
+from pipelines.hl7v2.fields import field as fld
+from pipelines.hl7v2.groups import OrderGroup, split_groups
+from pipelines.hl7v2.observations import GroupContent, read_observations
+from pipelines.hl7v2.status import report_status
+
+__all__ = ["map_oru"]
+
+_GENDER = {"F": "female", "M": "male", "O": "other", "U": "unknown", "A": "other", "N": "other"}
+
+
+def map_oru(msg: Message, ctx: MappingContext) -> list[Report]:
+    d = msg.delimiters
+    msh = msg.segments[0]
+    mtype = component(fld(msh, 9), d, 1).upper()
+    trigger = component(fld(msh, 9), d, 2).upper()
+    if mtype != "ORU" or trigger not in ("R01", ""):
+        shown = f"{mtype}^{trigger}" if trigger else mtype or "(empty)"
+        raise UnsupportedMessage(f"message type {shown} is not ORU^R01 (only imaging result reports are converted)")
+    app = component(fld(msh, 3), d, 1)
+    facility = component(fld(msh, 4), d, 1)
+    profile = ctx.sender(app, facility)
+    tz = ctx.timezone_for(profile)
+    site = slug(facility or app or "unknown-sender")
+    base = f"{ctx.system_base}/{site}"
+    groups, header = split_groups(msg.segments[1:])
+    pid = next((s for s in header if s[0] == "PID"), None)
+    if pid is None:
+        raise UnsupportedMessage("no PID segment: a report without a patient cannot be converted")
+    if not groups:
+        raise UnsupportedMessage("no OBR segment: the message carries no order/result group")
+    contents = [read_observations(g.obx, d, base, msg.charset) for g in groups]
+    _check_imaging(groups, contents, d)
+    patient = _patient(pid, d, ctx, profile, base)
+    performer = _organization(msh, d, profile, base, ctx)
+    control_id = component(fld(msh, 10), d, 1)
+    msh7 = fld(msh, 7)
+    reports: list[Report] = []
+    for group, content in zip(groups, contents, strict=True):
+        order = _order(group, d, profile, base, tz)
+        if not _has_content(content):
+            if reports:
+                reports[-1].orders.append(order)  # grouped procedure sharing the previous dictation
+                continue
+            if any(_has_content(c) for c in contents):
+                continue  # orders listed before the report group are attached below
+        reports.append(_report(group, content, order, d, patient, performer, profile, base, tz, msh7, control_id))
+    if not reports or not any(_has_content(c) for c in contents):
+        raise UnsupportedMessage("no report content: no text, coded finding or document in any OBX")
+    # Content-less groups before the first report group: attach to it (same dictation).
+    first = next(i for i, c in enumerate(contents) if _has_content(c))
+    for group in groups[:first]:
+        reports[0].orders.insert(0, _order(group, d, profile, base, tz))
+    return reports
+
+
+def _has_content(content: GroupContent) -> bool:
+    return bool(content.sections or content.findings or content.forms)
+
+
+def _check_imaging(groups: list[OrderGroup], contents: list[GroupContent], d: Delimiters) -> None:
+    lab = False
+    for group, content in zip(groups, contents, strict=True):
+        section = component(fld(group.obr, 24), d, 1).upper()
+        if content.study_uids or any(s[0] in ("ZDS", "IPC") for s in group.extra):
+            return
+        if any(s[0] == "SPM" for s in group.extra):
+            lab = True
+            continue
+        if any(s.key != "report" for s in content.sections):
+            return
+        if section in classify.IMAGING_SECTIONS:
+            return
+        text = " ".join(component(fld(group.obr, 4), d, i) for i in (2, 5, 9))
+        if section not in classify.LAB_SECTIONS and classify.imaging_words(text):
+            return
+        lab = lab or section in classify.LAB_SECTIONS or any(s[0] == "SPM" for s in group.extra)
+    if lab:
+        raise UnsupportedMessage("laboratory result (specimen or lab service section), not an imaging report")
+    raise UnsupportedMessage(
+        "not an imaging report: no Study UID, report-section OBX, imaging service section (OBR-24) or imaging "
+        "procedure (OBR-4)"
+    )
+
+
+def _patient(pid: list[str], d: Delimiters, ctx: MappingContext, profile: SenderProfile, base: str) -> Patient:
+    fallback = profile.patient_id_system or f"{base}/patient-id"
+    idents = dt.cx(fld(pid, 3), d, ctx.system_base, fallback)
+    if not idents:
+        idents = dt.cx(fld(pid, 2), d, ctx.system_base, fallback) + dt.cx(fld(pid, 4), d, ctx.system_base, fallback)
+    family, given, prefix, suffix = dt.xpn(fld(pid, 5), d)
+    gender = _GENDER.get(component(fld(pid, 8), d, 1).strip().upper())
+    return Patient(
+        identifiers=idents,
+        family=family,
+        given=given,
+        prefix=prefix,
+        suffix=suffix,
+        birth_date=dt.dtm_date(fld(pid, 7)),
+        gender=gender,
+    )
+
+
+def _organization(
+    msh: list[str], d: Delimiters, profile: SenderProfile, base: str, ctx: MappingContext
+) -> Organization | None:
+    raw = fld(msh, 4)
+    name = profile.organization_name or component(raw, d, 1) or component(fld(msh, 3), d, 1)
+    if not name:
+        return None
+    system = dt.hd_system(raw.split(d.repetition)[0].replace(d.component, d.subcomponent), d, ctx.system_base,
+                          d.subcomponent) if raw else None  # fmt: skip
+    ident_value = component(raw, d, 1) or name
+    if system and system.startswith("urn:oid:"):
+        ident = Ident(system="urn:ietf:rfc:3986", value=system)
+    else:
+        ident = Ident(system=f"{ctx.system_base}/sending-facility", value=ident_value)
+    return Organization(name=name, identifiers=[ident])
+
+
+def _ei(raw: str, d: Delimiters, base: str, default_system: str, type_code: str) -> Ident | None:
+    parts = raw.split(d.repetition)[0].split(d.component)
+    value = component(raw, d, 1).strip()
+    if not value:
+        return None
+    hd = d.subcomponent.join(parts[1:4]) if len(parts) > 1 else ""
+    system = dt.hd_system(hd, d, base, d.subcomponent) if hd.strip(d.subcomponent) else None
+    return Ident(system=system or default_system, value=value, type_code=type_code)
+
+
+def _accession(group: OrderGroup, d: Delimiters, profile: SenderProfile, base: str) -> Ident | None:
+    seg_name, _, num = profile.accession_field.partition("-")
+    if seg_name == "OBR":
+        seg = group.obr
+    elif seg_name == "ORC":
+        seg = group.orc or []
+    else:
+        seg = next((s for s in group.extra if s[0] == seg_name), [])
+    raw = fld(seg, int(num)) if seg else ""
+    value = component(raw, d, 1).split(d.subcomponent)[0].strip()
+    if not value:
+        return None
+    system = profile.accession_system
+    if system is None:
+        sub = component(raw, d, 1, unescaped=False).split(d.subcomponent)
+        issuer = dt.hd_system(d.subcomponent.join(sub[1:4]), d, base, d.subcomponent) if len(sub) > 1 else None
+        ei_issuer = _ei(raw, d, base, "", "ACSN")
+        system = issuer or (ei_issuer.system if ei_issuer and ei_issuer.system else None) or f"{base}/accession"
+    return Ident(system=system, value=value, type_code="ACSN")
+
+
+def _order(group: OrderGroup, d: Delimiters, profile: SenderProfile, base: str, tz: str) -> Order:
+    obr, orc = group.obr, group.orc or []
+    placer = _ei(fld(orc, 2) or fld(obr, 2), d, base, f"{base}/placer-order", "PLAC")
+    filler = _ei(fld(orc, 3) or fld(obr, 3), d, base, f"{base}/filler-order", "FILL")
+    code = dt.cwe(fld(obr, 4), d, base)
+    reason = dt.cwe(fld(obr, 31), d, base)
+    requester = dt.xcn(fld(orc, 12) or fld(obr, 16), d, base, f"{base}/practitioner")
+    return Order(
+        accession=_accession(group, d, profile, base),
+        placer=placer,
+        filler=filler,
+        code=code or None,
+        reason=reason or None,
+        requester=requester,
+        authored=dt.dtm_datetime(fld(orc, 9), tz) if orc else None,
+    )
+
+
+def _report(
+    group: OrderGroup,
+    content: GroupContent,
+    order: Order,
+    d: Delimiters,
+    patient: Patient,
+    performer: Organization | None,
+    profile: SenderProfile,
+    base: str,
+    tz: str,
+    msh7: str,
+    control_id: str,
+) -> Report:
+    obr = group.obr
+    status = report_status(fld(obr, 25), content.text_statuses)
+    identifier = order.filler or order.placer or order.accession
+    if identifier is None:
+        identifier = Ident(system=f"{base}/message-report", value=f"{control_id or 'no-control-id'}-{group.index}")
+    identifier = Ident(system=identifier.system, value=identifier.value)
+    obr22 = fld(obr, 22)
+    issued = dt.dtm_instant(obr22, tz) or dt.dtm_instant(msh7, tz)
+    effective = dt.dtm_datetime(fld(obr, 7), tz)
+    text_digest = digest(*(f"{s.key}:{s.text}" for s in content.sections), *(f.key for f in content.findings),
+                         *(a.data_b64[:64] for a in content.forms))  # fmt: skip
+    section = component(fld(obr, 24), d, 1).strip().upper()
+    studies = [Study(uid=uid, started=effective) for uid in content.study_uids]
+    for seg in group.extra:
+        uid = _extra_study_uid(seg, d)
+        if uid and uid not in {s.uid for s in studies}:
+            studies.append(Study(uid=uid, started=effective))
+    modality = classify.modality_for_section(section) or _ipc_modality(group, d)
+    for study in studies:
+        if modality:
+            study.modalities = [modality]
+        if order.code and order.code.text is None and order.code.codings:
+            study.description = order.code.codings[0].display
+    interpreter = dt.xcn(fld(obr, 32), d, base, f"{base}/practitioner")
+    title = (order.code.codings[0].display if order.code and order.code.codings else None) or "Imaging report"
+    conclusion = next((s.text for s in content.sections if s.key == "impression"), None)
+    return Report(
+        source="hl7v2",
+        identifier=identifier,
+        version_key=digest(status, obr22 or msh7, text_digest),
+        status=status,
+        patient=patient,
+        timezone=tz,
+        service_section=section or None,
+        title=title,
+        orders=[order],
+        studies=studies,
+        interpreters=[interpreter] if interpreter else [],
+        performer=performer,
+        issued=issued,
+        effective=effective,
+        date=dt.dtm_datetime(obr22, tz) or dt.dtm_datetime(msh7, tz),
+        attested=dt.dtm_datetime(obr22, tz) if interpreter else None,
+        sections=content.sections,
+        findings=content.findings,
+        conclusion=conclusion,
+        presented_forms=content.forms,
+        ids={"control_id": control_id},
+    )
+
+
+def _extra_study_uid(seg: list[str], d: Delimiters) -> str | None:
+    from pipelines.common.ids import uid_ok
+
+    if seg[0] == "ZDS":
+        uid = component(fld(seg, 1), d, 1).strip()
+    elif seg[0] == "IPC":
+        uid = component(fld(seg, 3), d, 1).strip()
+    else:
+        return None
+    return uid if uid_ok(uid) else None
+
+
+def _ipc_modality(group: OrderGroup, d: Delimiters) -> str | None:
+    ipc = next((s for s in group.extra if s[0] == "IPC"), None)
+    value = component(fld(ipc, 5), d, 1).strip().upper() if ipc else ""
+    return value if value.isalpha() and 2 <= len(value) <= 3 else None

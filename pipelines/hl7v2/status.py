@@ -1,0 +1,55 @@
+"""Result status vocabularies (HL7 tables 0123 and 0085 -> FHIR; mappings.md §1.10, §6; word statuses §7.14)."""
+
+from __future__ import annotations
+
+__all__ = ["obx_status", "report_status"]
+
+# OBR-25 (table 0123) and the word statuses real RIS send.
+_OBR25 = {
+    "O": "registered", "I": "registered", "S": "registered",
+    "P": "preliminary", "R": "partial", "A": "partial", "N": "partial", "M": "preliminary",
+    "F": "final", "C": "corrected", "X": "cancelled", "D": "entered-in-error", "W": "entered-in-error",
+    "B": "appended", "U": "final",
+    "FINAL": "final", "FINALIZED": "final", "SIGNED": "final", "VERIFIED": "final", "APPROVED": "final",
+    "PRELIM": "preliminary", "PRELIMINARY": "preliminary", "WET READ": "preliminary", "WETREAD": "preliminary",
+    "DRAFT": "preliminary", "DICTATED": "preliminary", "TRANSCRIBED": "preliminary", "UNSIGNED": "preliminary",
+    "CORRECTED": "corrected", "CORRECTION": "corrected", "REVISED": "corrected",
+    "AMENDED": "amended", "ADDENDUM": "appended", "APPENDED": "appended",
+    "CANCELLED": "cancelled", "CANCELED": "cancelled",
+    "PARTIAL": "partial", "INCOMPLETE": "partial",
+    "SCHEDULED": "registered", "ORDERED": "registered", "IN PROGRESS": "registered",
+}  # fmt: skip
+
+# OBX-11 (table 0085), mapped to a *report* status when OBR-25 is empty.
+_OBX11 = {
+    "F": "final", "P": "preliminary", "C": "corrected", "A": "amended", "D": "entered-in-error",
+    "W": "entered-in-error", "X": "cancelled", "R": "partial", "S": "partial", "I": "registered",
+    "B": "appended", "U": "final", "V": "final",
+}  # fmt: skip
+
+
+def _norm(value: str) -> str:
+    return " ".join(value.replace("_", " ").replace("-", " ").upper().split())
+
+
+def report_status(obr25: str, obx11: list[str]) -> str:
+    """DiagnosticReport.status from OBR-25, else from the OBX-11 values of the group, else ``unknown``."""
+    key = _norm(obr25)
+    if key in _OBR25:
+        return _OBR25[key]
+    found = {_OBX11.get(_norm(v)) or _OBR25.get(_norm(v)) for v in obx11 if v.strip() and _norm(v) != "O"}
+    found.discard(None)
+    if len(found) == 1:
+        return str(found.pop())
+    for status in ("corrected", "amended", "appended", "final", "preliminary", "partial"):
+        if status in found:
+            return status  # mixed line statuses: the most advanced one that all lines reached is unknowable
+    return "unknown"
+
+
+def obx_status(obx11: str) -> str | None:
+    """Observation.status for an OBX (table 0085; word statuses accepted)."""
+    key = _norm(obx11)
+    mapped = {"partial": "preliminary", "appended": "final", "registered": "registered"}
+    status = _OBX11.get(key) or _OBR25.get(key)
+    return mapped.get(status, status) if status else None

@@ -1,0 +1,27 @@
+"""Output shapers: pure functions from the neutral report model to FHIR Bundles, and the serializer."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pipelines.common.model import Report
+
+__all__ = ["serialize", "shape"]
+
+
+def shape(report: Report, model: str = "document") -> tuple[dict[str, Any], str]:
+    """Return (Bundle, kind) for a report; kind is "document" or "minimal"."""
+    from pipelines.output.document import shape_document, wants_minimal
+    from pipelines.output.minimal import shape_minimal
+
+    if model != "document":
+        raise ValueError(f"unknown output model {model!r}")
+    if wants_minimal(report):
+        return shape_minimal(report), "minimal"
+    return shape_document(report), "document"
+
+
+def serialize(resource: dict[str, Any]) -> bytes:
+    """One canonical serialization (insertion order, compact, UTF-8): same input, byte-identical output."""
+    return json.dumps(resource, ensure_ascii=False, separators=(",", ":")).encode("utf-8")

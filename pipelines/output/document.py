@@ -1,0 +1,210 @@
+"""Shape a :class:`~pipelines.common.model.Report` into an EU Imaging R5 document (eu-imaging.md §2, §3).
+
+* With at least one Study Instance UID and report content: a ``BundleReportEuImaging`` (type
+  ``document``, Composition first) with Composition, DiagnosticReport, Patient, ImagingStudy,
+  ServiceRequest (when an accession is known), findings, PractitionerRole/Practitioner and Organization.
+* Without a Study Instance UID, or when the only content is an attached document (PDF/CDA): the
+  minimal-metadata ``collection`` Bundle (:mod:`pipelines.output.minimal`). A UID is never invented.
+
+All ids are uuid5 of business identifiers; fullUrls and references are ``urn:uuid:`` and every
+reference to a resource is written as the identical string (dgr-1 and the hl7eu-im-dr-* rules compare
+reference strings).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipelines.common import fhir
+from pipelines.common.ids import urn, uuid_for
+from pipelines.common.model import Report
+from pipelines.common.sections import SECTIONS
+from pipelines.output import profiles
+from pipelines.output.parts import Parts, build_parts, categories, composition_status, report_code, resolve_extras
+from pipelines.output.sections import build_sections
+
+__all__ = ["bundle_id", "shape_document", "wants_minimal"]
+
+
+def bundle_id(report: Report) -> str:
+    """One Bundle per report *version*: a resend of the same version gets the same id (eu-imaging §2.1)."""
+    return uuid_for("Bundle", report.identifier.system, report.identifier.value, report.version_key)
+
+
+def wants_minimal(report: Report) -> bool:
+    if not report.studies:
+        return True
+    has_content = any(s.text.strip() for s in report.sections) or report.findings or report.extras
+    return not has_content and bool(report.presented_forms)
+
+
+def shape_document(report: Report) -> dict[str, Any]:
+    parts = build_parts(report, with_studies=True)
+    resolve_extras(report, parts)
+    results = [url for url, res in parts.observations if res.get("_in_result", True)]
+    for _, res in parts.observations:
+        res.pop("_in_result", None)
+    if not results:
+        url, anchor = _anchor(report, parts)
+        parts.observations.insert(0, (url, anchor))
+        parts.section_entries.setdefault("findings", []).insert(0, url)
+        results = [url]
+    comp_id = uuid_for("Composition", report.identifier.system, report.identifier.value)
+    dr_id = uuid_for("DiagnosticReport", report.identifier.system, report.identifier.value)
+    comp_url, dr_url = urn(comp_id), urn(dr_id)
+    dr = _diagnostic_report(report, parts, dr_id, comp_url, results)
+    comp = _composition(report, parts, comp_id)
+    entries: list[tuple[str, dict[str, Any]]] = [(comp_url, comp), (dr_url, dr), (parts.patient_url, parts.patient)]
+    entries += parts.studies + parts.orders + parts.observations + parts.others + parts.people + parts.orgs
+    return {
+        "resourceType": "Bundle",
+        "id": bundle_id(report),
+        "meta": profiles.profile_meta(profiles.BUNDLE),
+        "identifier": {"system": "urn:ietf:rfc:3986", "value": urn(bundle_id(report))},
+        "type": "document",
+        "timestamp": report.issued,
+        "entry": [{"fullUrl": url, "resource": res} for url, res in _unique(entries)],
+    }
+
+
+def _unique(entries: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
+    seen: set[str] = set()
+    out = []
+    for url, res in entries:
+        if url not in seen:
+            seen.add(url)
+            out.append((url, res))
+    return out
+
+
+def _anchor(report: Report, parts: Parts) -> tuple[str, dict[str, Any]]:
+    """The IG's ObservationAnchor pattern (eu-imaging §2.4): DiagnosticReportEuImaging needs result 1..*;
+    a narrative-only report gets one finding whose value is the findings narrative itself."""
+    text = next((s.text for s in report.sections if s.key == "findings" and s.text.strip()), None)
+    if text is None:
+        text = "\n\n".join(
+            f"{SECTIONS[s.key][2]}:\n{s.text}" for s in report.sections if s.text.strip()
+        ) or "No narrative text in the source report; see the attached document."
+    oid = uuid_for("Observation", report.identifier.system, report.identifier.value, "anchor")
+    obs: dict[str, Any] = {
+        "resourceType": "Observation",
+        "id": oid,
+        "meta": profiles.profile_meta(profiles.FINDING),
+    }
+    if parts.based_on:
+        obs["basedOn"] = parts.based_on
+    obs["status"] = _obs_status(report.status)
+    obs["code"] = {"coding": [{"system": fhir.LOINC, "code": "59776-5", "display": "Procedure findings Narrative"}]}
+    obs["subject"] = {"reference": parts.patient_url}
+    if report.effective:
+        obs["effectiveDateTime"] = report.effective
+    obs["valueString"] = text
+    return urn(oid), obs
+
+
+def _obs_status(status: str) -> str:
+    from pipelines.output.resources import _observation_status
+
+    return _observation_status(status)
+
+
+def _diagnostic_report(
+    report: Report, parts: Parts, dr_id: str, comp_url: str, results: list[str]
+) -> dict[str, Any]:
+    dr: dict[str, Any] = {
+        "resourceType": "DiagnosticReport",
+        "id": dr_id,
+        "meta": profiles.profile_meta(profiles.DIAGNOSTIC_REPORT),
+    }
+    ext = _dr_extensions(parts)
+    if ext:
+        dr["extension"] = ext
+    dr["identifier"] = [fhir.identifier(report.identifier)]
+    if parts.based_on:
+        dr["basedOn"] = parts.based_on
+    dr["status"] = report.status
+    dr["category"] = categories(report)
+    dr["code"] = report_code(report)
+    dr["subject"] = {"reference": parts.patient_url}
+    if report.effective:
+        dr["effectiveDateTime"] = report.effective
+    if report.issued:
+        dr["issued"] = report.issued
+    if parts.org_url:
+        dr["performer"] = [{"reference": parts.org_url}]
+    if parts.interpreter_urls:
+        dr["resultsInterpreter"] = [{"reference": u} for u in parts.interpreter_urls]
+    dr["result"] = [{"reference": u} for u in results]
+    if parts.study_urls:
+        dr["study"] = [{"reference": u} for u in parts.study_urls]
+    dr["composition"] = {"reference": comp_url}
+    notes = parts.notes
+    if notes:
+        dr["note"] = notes
+    if report.conclusion:
+        dr["conclusion"] = report.conclusion
+    if report.presented_forms:
+        dr["presentedForm"] = parts.presented_forms
+    return dr
+
+
+def _dr_extensions(parts: Parts) -> list[dict[str, Any]]:
+    out = []
+    for name, urls in parts.dr_extensions.items():
+        for url in urls:
+            out.append({"url": profiles.IM + _DR_EXT[name], "valueReference": {"reference": url}})
+    return out
+
+
+_DR_EXT = {
+    "finding": "HL7IDRFinding",
+    "impression": "HL7IDRImpression",
+    "procedure": "HL7IDRImagingProcedure",
+    "comparison": "HL7IDRComparisonStudy",
+    "recommendation": "HL7IDRRecommendation",
+    "history": "HL7IDRPatientHistory",
+    "communication": "HL7IDRCommunication",
+}
+
+
+def _composition(report: Report, parts: Parts, comp_id: str) -> dict[str, Any]:
+    comp: dict[str, Any] = {
+        "resourceType": "Composition",
+        "id": comp_id,
+        "meta": profiles.profile_meta(profiles.COMPOSITION),
+    }
+    if parts.based_on:
+        comp["extension"] = [
+            {"url": "http://hl7.org/fhir/StructureDefinition/event-basedOn", "valueReference": ref}
+            for ref in parts.based_on
+        ]
+    comp["identifier"] = [fhir.identifier(report.identifier)]
+    comp["status"] = composition_status(report.status)
+    comp["type"] = report_code(report)
+    comp["category"] = categories(report)
+    comp["subject"] = [{"reference": parts.patient_url}]
+    comp["date"] = report.date or report.effective or report.issued
+    authors = [{"reference": u} for u in parts.author_urls]
+    if parts.org_url:
+        authors.append({"reference": parts.org_url})
+    comp["author"] = authors
+    comp["title"] = report.title
+    if parts.interpreter_urls and report.attested and report.status in ("final", "corrected", "amended", "appended"):
+        comp["attester"] = [
+            {
+                "mode": {
+                    "coding": [
+                        {"system": "http://hl7.org/fhir/composition-attestation-mode", "code": "legal"}
+                    ]
+                },
+                "time": report.attested,
+                "party": {"reference": parts.interpreter_urls[0]},
+            }
+        ]
+    if report.relates_to:
+        comp["relatesTo"] = [
+            {"type": kind, "resourceReference": {"identifier": fhir.identifier(ident)}}
+            for kind, ident in report.relates_to
+        ]
+    comp["section"] = build_sections(report, parts)
+    return comp

@@ -1,0 +1,65 @@
+"""The minimal-metadata format (eu-imaging.md §2.2, §3.3): a ``collection`` Bundle with a
+DiagnosticReportEuImagingMinimalMetadata, for reports without a Study Instance UID or whose only content
+is an attached document. ``basedOn`` and ``study`` carry identifiers only; nothing is invented."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipelines.common import fhir
+from pipelines.common.ids import urn, uuid_for
+from pipelines.common.model import Report
+from pipelines.output import profiles
+from pipelines.output.document import bundle_id
+from pipelines.output.parts import build_parts, categories, report_code
+
+__all__ = ["shape_minimal"]
+
+
+def shape_minimal(report: Report) -> dict[str, Any]:
+    parts = build_parts(report, with_studies=False)
+    dr_id = uuid_for("DiagnosticReport", report.identifier.system, report.identifier.value)
+    dr: dict[str, Any] = {
+        "resourceType": "DiagnosticReport",
+        "id": dr_id,
+        "meta": profiles.profile_meta(profiles.DIAGNOSTIC_REPORT_MINIMAL),
+        "identifier": [fhir.identifier(report.identifier)],
+    }
+    if parts.based_on:
+        dr["basedOn"] = parts.based_on
+    dr["status"] = report.status
+    dr["category"] = categories(report)
+    dr["code"] = report_code(report)
+    dr["subject"] = {"reference": parts.patient_url}
+    if report.effective:
+        dr["effectiveDateTime"] = report.effective
+    if report.issued:
+        dr["issued"] = report.issued
+    if parts.org_url:
+        dr["performer"] = [{"reference": parts.org_url}]
+    if parts.interpreter_urls:
+        dr["resultsInterpreter"] = [{"reference": u} for u in parts.interpreter_urls]
+    if parts.observations:
+        dr["result"] = [{"reference": u} for u, _ in parts.observations]
+    if report.studies:
+        dr["study"] = [{"identifier": fhir.study_uid_identifier(s.uid)} for s in report.studies[:1]]
+    if parts.notes:
+        dr["note"] = parts.notes
+    if report.conclusion:
+        dr["conclusion"] = report.conclusion
+    if parts.presented_forms:
+        dr["presentedForm"] = parts.presented_forms
+    entries = [(urn(dr_id), dr), (parts.patient_url, parts.patient)]
+    entries += parts.observations + parts.people + parts.orgs
+    bid = bundle_id(report)
+    out: dict[str, Any] = {
+        "resourceType": "Bundle",
+        "id": bid,
+        "meta": profiles.profile_meta(profiles.BUNDLE_MINIMAL),
+        "identifier": {"system": "urn:ietf:rfc:3986", "value": urn(bid)},
+        "type": "collection",
+    }
+    if report.issued:
+        out["timestamp"] = report.issued
+    out["entry"] = [{"fullUrl": url, "resource": res} for url, res in entries]
+    return out

@@ -1,0 +1,245 @@
+"""Builders for the participant and context resources of an EU imaging report (pure, deterministic)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipelines.common import fhir
+from pipelines.common.ids import urn, uuid_for
+from pipelines.common.model import Finding, Order, Organization, Patient, Person, Report, Study
+from pipelines.output import profiles
+
+__all__ = [
+    "finding_observation",
+    "human_name",
+    "imaging_study",
+    "organization",
+    "patient",
+    "practitioner",
+    "service_request",
+]
+
+_DATA_ABSENT_UNKNOWN = {"extension": [{"url": fhir.DATA_ABSENT, "valueCode": "unknown"}]}
+
+
+def human_name(p: Patient | Person, text: str | None = None) -> dict[str, Any]:
+    name: dict[str, Any] = {}
+    if p.family:
+        name["family"] = p.family
+    if p.given:
+        name["given"] = list(p.given)
+    if p.prefix:
+        name["prefix"] = list(p.prefix)
+    if p.suffix:
+        name["suffix"] = list(p.suffix)
+    if text and not name:
+        name["text"] = text
+    return name
+
+
+def patient(report: Report) -> tuple[str, dict[str, Any]]:
+    p = report.patient
+    pid = patient_id(report)
+    res: dict[str, Any] = {"resourceType": "Patient", "id": pid, "meta": profiles.profile_meta(profiles.PATIENT)}
+    if p.identifiers:
+        res["identifier"] = [fhir.identifier(i) for i in p.identifiers]
+    name = human_name(p, p.name_text)
+    res["name"] = [name] if name else [_DATA_ABSENT_UNKNOWN]  # eu-pat-1 accepts a data-absent-reason
+    if p.gender:
+        res["gender"] = p.gender
+    if p.birth_date:
+        res["birthDate"] = p.birth_date
+    else:
+        res["_birthDate"] = _DATA_ABSENT_UNKNOWN  # birthDate is 1..1 in patient-eu-core
+    return urn(pid), res
+
+
+def patient_id(report: Report) -> str:
+    ids = report.patient.identifiers
+    if ids:
+        return uuid_for("Patient", ids[0].system, ids[0].value)
+    return uuid_for("Patient", "report", report.identifier.system, report.identifier.value)
+
+
+def organization(org: Organization) -> tuple[str, dict[str, Any]]:
+    key = f"{org.identifiers[0].system}|{org.identifiers[0].value}" if org.identifiers else org.name
+    oid = uuid_for("Organization", key)
+    res: dict[str, Any] = {
+        "resourceType": "Organization",
+        "id": oid,
+        "meta": profiles.profile_meta(profiles.ORGANIZATION),
+    }
+    if org.identifiers:
+        res["identifier"] = [fhir.identifier(i) for i in org.identifiers]
+    res["name"] = org.name
+    return urn(oid), res
+
+
+def practitioner(person: Person, org_url: str | None) -> list[tuple[str, dict[str, Any]]]:
+    """A Practitioner (EU core: name required) and a PractitionerRole tying it to the organisation."""
+    key = person.key()
+    prid = uuid_for("Practitioner", key)
+    prac: dict[str, Any] = {
+        "resourceType": "Practitioner",
+        "id": prid,
+        "meta": profiles.profile_meta(profiles.PRACTITIONER),
+    }
+    if person.identifiers:
+        prac["identifier"] = [fhir.identifier(i) for i in person.identifiers]
+    prac["name"] = [human_name(person, person.text)]
+    role_id = uuid_for("PractitionerRole", key, org_url or "")
+    role: dict[str, Any] = {
+        "resourceType": "PractitionerRole",
+        "id": role_id,
+        "meta": profiles.profile_meta(profiles.PRACTITIONER_ROLE),
+        "practitioner": {"reference": urn(prid)},
+    }
+    if org_url:
+        role["organization"] = {"reference": org_url}
+    return [(urn(role_id), role), (urn(prid), prac)]
+
+
+def imaging_study(study: Study, report: Report, patient_url: str, accession: dict[str, Any] | None) -> dict[str, Any]:
+    res: dict[str, Any] = {
+        "resourceType": "ImagingStudy",
+        "id": uuid_for("ImagingStudy", study.uid),
+        "meta": profiles.profile_meta(profiles.IMAGING_STUDY),
+        "identifier": [fhir.study_uid_identifier(study.uid)],
+        "status": "available",
+    }
+    if study.modalities:
+        res["modality"] = [{"coding": [{"system": fhir.DCM, "code": m}]} for m in study.modalities]
+    res["subject"] = {"reference": patient_url}
+    if study.started:
+        res["started"] = study.started
+    if accession:
+        res["basedOn"] = [{"identifier": accession}]
+    if study.referrer is not None and study.referrer.has_name():
+        res["referrer"] = {"display": _display(study.referrer)}
+    if study.number_of_series is not None:
+        res["numberOfSeries"] = study.number_of_series
+    if study.number_of_instances is not None:
+        res["numberOfInstances"] = study.number_of_instances
+    if study.description:
+        res["description"] = study.description
+    series = [s for s in study.series if s.modality]
+    if series:
+        res["series"] = []
+        for s in series:
+            entry: dict[str, Any] = {"uid": s.uid}
+            if s.number is not None:
+                entry["number"] = s.number
+            entry["modality"] = {"coding": [{"system": fhir.DCM, "code": s.modality}]}
+            if s.description:
+                entry["description"] = s.description
+            if s.instances:
+                entry["instance"] = [_instance(uid, cls, num) for uid, cls, num in s.instances]
+            res["series"].append(entry)
+    return res
+
+
+def _instance(uid: str, sop_class: str, number: int | None) -> dict[str, Any]:
+    out: dict[str, Any] = {"uid": uid, "sopClass": {"system": "urn:ietf:rfc:3986", "code": f"urn:oid:{sop_class}"}}
+    if number is not None:
+        out["number"] = number
+    return out
+
+
+def _display(person: Person) -> str:
+    parts = [*person.prefix, *person.given, person.family or "", *person.suffix]
+    return " ".join(p for p in parts if p) or person.text or ""
+
+
+def service_request(order: Order, patient_url: str, accession: dict[str, Any]) -> dict[str, Any]:
+    assert order.accession is not None
+    res: dict[str, Any] = {
+        "resourceType": "ServiceRequest",
+        "id": uuid_for("ServiceRequest", order.accession.system, order.accession.value),
+        "meta": profiles.profile_meta(profiles.SERVICE_REQUEST),
+        "identifier": [accession],
+        "status": "completed",
+        "intent": "order",
+        "category": [{"coding": [{"system": fhir.SCT, "code": "363679005", "display": "Imaging"}]}],
+    }
+    if order.code:
+        res["code"] = {"concept": fhir.codeable(order.code)}
+    res["subject"] = {"reference": patient_url}
+    if order.authored:
+        res["authoredOn"] = order.authored
+    if order.requester is not None and order.requester.has_name():
+        res["requester"] = {"display": _display(order.requester)}
+    if order.reason:
+        res["reason"] = [{"concept": fhir.codeable(order.reason)}]
+    return res
+
+
+def finding_observation(
+    finding: Finding, report: Report, patient_url: str, based_on: list[dict[str, Any]], index: int
+) -> dict[str, Any]:
+    oid = uuid_for("Observation", report.identifier.system, report.identifier.value, finding.key or str(index))
+    res: dict[str, Any] = {
+        "resourceType": "Observation",
+        "id": oid,
+        "meta": profiles.profile_meta(profiles.FINDING),
+    }
+    if finding.observation_uid:
+        res["identifier"] = [
+            {
+                "type": {
+                    "coding": [
+                        {
+                            "system": "http://hl7.eu/fhir/imaging-r5/CodeSystem/codesystem-missing-dicom-terminology",
+                            "code": "00080018",
+                        }
+                    ]
+                },
+                "system": "urn:dicom:uid",
+                "value": f"urn:oid:{finding.observation_uid}",
+            }
+        ]
+    if based_on:
+        res["basedOn"] = based_on
+    res["status"] = finding.status or _observation_status(report.status)
+    if finding.category:
+        res["category"] = [fhir.codeable(finding.category)]
+    res["code"] = fhir.codeable(finding.code)
+    res["subject"] = {"reference": patient_url}
+    if report.effective:
+        res["effectiveDateTime"] = report.effective
+    if finding.value_quantity is not None:
+        value, unit, ucum = finding.value_quantity
+        q: dict[str, Any] = {"value": value}
+        if unit:
+            q["unit"] = unit
+        if ucum:
+            q["system"] = fhir.UCUM
+            q["code"] = ucum
+        res["valueQuantity"] = q
+    elif finding.value_concept:
+        res["valueCodeableConcept"] = fhir.codeable(finding.value_concept)
+    elif finding.value_string is not None:
+        res["valueString"] = finding.value_string
+    if finding.interpretation:
+        res["interpretation"] = [fhir.codeable(finding.interpretation)]
+    if finding.body_site:
+        res["bodySite"] = fhir.codeable(finding.body_site)
+    return res
+
+
+_OBS_STATUS = {
+    "registered": "registered",
+    "partial": "preliminary",
+    "preliminary": "preliminary",
+    "modified": "amended",
+    "final": "final",
+    "amended": "amended",
+    "corrected": "corrected",
+    "appended": "final",
+    "cancelled": "cancelled",
+    "entered-in-error": "entered-in-error",
+    "unknown": "unknown",
+}
+
+
+def _observation_status(report_status: str) -> str:
+    return _OBS_STATUS.get(report_status, "unknown")
