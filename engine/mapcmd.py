@@ -45,11 +45,11 @@ def iter_inputs(paths: list[Path]) -> Iterator[Path]:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
+    """Write-then-rename, so a reader never sees a partial file. No fsync: ``engine map`` is a batch
+    conversion whose inputs stay in place (the service's folder sink fsyncs; see engine/sinks/folder.py)."""
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as fh:
         fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
     os.replace(tmp, path)
 
 

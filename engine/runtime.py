@@ -18,13 +18,15 @@ unexpected error (logged loudly; the batch stays unfinished and is resumed after
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import importlib
 import logging
 import signal
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, BinaryIO
 
 from engine.convert import Converter
 from engine.errors import ConfigError
@@ -69,12 +71,14 @@ class Runtime:
         self.intake: list[tuple[str, Any]] = []  # (name, listener with stop())
         self.worker: Worker | None = None
         self._intake_stopped = False
+        self._store_lock: BinaryIO | None = None
 
     # -- construction -------------------------------------------------------------------------------
 
     def _build(self) -> None:
         s = self.settings
         if s.store is not None:
+            self._lock_store(s.store.path)
             self.store = MessageStore(s.store.path)
         if s.kafka_source is not None:
             self.landing = _kafka("KafkaLanding")(s.kafka_source)
@@ -103,6 +107,17 @@ class Runtime:
             poll_timeout=s.worker.poll_timeout,
             stop=self.stop,
         )
+
+    def _lock_store(self, path: Path) -> None:
+        """One engine per message store: two would process the same messages twice."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path.with_name(path.name + ".lock"), "a+b")  # noqa: SIM115 - held for the process lifetime
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            handle.close()
+            raise ConfigError(f"another engine is already running on the message store {path}") from exc
+        self._store_lock = handle
 
     def _start_health(self) -> None:
         h = self.settings.health
@@ -224,6 +239,9 @@ class Runtime:
                     closer()
         if self.store is not None:
             self.store.close()
+        if self._store_lock is not None:
+            self._store_lock.close()
+            self._store_lock = None
         if self.health is not None:
             self.health.stop()
             self.health = None

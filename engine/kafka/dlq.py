@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 
 from kafka import KafkaProducer
 
-from engine.kafka._producer import encode_headers, make_producer, send_and_wait
+from engine.kafka._producer import ProducerHolder, encode_headers, send_and_wait
 from engine.kafka.settings import KafkaSettings
 from engine.kafka.sink import pipeline_version
 from engine.kafka.source import KafkaPosition
@@ -37,8 +37,7 @@ class KafkaDeadLetters:
     def __init__(self, settings: KafkaSettings, name: str = "kafka-dlq", producer: KafkaProducer | None = None) -> None:
         self.name = name
         self.settings = settings
-        self._producer = producer if producer is not None else make_producer(settings)
-        self._owns_producer = producer is None
+        self._holder = ProducerHolder(settings, producer)
         self._version = pipeline_version()
 
     def topic_for(self, envelope: Envelope) -> str:
@@ -68,8 +67,7 @@ class KafkaDeadLetters:
             ("engine.pipeline.version", self._version),
         ]
         topic = self.topic_for(envelope)
-        send_and_wait(self._producer, self.settings, topic, payload, key, encode_headers(items), f"kafka dlq {topic}")
+        send_and_wait(self._holder, topic, payload, key, encode_headers(items), f"kafka dlq {topic}")
 
     def close(self) -> None:
-        if self._owns_producer:
-            self._producer.close(timeout=self.settings.delivery_timeout_s)
+        self._holder.close()

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 
 from kafka import KafkaProducer
 
-from engine.kafka._producer import encode_headers, make_producer, send_and_wait
+from engine.kafka._producer import ProducerHolder, encode_headers, send_and_wait
 from engine.kafka.settings import KafkaSettings
 
 __all__ = ["KafkaLanding", "default_key_function"]
@@ -52,8 +52,7 @@ class KafkaLanding:
         use_default_key: bool = True,
     ) -> None:
         self.settings = settings
-        self._producer = producer if producer is not None else make_producer(settings)
-        self._owns_producer = producer is None
+        self._holder = ProducerHolder(settings, producer)
         self._key_function = key_function or (default_key_function() if use_default_key else None)
 
     def key_for(self, payload: bytes) -> bytes | None:
@@ -75,11 +74,10 @@ class KafkaLanding:
         }
         items.update(headers)
         meta = send_and_wait(
-            self._producer, self.settings, topic, payload, self.key_for(payload), encode_headers(items),
+            self._holder, topic, payload, self.key_for(payload), encode_headers(items),
             f"kafka landing {topic}",
         )
         return f"{meta.topic}:{meta.partition}:{meta.offset}"
 
     def close(self) -> None:
-        if self._owns_producer:
-            self._producer.close(timeout=self.settings.delivery_timeout_s)
+        self._holder.close()

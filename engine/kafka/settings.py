@@ -46,6 +46,7 @@ class KafkaSettings:
     max_block_ms: int = 10_000  # how long send() may wait for metadata / buffer space
     delivery_timeout_s: float = 30.0  # flush()/land() wait at most this long for broker acks
     request_timeout_ms: int = 30_000
+    bootstrap_timeout_ms: int = 30_000  # how long start-up waits for a first broker connection
     # security
     security_protocol: str = "PLAINTEXT"
     ssl_cafile: str | None = None
@@ -123,6 +124,7 @@ class KafkaSettings:
             "heartbeat_interval_ms": self.heartbeat_interval_ms,
             "max_poll_interval_ms": self.max_poll_interval_ms,
             "request_timeout_ms": max(self.request_timeout_ms, self.session_timeout_ms + 5_000),
+            "bootstrap_timeout_ms": self.bootstrap_timeout_ms,
             **self.security_config(),
         }
 
@@ -137,6 +139,7 @@ class KafkaSettings:
             "compression_type": self.compression_type,
             "max_block_ms": self.max_block_ms,
             "request_timeout_ms": self.request_timeout_ms,
+            "bootstrap_timeout_ms": self.bootstrap_timeout_ms,
             **self.security_config(),
         }
 
@@ -168,7 +171,7 @@ class KafkaSettings:
 
 _INT_FIELDS = frozenset({
     "max_poll_records", "session_timeout_ms", "heartbeat_interval_ms", "max_poll_interval_ms", "linger_ms",
-    "max_request_size", "max_block_ms", "request_timeout_ms",
+    "max_request_size", "max_block_ms", "request_timeout_ms", "bootstrap_timeout_ms",
 })
 
 

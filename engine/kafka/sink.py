@@ -23,7 +23,7 @@ from kafka import errors as kerr
 
 from engine.convert import Output
 from engine.errors import PermanentError, TransientError
-from engine.kafka._producer import classify, encode_headers, make_producer
+from engine.kafka._producer import ProducerHolder, classify, encode_headers
 from engine.kafka.settings import KafkaSettings
 from engine.sources.base import Envelope
 
@@ -64,8 +64,7 @@ class KafkaSink:
         self.name = name
         self.settings = settings
         self.topic = topic or settings.output_topic
-        self._producer = producer if producer is not None else make_producer(settings)
-        self._owns_producer = producer is None
+        self._holder = ProducerHolder(settings, producer)
         self._futures: list[tuple[Any, str]] = []  # (FutureRecordMetadata, bundle id)
         self._version = pipeline_version()
         self.written = 0  # records confirmed by the broker
@@ -92,10 +91,11 @@ class KafkaSink:
         key = output.partition_key.encode("ascii") if output.partition_key else None
         what = f"kafka sink {self.topic}: bundle {output.bundle_id}"
         try:
-            future = self._producer.send(
+            future = self._holder.producer.send(
                 self.topic, value=output.body, key=key, headers=self.headers(output, envelope)
             )
         except (kerr.KafkaError, TypeError, ValueError) as exc:
+            self._holder.recover()
             raise classify(exc, what) from exc
         self._futures.append((future, output.bundle_id))
 
@@ -105,7 +105,7 @@ class KafkaSink:
             return
         deadline = time.monotonic() + self.settings.delivery_timeout_s + self.settings.request_timeout_ms / 1000
         with contextlib.suppress(kerr.KafkaError):  # per-record outcomes below decide
-            self._producer.flush(timeout=max(0.1, deadline - time.monotonic()))
+            self._holder.producer.flush(timeout=max(0.1, deadline - time.monotonic()))
         permanent: PermanentError | None = None
         transient: TransientError | None = None
         for future, bundle_id in futures:
@@ -119,11 +119,12 @@ class KafkaSink:
                     transient = transient or err
                 continue
             self.written += 1
+        if transient is not None or permanent is not None:
+            self._holder.recover()
         if transient is not None:  # retry the whole batch: transient wins over permanent
             raise transient
         if permanent is not None:
             raise permanent
 
     def close(self) -> None:
-        if self._owns_producer:
-            self._producer.close(timeout=self.settings.delivery_timeout_s)
+        self._holder.close()

@@ -26,6 +26,7 @@ from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
+from engine.errors import TransientError
 from engine.kafka.offsets import OffsetTracker
 from engine.kafka.settings import KafkaSettings
 from engine.sources.base import Envelope
@@ -91,7 +92,14 @@ class KafkaSource:
         self.name = name
         self.settings = settings
         self.tracker: OffsetTracker[TopicPartition] = OffsetTracker()
-        self._consumer = consumer if consumer is not None else KafkaConsumer(**settings.consumer_config())
+        if consumer is None:
+            try:
+                consumer = KafkaConsumer(**settings.consumer_config())
+            except KafkaError as exc:  # NoBrokersAvailable, bootstrap timeout: the broker may come back
+                raise TransientError(
+                    f"kafka consumer: cannot reach {','.join(settings.bootstrap_servers)} ({type(exc).__name__})"
+                ) from exc
+        self._consumer = consumer
         self._consumer.subscribe(topics=list(settings.source_topics), listener=_Listener(self.tracker))
         self._poll_thread: int | None = None
         self._paused = False
@@ -115,6 +123,9 @@ class KafkaSource:
                 if epoch is None:  # revoked while we were polling: its new owner reads it
                     continue
                 envelopes.append(self._envelope(tp, record, epoch))
+        for e in envelopes:  # MUTATION: commit what was polled, before processing
+            self.tracker.ack(e.position.tp, e.position.offset, e.position.epoch)
+        self._commit()
         return envelopes
 
     def ack(self, envelopes: Sequence[Envelope]) -> None:

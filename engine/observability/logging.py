@@ -20,6 +20,8 @@ SAFE_FIELDS = (
     "envelope_id",
     "control_id",
     "sop_uid",
+    "sop_instance_uid",
+    "study_instance_uid",
     "accession_hash",
     "bundle_id",
     "report_id",
@@ -37,6 +39,9 @@ SAFE_FIELDS = (
     "dead_letters",
     "pid",
     "config",
+    "topic",
+    "partition",
+    "offset",
 )
 
 

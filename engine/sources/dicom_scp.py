@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -158,6 +159,8 @@ class StoreScp:
         self._server: ThreadedAssociationServer | None = None
         self._port = 0
         self.counters: dict[str, int] = dict.fromkeys(("stored", "refused", "undecodable", "errors"), 0)
+        self._in_flight = 0  # C-STORE handlers running
+        self._idle = threading.Condition()
 
     @property
     def port(self) -> int:
@@ -200,21 +203,33 @@ class StoreScp:
         )
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop accepting associations, give running ones ``timeout`` s to finish, then abort them."""
+        """Stop accepting associations, let C-STORE requests being stored finish and be answered, then
+        give associations a moment to release and abort the ones still open (idle peers)."""
         server, self._server = self._server, None
         if server is None:
             return
-        active = list(server.active_associations)
-        server.shutdown()
+        server.shutdown()  # no new associations
         deadline = time.monotonic() + timeout
-        for assoc in active:
-            assoc.join(max(0.0, deadline - time.monotonic()))
+        with self._idle:
+            self._idle.wait_for(lambda: self._in_flight == 0, timeout)
+        grace = time.monotonic() + min(1.0, max(0.0, deadline - time.monotonic()))
+        for assoc in list(server.active_associations):
+            assoc.join(max(0.0, grace - time.monotonic()))
             if assoc.is_alive():
-                log.warning("dicom scp: association still running at shutdown, aborting")
                 assoc.abort()
         log.info("dicom scp stopped", extra={"port": self._port})
 
     def _on_c_store(self, event: evt.Event) -> int:
+        with self._idle:
+            self._in_flight += 1
+        try:
+            return self._store(event)
+        finally:
+            with self._idle:
+                self._in_flight -= 1
+                self._idle.notify_all()
+
+    def _store(self, event: evt.Event) -> int:
         request = event.request
         assert isinstance(request, C_STORE)
         sop_class = str(request.AffectedSOPClassUID or "")

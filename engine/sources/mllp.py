@@ -242,6 +242,7 @@ class MllpListener:
 
     def _run(self, ssl_ctx: ssl.SSLContext | None) -> None:
         loop = asyncio.new_event_loop()
+        loop.set_exception_handler(self._on_loop_error)
         self._loop = loop
         try:
             self._server = loop.run_until_complete(
@@ -269,6 +270,13 @@ class MllpListener:
             loop.run_until_complete(loop.shutdown_asyncgens())
             loop.close()
 
+    @staticmethod
+    def _on_loop_error(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """One line instead of asyncio's traceback dump (failed TLS handshakes, resets during close)."""
+        exc = context.get("exception")
+        detail = f"{exc.__class__.__name__}: {exc}" if exc else ""
+        log.warning("mllp: %s %s", context.get("message", "event loop error"), detail)
+
     async def _shutdown(self, timeout: float) -> None:
         self._closing = True
         if self._server is not None:
@@ -280,7 +288,8 @@ class MllpListener:
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=timeout)
             for task in pending:
-                log.warning("mllp: connection %s still busy at shutdown, closing", self._connections[task].peer)
+                busy = self._connections.get(task)
+                log.warning("mllp: connection %s still busy at shutdown, closing", busy.peer if busy else "?")
                 task.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=2.0)

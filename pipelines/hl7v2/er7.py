@@ -178,11 +178,11 @@ def _delimiters(fs: str, enc: str) -> Delimiters:
 def _segment_lines(text: str, fs: str) -> list[str]:
     text = text.replace("\r\n", "\r").replace("\n", "\r")
     lines = text.split("\r")
+    candidate = re.compile(r"(?:[ \t]|<[cC][rR]>)(" + _KNOWN_SEGMENTS + ")" + re.escape(fs))
+    if candidate.search(text) is None:
+        return lines  # the common case: no glued segments anywhere
     glued = re.compile(r"(?:[ \t]+|<[cC][rR]>)(?=(?:" + _KNOWN_SEGMENTS + ")" + re.escape(fs) + ")")
     out: list[str] = []
     for line in lines:
-        if "<cr>" in line.lower() or (len(line) > 200 or " " in line):
-            out.extend(p for p in glued.split(line) if p != "")
-        else:
-            out.append(line)
+        out.extend(p for p in glued.split(line) if p != "")
     return out

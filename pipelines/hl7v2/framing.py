@@ -16,8 +16,6 @@ __all__ = ["Chunk", "split_stream"]
 
 _BOM = b"\xef\xbb\xbf"
 _VT, _FS = b"\x0b", b"\x1c"
-# A segment that starts a message (MSH) or a batch envelope (FHS/BHS/BTS/FTS), at the start of the data or of a line.
-_START = re.compile(rb"(?:^|(?<=[\r\n]))(?:\xef\xbb\xbf)?(MSH|FHS|BHS|BTS|FTS)(?=[^A-Za-z0-9\r\n])")
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,14 +84,36 @@ def _mllp_frames(data: bytes) -> list[bytes]:
         pos = end + 1
 
 
+_SEGMENT_STARTS = (b"MSH", b"FHS", b"BHS", b"BTS", b"FTS")
+
+
+def _starts(data: bytes) -> list[tuple[int, bytes]]:
+    """Offsets of MSH/FHS/BHS/BTS/FTS at the start of the data or of a line (a plain find loop: the hot path)."""
+    found: list[tuple[int, bytes]] = []
+    for name in _SEGMENT_STARTS:
+        pos = data.find(name)
+        while pos >= 0:
+            prev = data[pos - 1 : pos] if pos else b"\n"
+            nxt = data[pos + 3 : pos + 4]
+            if prev in (b"\r", b"\n") and nxt and not nxt.isalnum() and nxt not in (b"\r", b"\n"):
+                found.append((pos, name))
+            pos = data.find(name, pos + 3)
+    if data.startswith(_BOM):
+        for name in _SEGMENT_STARTS:
+            if data.startswith(name, 3):
+                found.append((0, name))
+    found.sort()
+    return found
+
+
 def _split_plain(data: bytes) -> list[Chunk]:
     if data.startswith(_BOM):
         data = data[len(_BOM) :]
-    starts = [(m.start(), m.group(1)) for m in _START.finditer(data)]
+    starts = _starts(data)
     chunks: list[Chunk] = []
     head = data[: starts[0][0]] if starts else data
     if head.strip():
-        chunks.append(Chunk(head.strip(b"\r\n"), junk=True))
+        chunks.append(Chunk(head, junk=True))
     for i, (pos, seg) in enumerate(starts):
         end = starts[i + 1][0] if i + 1 < len(starts) else len(data)
         if seg != b"MSH":

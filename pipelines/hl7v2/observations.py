@@ -213,7 +213,10 @@ def _finding(
     if f.value_concept is None and f.value_quantity is None and f.value_string is None:
         return None
     f.status = obx_status(fld(obx, 11))
-    flag = unescape(fld(obx, 8).split(d.component)[0], d).strip()
+    raw8 = fld(obx, 8)
+    if not raw8.strip() and "HL70078" in fld(obx, 9).upper():
+        raw8 = fld(obx, 9)  # field drift seen in RAD-128 samples: abnormal flag (table 0078) one field late
+    flag = unescape(raw8.split(d.component)[0], d).strip()
     if flag:
         f.interpretation = Concept(codings=(Coding(code=flag, system=_INTERPRETATION),))
     c15 = fld(obx, 15)

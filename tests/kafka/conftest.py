@@ -6,27 +6,19 @@ A broker that cannot be provisioned skips the broker tests locally and FAILS the
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from kafka import KafkaAdminClient
-from kafka_helpers import create_topics
 
 from engine.kafka import KafkaSettings
-
-_BROKER_PY = Path(__file__).parents[1] / "kafka_broker.py"
-_spec = importlib.util.spec_from_file_location("engine_tests_kafka_broker", _BROKER_PY)
-assert _spec is not None and _spec.loader is not None
-kafka_broker = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = kafka_broker
-_spec.loader.exec_module(kafka_broker)
+from tests import kafka_broker
+from tests.kafka.kafka_helpers import create_topics
 
 SESSION_TIMEOUT_MS = 6_000  # short, so a killed consumer's partitions move on quickly
 HEARTBEAT_MS = 1_000

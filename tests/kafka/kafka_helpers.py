@@ -7,7 +7,15 @@ from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
-__all__ = ["committed_offsets", "create_topics", "headers_of", "read_topic"]
+__all__ = [
+    "Collector",
+    "committed_offsets",
+    "create_topics",
+    "headers_of",
+    "poll_until",
+    "read_topic",
+    "wait_committed",
+]
 
 
 def create_topics(admin: KafkaAdminClient, partitions: dict[str, int], configs: dict[str, str] | None = None) -> None:
@@ -57,3 +65,50 @@ def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -
 
 def headers_of(record: Any) -> dict[str, str]:
     return {k: v.decode() for k, v in record.headers or ()}
+
+
+def poll_until(source: Any, count: int, timeout: float = 30.0) -> list[Any]:
+    """Poll a KafkaSource until ``count`` envelopes arrived (or the timeout passed)."""
+    envelopes: list[Any] = []
+    deadline = time.monotonic() + timeout
+    while len(envelopes) < count and time.monotonic() < deadline:
+        envelopes.extend(source.poll(max_records=count - len(envelopes), timeout=0.5))
+    return envelopes
+
+
+class Collector:
+    """Reads topics from the beginning (no group) and keeps everything it has seen."""
+
+    def __init__(self, bootstrap: str, topics: list[str]) -> None:
+        self.consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+        tps: list[TopicPartition] = []
+        for topic in topics:
+            parts = self.consumer.partitions_for_topic(topic) or set()
+            tps += [TopicPartition(topic, p) for p in sorted(parts)]
+        self.consumer.assign(tps)
+        self.consumer.seek_to_beginning(*tps)
+        self.records: list[Any] = []
+
+    def collect(self, until: Any, timeout: float = 60.0) -> list[Any]:
+        deadline = time.monotonic() + timeout
+        while not until(self.records) and time.monotonic() < deadline:
+            for batch in self.consumer.poll(timeout_ms=300).values():
+                self.records.extend(batch)
+        return self.records
+
+    def envelope_ids(self) -> set[str]:
+        return {headers_of(r)["engine.envelope-id"] for r in self.records}
+
+    def close(self) -> None:
+        self.consumer.close(autocommit=False)
+
+
+def wait_committed(
+    bootstrap: str, group: str, topic: str, ends: dict[int, int], timeout: float = 60.0
+) -> dict[int, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        got = committed_offsets(bootstrap, group, topic, len(ends))
+        if all((got[p] or 0) >= end for p, end in ends.items()) or time.monotonic() > deadline:
+            return got
+        time.sleep(0.3)

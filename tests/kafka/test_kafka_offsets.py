@@ -109,8 +109,10 @@ def test_reassignment_starts_a_new_epoch_and_old_acks_do_not_leak_into_it() -> N
 def test_partitions_are_independent() -> None:
     tracker: OffsetTracker[tuple[str, int]] = OffsetTracker()
     tracker.assign([P0, P1])
-    e0 = [tracker.track(P0, o) for o in (0, 1)][0]
-    e1 = [tracker.track(P1, o) for o in (100, 101)][0]
+    e0 = tracker.track(P0, 0)
+    tracker.track(P0, 1)
+    e1 = tracker.track(P1, 100)
+    tracker.track(P1, 101)
     assert e0 is not None and e1 is not None
     tracker.ack(P1, 101, e1)
     tracker.ack(P0, 0, e0)

@@ -7,7 +7,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from source_helpers import SqliteLanding, require_tool
+
+from tests.sources.source_helpers import SqliteLanding, require_tool
 
 
 @pytest.fixture

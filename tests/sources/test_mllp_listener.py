@@ -18,11 +18,11 @@ from typing import Any
 import hl7
 import pytest
 from hl7.client import MLLPClient
-from source_helpers import TESTDATA, FailingLanding, SqliteLanding
 
 from engine.sources.base import CONTENT_HL7V2, Landing
 from engine.sources.mllp import MllpListener, MllpSettings
 from engine.sources.mllp_framing import CR, EB, SB, frame
+from tests.sources.source_helpers import TESTDATA, FailingLanding, SqliteLanding
 
 SAMPLES = sorted(TESTDATA.glob("hl7v2-*/*.hl7")) + sorted(TESTDATA.glob("hl7v2-washu-scout/messages/*.hl7"))
 BULK = TESTDATA / "hl7v2-washu-scout" / "bulk" / "scout-all-oru.hl7"
@@ -347,7 +347,7 @@ class _SlowLanding:
     def land(self, payload: bytes, *, content_type: str, source: str, headers: Mapping[str, str]) -> str:
         self.started.set()
         assert self.release.wait(10)
-        return self.inner.land(payload, content_type=content_type, source=source, headers=headers)
+        return str(self.inner.land(payload, content_type=content_type, source=source, headers=headers))
 
 
 def test_stop_finishes_in_flight_messages(landing: SqliteLanding) -> None:

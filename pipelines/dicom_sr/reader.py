@@ -1,0 +1,232 @@
+"""Read a DICOM Part 10 file (or a raw dataset) and walk its SR content tree into light typed nodes.
+
+Only what the mapping needs is converted: pydicom parses the file once (``stop_before_pixels``), and
+the walker touches the content-item attributes by tag, never iterating every element. Truncated or
+corrupt input becomes a :class:`~pipelines.errors.ParseError` with a one-line reason.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+
+import pydicom
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.tag import Tag
+
+from pipelines.errors import ParseError
+
+__all__ = ["Code", "Graphic", "Item", "Num", "Ref", "first", "read_dataset", "text", "walk"]
+
+pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+
+_SEQ_DELIM = (b"\xfe\xff\xdd\xe0\x00\x00\x00\x00", b"\xff\xfe\xe0\xdd\x00\x00\x00\x00")
+_UNDEFINED = 0xFFFFFFFF
+_CONTENT_SEQ = Tag(0x0040, 0xA730)
+
+
+@dataclass(frozen=True, slots=True)
+class Code:
+    """A DICOM code sequence item: value, coding scheme designator, meaning."""
+
+    value: str
+    scheme: str
+    meaning: str
+
+
+@dataclass(frozen=True, slots=True)
+class Num:
+    value: float | int | None
+    unit: Code | None
+
+
+@dataclass(frozen=True, slots=True)
+class Ref:
+    sop_class: str
+    sop_instance: str
+    frames: tuple[int, ...] = ()
+    segments: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Graphic:
+    kind: str  # POINT, POLYLINE, CIRCLE, ELLIPSE, MULTIPOINT, POLYGON, ELLIPSOID
+    data: tuple[float, ...]
+    frame_of_reference: str | None = None
+
+
+@dataclass(slots=True)
+class Item:
+    """One SR content item (PS3.3 C.17.3) with the values the mapping reads."""
+
+    rel: str
+    vtype: str
+    name: Code | None
+    text: str | None = None  # TEXT, PNAME, DATETIME, DATE, TIME, UIDREF values
+    code: Code | None = None
+    num: Num | None = None
+    ref: Ref | None = None
+    graphic: Graphic | None = None
+    uid: str | None = None  # Observation UID (0040,A171)
+    children: list[Item] = field(default_factory=list)
+
+    def is_(self, value: str) -> bool:
+        return self.name is not None and self.name.value == value
+
+    def find(self, value: str) -> Item | None:
+        return next((c for c in self.children if c.is_(value)), None)
+
+
+def read_dataset(data: bytes) -> Dataset:
+    """Parse the bytes (Part 10 with preamble, or a raw dataset) and reject truncated input."""
+    preamble = len(data) >= 132 and data[128:132] == b"DICM"
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=not preamble)
+    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, IndexError, TypeError, NotImplementedError) as exc:
+        raise ParseError(f"not a readable DICOM file ({type(exc).__name__})") from None
+    if not ds._dict or not _complete(ds, data):
+        raise ParseError("truncated DICOM file: the last data element is incomplete")
+    return ds
+
+
+def _complete(ds: Dataset, data: bytes) -> bool:
+    last = ds._dict[max(ds._dict)]
+    if isinstance(last, RawDataElement):
+        if last.length == _UNDEFINED:
+            return data.endswith(_SEQ_DELIM)
+        return last.value is None or len(last.value) == last.length
+    if isinstance(last, DataElement) and last.VR == "SQ" and last.is_undefined_length:
+        return data.endswith(_SEQ_DELIM)
+    return True
+
+
+def text(ds: Dataset, keyword: str) -> str:
+    """A string attribute's value (first value if multi-valued), stripped; '' when absent."""
+    value = ds.get(keyword)
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple, pydicom.multival.MultiValue)):
+        value = value[0] if len(value) else ""
+    return str(value).strip().strip("\x00")
+
+
+def first(ds: Dataset, keyword: str) -> Dataset | None:
+    seq = ds.get(keyword)
+    if seq is None or isinstance(seq, (str, bytes)):
+        return None
+    try:
+        return seq[0] if len(seq) else None
+    except (TypeError, IndexError):
+        return None
+
+
+def code_of(item: Dataset | None) -> Code | None:
+    if item is None:
+        return None
+    value = text(item, "CodeValue") or text(item, "LongCodeValue") or text(item, "URNCodeValue")
+    if not value:
+        return None
+    return Code(value, text(item, "CodingSchemeDesignator"), text(item, "CodeMeaning"))
+
+
+def walk(ds: Dataset, depth: int = 0) -> list[Item]:
+    """The content items below ``ds`` (its Content Sequence), recursively."""
+    seq = ds.get(_CONTENT_SEQ)
+    if seq is None or depth > 64:
+        return []
+    out = []
+    for child in seq.value or []:
+        item = _item(child, depth)
+        if item is not None:
+            out.append(item)
+    return out
+
+
+def _item(ds: Dataset, depth: int) -> Item | None:
+    vtype = text(ds, "ValueType")
+    if not vtype:
+        return None  # by-reference relationship (Referenced Content Item Identifier) or a trial item
+    item = Item(rel=text(ds, "RelationshipType"), vtype=vtype, name=code_of(first(ds, "ConceptNameCodeSequence")))
+    if vtype == "TEXT":
+        item.text = str(ds.get("TextValue", "") or "")
+    elif vtype == "CODE":
+        item.code = code_of(first(ds, "ConceptCodeSequence"))
+    elif vtype == "NUM":
+        item.num = _num(ds)
+    elif vtype == "PNAME":
+        item.text = str(ds.get("PersonName", "") or "")
+    elif vtype == "UIDREF":
+        item.text = text(ds, "UID")
+    elif vtype == "DATETIME":
+        item.text = text(ds, "DateTime")
+    elif vtype == "DATE":
+        item.text = text(ds, "Date")
+    elif vtype == "TIME":
+        item.text = text(ds, "Time")
+    elif vtype in ("IMAGE", "COMPOSITE", "WAVEFORM"):
+        item.ref = _ref(first(ds, "ReferencedSOPSequence"))
+    elif vtype in ("SCOORD", "SCOORD3D"):
+        item.graphic = _graphic(ds)
+    item.uid = text(ds, "ObservationUID") or None
+    item.children = walk(ds, depth + 1)
+    return item
+
+
+def _number(raw: object) -> float | int | None:
+    if raw is None or raw == "":
+        return None
+    s = str(raw).strip()
+    try:
+        if s.lstrip("+-").isdigit():
+            return int(s)
+        return float(s)
+    except ValueError:
+        return None
+
+
+def _num(ds: Dataset) -> Num:
+    mv = first(ds, "MeasuredValueSequence")
+    if mv is None:
+        return Num(None, None)
+    value = _number(mv.get("FloatingPointValue")) if "FloatingPointValue" in mv else None
+    if value is None:
+        value = _number(mv.get("NumericValue"))
+    return Num(value, code_of(first(mv, "MeasurementUnitsCodeSequence")))
+
+
+def _ints(value: object) -> tuple[int, ...]:
+    if value is None or value == "":
+        return ()
+    values = value if isinstance(value, (list, tuple, pydicom.multival.MultiValue)) else [value]
+    out = []
+    for v in values:
+        n = _number(v)
+        if isinstance(n, int):
+            out.append(n)
+    return tuple(out)
+
+
+def _ref(ds: Dataset | None) -> Ref | None:
+    if ds is None:
+        return None
+    inst = text(ds, "ReferencedSOPInstanceUID")
+    if not inst:
+        return None
+    return Ref(
+        sop_class=text(ds, "ReferencedSOPClassUID"),
+        sop_instance=inst,
+        frames=_ints(ds.get("ReferencedFrameNumber")),
+        segments=_ints(ds.get("ReferencedSegmentNumber")),
+    )
+
+
+def _graphic(ds: Dataset) -> Graphic | None:
+    kind = text(ds, "GraphicType")
+    raw = ds.get("GraphicData")
+    if not kind or raw is None:
+        return None
+    values = raw if isinstance(raw, (list, tuple, pydicom.multival.MultiValue)) else [raw]
+    data = tuple(float(v) for v in values)
+    return Graphic(kind, data, text(ds, "ReferencedFrameOfReferenceUID") or None)

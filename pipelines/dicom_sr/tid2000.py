@@ -1,0 +1,250 @@
+"""TID 2000 narrative reports (Basic Text, Enhanced, Comprehensive SR) -> sections, findings, key images.
+
+* Headings (CONTAINERs under the root) map to EU Composition sections by code: CID 7001 LOINC or the
+  retired DCM 1210xx codes (:func:`pipelines.common.sections.section_for_code`), else by the heading's
+  meaning; anything unrecognised is findings (mappings.md §4.2).
+* TEXT items become section narrative; CODE and NUM items become narrative lines *and*
+  ObservationFindingEuImaging findings in that section. A CONTINUOUS container is read as one running
+  text (DCMTK-style "The lesion measures 1.5 cm ..."), a SEPARATE one line by line.
+* IMAGE items directly under a heading (or in a Key Images 121180 container) become
+  ImagingSelectionKeyImageEuImaging entries of the section (``DiagnosticReport.extension[finding]``).
+* Root-level observation context (observer, language, procedure reported) is not narrative; the
+  Person Observer Name becomes an author when the header names none.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipelines.common import fhir
+from pipelines.common.ids import uid_ok, uuid_for
+from pipelines.common.model import Concept, ExtraResource, Finding, Report, Section
+from pipelines.common.sections import section_for_code, section_for_heading
+from pipelines.dicom_sr.build import accession_ref, study_ref
+from pipelines.dicom_sr.codes import coding, concept, ucum
+from pipelines.dicom_sr.header import Header, dt_value, person_from_pn
+from pipelines.dicom_sr.reader import Item
+from pipelines.dicom_sr.status import observation_status
+from pipelines.output.profiles import IM
+
+__all__ = ["apply_narrative", "format_num", "observer_authors"]
+
+_NARRATIVE_NAMES = {"121071", "121073", "121075", "121077", "121065", "121069", "121050", "121106"}
+_SKIP_CONTAINERS = {"126010", "126011", "111028", "113811", "113702", "113706", "113819", "113705"}
+_CONTEXT_RELS = {"HAS OBS CONTEXT", "HAS CONCEPT MOD", "HAS ACQ CONTEXT"}
+
+
+def observer_authors(root: list[Item], report: Report) -> None:
+    """TID 1002 Person Observer Name (121008, or any PNAME observation context) -> author."""
+    if report.authors:
+        return
+    for item in root:
+        if item.rel == "HAS OBS CONTEXT" and item.vtype in ("PNAME", "TEXT") and item.text and (
+            item.vtype == "PNAME" or item.is_("121008")
+        ):
+            person = person_from_pn(item.text)
+            if person is not None:
+                report.authors.append(person)
+
+
+def apply_narrative(root: list[Item], h: Header, report: Report) -> bool:
+    """Add sections, findings and key images for a TID 2000-style tree; True if any content was found."""
+    state = _State(h, report)
+    for item in root:
+        if item.rel in _CONTEXT_RELS:
+            if item.is_("121058") and (item.code or item.text):
+                label = item.code.meaning if item.code else item.text
+                state.add("procedure", f"Procedure reported: {label}")
+            continue
+        if item.vtype == "CONTAINER":
+            if item.name is not None and item.name.value in _SKIP_CONTAINERS:
+                continue
+            state.heading(item)
+        else:
+            key = _section_of(item) or "findings"
+            state.content(item, key, labelled=True)
+    state.flush()
+    for key, lines in state.sections.items():
+        report.sections.append(Section(key=key, text="\n".join(lines)))
+    conclusion = [s.text for s in report.sections if s.key in ("impression", "conclusion")]
+    if conclusion:
+        report.conclusion = "\n\n".join(conclusion)
+    return state.found
+
+
+def _section_of(item: Item) -> str | None:
+    if item.name is None:
+        return None
+    key = section_for_code(item.name.value)
+    if key is None and item.name.meaning:
+        hit = section_for_heading(item.name.meaning)
+        key = hit[0] if hit else None
+    return key
+
+
+class _State:
+    def __init__(self, h: Header, report: Report) -> None:
+        self.h, self.report = h, report
+        self.sections: dict[str, list[str]] = {}
+        self.found = False
+        self._evidence = _evidence_index(h)
+
+    def add(self, key: str, line: str) -> None:
+        if line.strip():
+            self.sections.setdefault(key, []).append(line.rstrip())
+
+    def heading(self, container: Item, key: str | None = None, depth: int = 0) -> None:
+        key = _section_of(container) or key or "findings"
+        key_images = container.is_("121180") or container.is_("55113-5")
+        title = container.name.meaning if container.name else ""
+        if depth and title:
+            self.add(key, f"{title}:")
+        if _continuous(container):
+            self.add(key, self._running_text(container, key))
+            return
+        for child in container.children:
+            if child.rel in _CONTEXT_RELS:
+                continue
+            if child.vtype == "CONTAINER":
+                self.heading(child, key, depth + 1)
+            elif child.vtype == "IMAGE" and (child.rel == "CONTAINS" or key_images):
+                self.key_image(child, key)
+            else:
+                self.content(child, key, labelled=False)
+
+    def _running_text(self, container: Item, key: str) -> str:
+        words: list[str] = []
+        for child in container.children:
+            if child.vtype == "TEXT" and child.text:
+                words.append(child.text.strip())
+            elif child.vtype == "PNAME" and child.text:
+                p = person_from_pn(child.text)
+                if p is not None:
+                    words.append(" ".join([*p.prefix, *p.given, p.family or "", *p.suffix]).strip())
+            elif child.vtype == "CODE" and child.code:
+                words.append(child.code.meaning or child.code.value)
+                self._finding(child, key)
+            elif child.vtype == "NUM" and child.num and child.num.value is not None:
+                words.append(format_num(child))
+                self._finding(child, key)
+            elif child.vtype == "IMAGE":
+                self.key_image(child, key)
+            elif child.vtype == "CONTAINER":
+                words.append(self._running_text(child, key))
+        self.found = self.found or bool(words)
+        return " ".join(w for w in words if w)
+
+    def content(self, item: Item, key: str, *, labelled: bool) -> None:
+        label = item.name.meaning if item.name and item.name.value not in _NARRATIVE_NAMES else ""
+        line = ""
+        if item.vtype == "TEXT" and item.text and item.text.strip():
+            body = item.text.replace("\r\n", "\n").replace("\r", "\n").strip()
+            line = f"{label}: {body}" if labelled and label else body
+        elif item.vtype == "CODE" and item.code:
+            line = f"{label or 'Finding'}: {item.code.meaning or item.code.value}"
+            self._finding(item, key)
+        elif item.vtype == "NUM" and item.num and item.num.value is not None:
+            line = f"{label or 'Measurement'}: {format_num(item)}"
+            self._finding(item, key)
+        elif item.vtype == "PNAME" and item.text:
+            line = f"{label}: {item.text.replace('^', ' ').strip()}" if label else ""
+        elif item.vtype in ("DATE", "DATETIME", "TIME") and item.text:
+            line = f"{label}: {dt_value(item.text, self.h.tz) or item.text}" if label else ""
+        elif item.vtype == "CONTAINER":
+            self.heading(item, key, 1)
+        if line:
+            self.found = True
+            self.add(key, line)
+
+    def _finding(self, item: Item, key: str) -> None:
+        if item.name is None:
+            return
+        self.found = True
+        base = self.h.base
+        index = len(self.report.findings)
+        f = Finding(code=concept(item.name, base) or Concept(text="Finding"), section=key,
+                    observation_uid=item.uid, key=f"tid2000-{index}")  # fmt: skip
+        if item.vtype == "CODE" and item.code:
+            f.value_concept = concept(item.code, base)
+        elif item.num is not None and item.num.value is not None:
+            unit = item.num.unit
+            f.value_quantity = (float(item.num.value), unit.meaning if unit else None, ucum(unit))
+        f.status = observation_status(self.report.status)
+        self.report.findings.append(f)
+
+    def key_image(self, item: Item, key: str) -> None:
+        ref = item.ref
+        if ref is None or not uid_ok(ref.sop_instance) or not uid_ok(ref.sop_class):
+            return
+        study_uid, series_uid = self._evidence.get(ref.sop_instance, (self.h.study_uid, None))
+        if not uid_ok(study_uid) or study_uid not in {s.uid for s in self.report.studies}:
+            return
+        self.found = True
+        self.report.extras.append(
+            ExtraResource(resource=_key_image(self.h, self.report, ref, study_uid, series_uid, item),
+                          section=key if key in ("findings", "impression") else "findings",
+                          dr_extension="impression" if key == "impression" else "finding")  # fmt: skip
+        )
+
+    def flush(self) -> None:
+        for key in list(self.sections):
+            if not any(line.strip() for line in self.sections[key]):
+                del self.sections[key]
+
+
+def _continuous(container: Item) -> bool:
+    kinds = {c.vtype for c in container.children if c.rel not in _CONTEXT_RELS}
+    texts = sum(1 for c in container.children if c.vtype == "TEXT")
+    return texts > 1 and "PNAME" in kinds | {"NUM", "CODE"} and _is_running(container)
+
+
+def _is_running(container: Item) -> bool:
+    # A running text alternates short TEXT fragments with inline PNAME/CODE/NUM values.
+    kinds = [c.vtype for c in container.children if c.rel not in _CONTEXT_RELS]
+    return any(a == "TEXT" and b in ("PNAME", "CODE", "NUM") for a, b in zip(kinds, kinds[1:], strict=False))
+
+
+def format_num(item: Item) -> str:
+    num = item.num
+    if num is None or num.value is None:
+        return ""
+    unit = num.unit
+    shown = ""
+    if unit is not None:
+        shown = unit.value if unit.scheme == "UCUM" and unit.value not in ("1", "{ratio}") else ""
+        if unit.value.startswith("{") and unit.meaning:
+            shown = unit.meaning
+    return f"{num.value} {shown}".strip()
+
+
+def _evidence_index(h: Header) -> dict[str, tuple[str, str | None]]:
+    return h.evidence
+
+
+def _key_image(h: Header, report: Report, ref: Any, study_uid: str, series_uid: str | None,
+               item: Item) -> dict[str, Any]:  # fmt: skip
+    res: dict[str, Any] = {
+        "resourceType": "ImagingSelection",
+        "id": uuid_for("ImagingSelection", h.sop_uid, "key-image", ref.sop_instance, ",".join(map(str, ref.frames))),
+        "meta": {"profile": [IM + "ImagingSelectionKeyImageEuImaging"]},
+        "status": "available",
+        "subject": {"reference": "@patient"},
+    }
+    based_on = accession_ref(report)
+    if based_on:
+        res["basedOn"] = based_on
+    res["code"] = {"coding": [{"system": fhir.DCM, "code": "121180", "display": "Key Images"}]}
+    if item.name is not None and item.name.value not in ("121180",):
+        res["code"]["coding"].append(fhir.coding(coding(item.name, h.base)))
+    res["studyUid"] = study_uid
+    res["derivedFrom"] = [study_ref(study_uid)]
+    if series_uid:
+        res["seriesUid"] = series_uid
+    instance: dict[str, Any] = {
+        "uid": ref.sop_instance,
+        "sopClass": {"system": "urn:ietf:rfc:3986", "code": f"urn:oid:{ref.sop_class}"},
+    }
+    if ref.frames:
+        instance["subset"] = [str(f) for f in ref.frames]
+    res["instance"] = [instance]
+    return res

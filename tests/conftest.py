@@ -1,0 +1,42 @@
+"""Shared fixtures: the shared/ folder, the offline FHIR profile checker, a converter with the shipped
+sender profiles."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared"
+TESTDATA = SHARED / "testdata"
+
+
+@pytest.fixture(scope="session")
+def fhir_validator() -> Any:
+    """profcheck.Validator over ../shared/fhir-packages. In CI a missing checker fails instead of skipping."""
+    sys.path.insert(0, str(SHARED / "tools"))
+    if os.environ.get("CI"):
+        import profcheck  # type: ignore[import-not-found]
+    else:
+        profcheck = pytest.importorskip("profcheck")
+    if not (SHARED / "fhir-packages").is_dir():
+        if os.environ.get("CI"):
+            pytest.fail("../shared/fhir-packages not present")
+        pytest.skip("../shared/fhir-packages not present")
+    return profcheck.Validator()
+
+
+def profile_errors(validator: Any, resource: dict[str, Any]) -> list[str]:
+    return [str(i) for i in validator.validate(resource) if i.sev == "error"]
+
+
+@pytest.fixture(scope="session")
+def converter() -> Any:
+    from engine.cmd_map import load_mapping_context
+    from engine.convert import Converter
+
+    return Converter(load_mapping_context(None))

@@ -1,0 +1,140 @@
+"""Facts of the converted reports for a representative set of the shared ORU samples."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import TESTDATA
+from tests.hl7v2.helpers import bundles, one, resources, section, section_note
+
+SCOUT = TESTDATA / "hl7v2-washu-scout" / "messages"
+
+
+def convert(converter: Any, path: Path) -> list[dict[str, Any]]:
+    result = converter.convert(path.read_bytes())
+    assert not result.rejections, [r.reason for r in result.rejections]
+    return bundles(result)
+
+
+def accession(bundle: dict[str, Any]) -> str:
+    sr = one(bundle, "ServiceRequest")
+    return str(sr["identifier"][0]["value"])
+
+
+def test_scout_final_with_zds_study_uid(converter: Any) -> None:
+    [b] = convert(converter, SCOUT / "scout-13-v2.7-Final-20250814-22.hl7")
+    assert b["type"] == "document" and b["entry"][0]["resource"]["resourceType"] == "Composition"
+    patient = one(b, "Patient")
+    assert patient["identifier"][0]["value"] == "ABC1234348"
+    assert patient["birthDate"] == "1955-03-04" and patient["gender"] == "female"
+    assert accession(b) == "620943177"  # OBR-3 by the shipped sender profile (OBR-18 holds the body part)
+    study = one(b, "ImagingStudy")
+    assert study["identifier"][0]["value"] == "urn:oid:2.25.294907481242086090937208324724781073257"
+    assert study["modality"][0]["coding"][0]["code"] == "MR"  # OBR-24 MR
+    dr = one(b, "DiagnosticReport")
+    assert dr["status"] == "final" and one(b, "Composition")["status"] == "final"
+    impression = section_note(b, "19005-8")
+    assert impression.startswith("IMPRESSION:\nMild diffuse periventricular and subcortical small vessel ischemic")
+    assert "Dictated by:" in impression and dr["conclusion"] == impression
+    findings = section_note(b, "59776-5")
+    assert "FINDINGS:\nAxial, sagittal, and coronal sequences" in findings and "\n\nFINDINGS" in findings
+    assert "previously unreported" in section_note(b, "55107-7")  # &ADT addendum text, own open section
+
+
+def test_scout_v23_minimal_metadata_without_study_uid(converter: Any) -> None:
+    [b] = convert(converter, SCOUT / "scout-02-v2.3-Final-20250814-19.hl7")
+    assert b["type"] == "collection"
+    assert not resources(b, "ImagingStudy") and not resources(b, "Composition")
+    dr = one(b, "DiagnosticReport")
+    assert dr["meta"]["profile"][0].endswith("DiagnosticReportEuImagingMinimalMetadata")
+    assert dr["status"] == "final"
+    assert dr["basedOn"] == [{"identifier": dr["basedOn"][0]["identifier"]}]
+    assert dr["basedOn"][0]["identifier"]["value"] == "620943146"
+    notes = {n["extension"][0]["valueCodeableConcept"]["coding"][0]["code"]: n["text"] for n in dr["note"]}
+    assert notes["19005-8"].startswith("IMPRESSION:\nMarked progression of cervical spondylosis")
+    assert one(b, "Practitioner")["name"][0]["family"] == "WILLIAMS"  # OBR-32 results interpreter
+    assert dr["resultsInterpreter"][0]["reference"].startswith("urn:uuid:")
+
+
+def test_word_statuses(converter: Any) -> None:
+    status = {
+        "scout-04-v2.3-Prelim-20250814-29.hl7": "preliminary",
+        "scout-05-v2.3-WetRead-20250814-4.hl7": "preliminary",
+        "scout-30-v2.7-Final-20240725-0.hl7": "final",
+        "scout-01-v2.3-nostatus-20260329-4.hl7": "final",  # no OBR-25: OBX-11 F
+    }
+    for name, expected in status.items():
+        [b] = convert(converter, SCOUT / name)
+        assert one(b, "DiagnosticReport")["status"] == expected, name
+
+
+def test_rad128_style_structured_oru(converter: Any) -> None:
+    [b] = convert(converter, TESTDATA / "hl7v2-dcm4che" / "ORU_R01-SR.hl7")
+    assert b["type"] == "document"
+    assert one(b, "ImagingStudy")["identifier"][0]["value"] == "urn:oid:1.2.392.200036.9125.0.198811291108.7"
+    assert one(b, "Patient")["identifier"][0]["value"] == "PID_1"
+    text = section_note(b, "59776-5")
+    assert "The right kidney is slightly enlarged" in text and "small mass in the left lung" in text
+    assert "Follow-up with CT of the Abdomen" in section_note(b, "18783-1")
+    obs = {o["code"]["coding"][0]["code"]: o for o in resources(b, "Observation")}
+    assert obs["309088003"]["valueCodeableConcept"]["coding"][0] == {
+        "system": "http://hl7.org/fhir/sid/icd-10",
+        "code": "C65.2",
+        "display": "Malignant neoplasm of left renal pelvis",
+    }
+    assert obs["309088003"]["interpretation"][0]["coding"][0]["code"] == "AA"
+    masses = [o["valueString"] for o in resources(b, "Observation") if o["code"]["coding"][0]["code"] == "300332007"]
+    assert masses == ["4mmx6mm", "5mmx7mm"]
+    dr = one(b, "DiagnosticReport")
+    result_refs = {r["reference"] for r in dr["result"]}
+    for sec in one(b, "Composition")["section"]:  # dgr-1: every Observation in a section is in result
+        for entry in sec.get("entry", []):
+            if entry["reference"] in {e["fullUrl"] for e in b["entry"] if e["resource"]["resourceType"] == "Observation"}:
+                assert entry["reference"] in result_refs
+
+
+def test_encapsulated_pdf_and_cda(converter: Any) -> None:
+    [pdf] = convert(converter, TESTDATA / "hl7v2-dcm4che" / "ORU_R01-PDF.hl7")
+    dr = one(pdf, "DiagnosticReport")
+    form = dr["presentedForm"][0]
+    assert form["contentType"] == "application/pdf"
+    assert base64.b64decode(form["data"]).startswith(b"%PDF-1.3")  # base64 wrapped over lines, glued back
+    assert dr["study"][0]["identifier"]["value"] == "urn:oid:1.2.392.200036.9125.0.198811291108.7"
+    [cda] = convert(converter, TESTDATA / "hl7v2-dcm4che" / "ORU_R01-CDA.hl7")
+    form = one(cda, "DiagnosticReport")["presentedForm"][0]
+    assert form["contentType"] == "application/hl7-cda+xml"
+    assert b"<ClinicalDocument" in base64.b64decode(form["data"])
+
+
+def test_grouped_procedures_one_report(converter: Any) -> None:
+    """Three OBRs, one dictation under the first: one report (mappings.md §7.6), v2.2, a glued OBX."""
+    [b] = convert(converter, TESTDATA / "hl7v2-hapi" / "ORU-R01-v2.2-radiology-multiOBR.hl7")
+    dr = one(b, "DiagnosticReport")
+    assert dr["status"] == "preliminary"
+    assert dr["identifier"][0]["value"] == "0000000566"
+    [note] = [n["text"] for n in dr["note"]]
+    assert note.startswith("This is a test on 05/02/94.\nThis is a test for the CRR.\n")
+    assert one(b, "Practitioner")["name"][0]["family"] == "BAKER"
+
+
+def test_multiple_reports_in_one_message(converter: Any) -> None:
+    bs = convert(converter, TESTDATA / "hl7v2-linuxforhealth" / "ORU-multiple-reports-from-Hl7ORUMessageTest.hl7")
+    assert len(bs) == 2
+    ids = [one(b, "DiagnosticReport")["identifier"][0]["value"] for b in bs]
+    assert ids == ["986", "98"]
+    assert len({b["id"] for b in bs}) == 2
+
+
+def test_versions_share_report_identifier(converter: Any) -> None:
+    """Preliminary -> final of one report: same report identifier, different Bundle (document instance)."""
+    raw = (SCOUT / "scout-13-v2.7-Final-20250814-22.hl7").read_bytes()
+    prelim = raw.replace(b"|Final|", b"|Prelim|").replace(b"|20250814120610||MR|", b"|20250814110000||MR|")
+    [final_b] = bundles(converter.convert(raw))
+    [prelim_b] = bundles(converter.convert(prelim))
+    assert one(prelim_b, "DiagnosticReport")["status"] == "preliminary"
+    assert one(final_b, "DiagnosticReport")["identifier"] == one(prelim_b, "DiagnosticReport")["identifier"]
+    assert one(final_b, "DiagnosticReport")["id"] == one(prelim_b, "DiagnosticReport")["id"]
+    assert final_b["id"] != prelim_b["id"] and final_b["identifier"] != prelim_b["identifier"]
+    assert section(prelim_b, "18726-0") is not None
