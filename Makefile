@@ -36,6 +36,7 @@ lint: $(TEST_STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_oru.py
+	$(BIN)/python bench/bench_mllp.py
 
 clean:
 	rm -rf $(VENV) var build *.egg-info

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import os
 import socket
 import sqlite3
 import statistics
@@ -175,7 +176,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--file", type=Path, default=BULK)
     args = parser.parse_args(argv)
     messages = load_messages(args.file)
-    print(f"{len(messages)} messages from {args.file.name}; landing={args.landing}; {args.runs} runs each")
+    print(
+        f"{len(messages)} messages from {args.file.name}; landing={args.landing}; {args.runs} runs each; "
+        f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}"
+    )
     for connections in args.connections:
         runs = [one_run(messages, connections, args.landing) for _ in range(args.runs)]
         for i, (rate, med, p99) in enumerate(runs, 1):

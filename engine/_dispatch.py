@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+from engine.convert import Conversion, Output, Rejection
 from pipelines.common.ids import hashed_key
 from pipelines.common.model import Report
 from pipelines.context import MappingContext
 from pipelines.errors import MappingError
 from pipelines.hl7v2 import map_message, split_stream
 from pipelines.output import serialize, shape
-
-from engine.convert import Conversion, Output, Rejection
 
 __all__ = ["convert_bytes", "is_dicom", "partition_key"]
 
@@ -18,8 +17,11 @@ def is_dicom(data: bytes) -> bool:
     """DICOM Part 10 (128-byte preamble + "DICM"), or a raw dataset starting with a group 0002/0008 tag."""
     if len(data) >= 132 and data[128:132] == b"DICM":
         return True
-    return len(data) >= 8 and data[:2] in (b"\x02\x00", b"\x08\x00") and data[2:4] < b"\x20\x00" and not data.startswith(
-        (b"MSH", b"\x0b")
+    return (
+        len(data) >= 8
+        and data[:2] in (b"\x02\x00", b"\x08\x00")
+        and data[2:4] < b"\x20\x00"
+        and not data.startswith((b"MSH", b"\x0b"))
     )
 
 
@@ -62,7 +64,9 @@ def _convert_dicom(data: bytes, ctx: MappingContext, model: str, result: Convers
     try:
         from pipelines.dicom_sr import map_dicom
     except ImportError:
-        result.rejections.append(Rejection(1, "DICOM input: the DICOM SR pipeline is not installed", data, "ParseError"))
+        result.rejections.append(
+            Rejection(1, "DICOM input: the DICOM SR pipeline is not installed", data, "ParseError")
+        )
         return
     try:
         reports = map_dicom(data, ctx)

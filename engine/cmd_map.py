@@ -9,10 +9,9 @@ from typing import Any
 
 import yaml
 
-from pipelines.context import MappingContext
-
 from engine.convert import Converter
 from engine.mapcmd import run_map
+from pipelines.context import MappingContext
 
 __all__ = ["register"]
 

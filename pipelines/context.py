@@ -85,7 +85,8 @@ def _profile(data: Mapping[str, Any], where: str) -> SenderProfile:
     unknown = set(data) - fields
     if unknown:
         raise ValueError(f"{where}: unknown keys {', '.join(sorted(unknown))}")
-    profile = SenderProfile(**{k: (None if v is None else str(v)) for k, v in data.items()})
+    values: dict[str, str | None] = {k: (None if v is None else str(v)) for k, v in data.items()}
+    profile = SenderProfile(**values)  # type: ignore[arg-type]
     if profile.accession_field not in ACCESSION_FIELDS:
         raise ValueError(f"{where}: accession_field must be one of {', '.join(ACCESSION_FIELDS)}")
     if profile.timezone is not None and not _valid_offset(profile.timezone):

@@ -12,3 +12,14 @@ if [ ${#need[@]} -gt 0 ]; then
     sudo apt-get update -qq >/dev/null && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
   fi
 fi
+# Kafka for the integration tests: Java 17 + Maven, then the kafka_2.13 jars from Maven Central, fetched once
+# per machine into ~/.cache/imaging-report-engine/kafka/<version> (tests/kafka_broker.py; idempotent).
+kneed=()
+command -v java >/dev/null 2>&1 || kneed+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null 2>&1 || kneed+=(maven)
+if [ ${#kneed[@]} -gt 0 ]; then
+  sudo_=""; [ "$(id -u)" = 0 ] || sudo_="sudo"
+  $sudo_ apt-get update -qq >/dev/null && $sudo_ env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${kneed[@]}" >/dev/null
+fi
+python3 "$(dirname "$0")/../tests/kafka_broker.py" fetch \
+  || echo "warning: Kafka jars not fetched; the Kafka tests will retry (and fail under CI=true)" >&2

@@ -355,4 +355,7 @@ def _main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
+    # run as a script, tests/ is sys.path[0] and its kafka/ test package would shadow kafka-python
+    if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+        sys.path.pop(0)
     sys.exit(_main(sys.argv))

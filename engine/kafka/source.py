@@ -123,9 +123,6 @@ class KafkaSource:
                 if epoch is None:  # revoked while we were polling: its new owner reads it
                     continue
                 envelopes.append(self._envelope(tp, record, epoch))
-        for e in envelopes:  # MUTATION: commit what was polled, before processing
-            self.tracker.ack(e.position.tp, e.position.offset, e.position.epoch)
-        self._commit()
         return envelopes
 
     def ack(self, envelopes: Sequence[Envelope]) -> None:

@@ -15,12 +15,15 @@ not HL7 (no MSH) / too large   ``AR`` + reason        ``CR`` + reason
 =============================  =====================  =====================
 
 In enhanced mode the accept acknowledgement follows MSH-15 (``AL``/empty: always, ``NE``: never,
-``ER``: errors only, ``SU``: success only). A frame larger than ``max_message_bytes`` is rejected and
+``ER``: errors only, ``SU``: success only); application acknowledgements (MSH-16) are not sent by the
+listener, because mapping happens later. A frame larger than ``max_message_bytes`` is rejected and
 the connection closed (the rest of that frame cannot be resynchronised); bytes outside frames are
 skipped; an idle connection is closed after ``idle_timeout_s``. The landed payload is the original
-bytes between ``<SB>`` and ``<EB><CR>``; MSH-18 is only used to read MSH for the ACK. The landing must
-be thread-safe (it is called from several pool threads; wrap it in
-:class:`~engine.sources.group_commit.GroupCommitLanding` to batch concurrent lands into one commit).
+bytes between ``<SB>`` and ``<EB><CR>``; MSH-18 is only used to read MSH for the ACK.
+
+The landing must be thread-safe: it is called from up to ``land_threads`` pool threads at once (one
+per connection with a message in flight). :class:`engine.store.MessageStore` is, and commits
+concurrent lands in one transaction (group commit), so N connections pay for one fsync.
 """
 
 from __future__ import annotations

@@ -187,6 +187,7 @@ class Report:
     status: str  # FHIR DiagnosticReport.status
     patient: Patient
     timezone: str = "+00:00"  # offset used when an instant needs one and the source had none
+    timezone_assumed: bool = False  # times had no offset and none is configured: mark dateTimes uncertain
     code: Concept | None = None  # report type (LOINC 18748-4 family) or procedure code as extra coding
     service_section: str | None = None  # HL7 table 0074 code (RAD, CT, ...) when valid
     title: str = "Imaging report"

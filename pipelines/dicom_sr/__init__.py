@@ -40,4 +40,3 @@ def map_dicom(data: bytes, ctx: MappingContext) -> list[Report]:
     except (AttributeError, KeyError, IndexError, TypeError, ValueError, OverflowError) as exc:
         # pydicom converts values lazily: a malformed element surfaces here, not in read_dataset.
         raise ParseError(f"malformed DICOM data element ({type(exc).__name__})") from None
-

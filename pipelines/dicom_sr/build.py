@@ -44,7 +44,7 @@ _SOP_NAMES = {
 
 def base_report(h: Header, title: str) -> Report:
     """A Report with everything the header says; the content mappers add sections, findings, extras."""
-    status = report_status(*h.flags, has_predecessor=bool(h.predecessors))
+    status = report_status(*h.flags, has_predecessor=bool(h.predecessors), device_record=_device_record(h))
     issued = instant(h.verified_at) or instant(h.content_at) or instant(h.created_at) or instant(h.study_at)
     report = Report(
         source="dicom-sr",
@@ -70,6 +70,11 @@ def base_report(h: Header, title: str) -> Report:
         ids={"sop_uid": h.sop_uid},
     )
     return report
+
+
+def _device_record(h: Header) -> bool:
+    """X-ray / radiopharmaceutical dose reports are written by the modality, never verified by a person."""
+    return bool(h.title and h.title.codings and h.title.codings[0].code in ("113701", "113500"))
 
 
 def study_ref(uid: str) -> dict[str, Any]:
@@ -121,7 +126,7 @@ def device(e: Equipment, *, general_equipment: bool = False) -> dict[str, Any]:
     if e.station:
         names.append({"value": e.station, "type": "user-friendly-name"})
     if e.model:
-        names.append({"value": e.model, "type": "model-name"})
+        names.append({"value": e.model, "type": "registered-name"})
     if names:
         res["name"] = names
     res["category"] = [{"coding": [{"system": fhir.SCT, "code": "314789007", "display": "Medical imaging device"}]}]
@@ -139,8 +144,11 @@ def sr_instance_selection(h: Header, report: Report, *, observation_uid: str | N
         code = {"coding": [{"system": fhir.DCM, "code": "111040", "display": "Original Source"}]}
     else:
         profiles = [IM + "SrInstanceImagingSelectionEuImaging"]
-        code = {"coding": [fhir.coding(h.title.codings[0])]} if h.title and h.title.codings else {
-            "coding": [{"system": fhir.DCM, "code": "113000", "display": "Of Interest"}]}  # fmt: skip
+        code = (
+            {"coding": [fhir.coding(h.title.codings[0])]}
+            if h.title and h.title.codings
+            else {"coding": [{"system": fhir.DCM, "code": "113000", "display": "Of Interest"}]}
+        )
     res: dict[str, Any] = {"resourceType": "ImagingSelection", "id": sid, "meta": {"profile": profiles}}
     if not observation_uid:
         res["identifier"] = [

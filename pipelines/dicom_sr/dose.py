@@ -31,7 +31,7 @@ from typing import Any
 from pipelines.common import fhir
 from pipelines.common.ids import urn, uuid_for
 from pipelines.common.model import ExtraResource, Report, Section
-from pipelines.dicom_sr.build import accession_ref, device, device_url, sr_instance_selection, study_ref
+from pipelines.dicom_sr.build import accession_ref, device, device_url, sr_instance_selection
 from pipelines.dicom_sr.header import Equipment, Header, dt_value
 from pipelines.dicom_sr.reader import Item
 from pipelines.output.profiles import IM
@@ -80,10 +80,13 @@ def apply_dose(root: list[Item], h: Header, report: Report) -> bool:
     obs["status"] = "final" if h.flags[0] == "COMPLETE" else "preliminary"
     obs["code"] = {
         "coding": [
-            {"system": fhir.LOINC, "code": "73569-6",
-             "display": "Radiation exposure and protection information [Description] Document Diagnostic imaging"},
+            {
+                "system": fhir.LOINC,
+                "code": "73569-6",
+                "display": "Radiation exposure and protection information [Description] Document Diagnostic imaging",
+            },
         ]
-    }  # fmt: skip
+    }
     obs["subject"] = {"reference": "@patient"}
     start, end = _period(root, h)
     if start and end and start != end:
@@ -203,8 +206,14 @@ def _projection(root: list[Item]) -> str:
 def _radiopharm(root: list[Item]) -> str:
     bits = []
     for adm in _containers(root, "113502"):
-        agent = next((c.code.meaning for c in adm.children if c.vtype == "CODE" and c.code
-                      and (c.is_("349358000") or c.is_("F-61FDB"))), None)  # fmt: skip
+        agent = next(
+            (
+                c.code.meaning
+                for c in adm.children
+                if c.vtype == "CODE" and c.code and (c.is_("349358000") or c.is_("F-61FDB"))
+            ),
+            None,
+        )
         activity = _nums(adm.children, "113507")
         text = f"{agent or 'radiopharmaceutical'}" + (f", administered activity {activity[0]}" if activity else "")
         bits.append(text)
@@ -218,9 +227,13 @@ def _device_observer(root: list[Item]) -> Equipment | None:
             values[item.name.value] = item.text.strip()
     if not any(k in values for k in ("121013", "121014", "121015", "121016")):
         return None
-    return Equipment(manufacturer=values.get("121014", ""), model=values.get("121015", ""),
-                     station=values.get("121013", ""), serial=values.get("121016", ""),
-                     device_uid=values.get("121012", ""))  # fmt: skip
+    return Equipment(
+        manufacturer=values.get("121014", ""),
+        model=values.get("121015", ""),
+        station=values.get("121013", ""),
+        serial=values.get("121016", ""),
+        device_uid=values.get("121012", ""),
+    )
 
 
 def _period(root: list[Item], h: Header) -> tuple[str | None, str | None]:

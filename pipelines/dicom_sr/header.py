@@ -20,7 +20,16 @@ from pipelines.context import MappingContext, SenderProfile
 from pipelines.dicom_sr.codes import concept
 from pipelines.dicom_sr.reader import code_of, first, text
 
-__all__ = ["Equipment", "Header", "dicom_date", "dicom_datetime", "dt_value", "instant", "person_from_pn", "read_header"]
+__all__ = [
+    "Equipment",
+    "Header",
+    "dicom_date",
+    "dicom_datetime",
+    "dt_value",
+    "instant",
+    "person_from_pn",
+    "read_header",
+]
 
 _GENDER = {"M": "male", "F": "female", "O": "other"}
 _NON_ACQUISITION = {"SR", "KO", "PR", "DOC", "REG", "SEG", "RWV", "PLAN", "FID", "AU"}
@@ -99,8 +108,11 @@ def read_header(ds: Dataset, ctx: MappingContext) -> Header:
         content_at=dicom_datetime(text(ds, "ContentDate"), text(ds, "ContentTime"), tz),
         created_at=dicom_datetime(text(ds, "InstanceCreationDate"), text(ds, "InstanceCreationTime"), tz),
         study_at=study_at,
-        flags=(text(ds, "CompletionFlag").upper(), text(ds, "VerificationFlag").upper(),
-               text(ds, "PreliminaryFlag").upper()),  # fmt: skip
+        flags=(
+            text(ds, "CompletionFlag").upper(),
+            text(ds, "VerificationFlag").upper(),
+            text(ds, "PreliminaryFlag").upper(),
+        ),
         title=concept(code_of(first(ds, "ConceptNameCodeSequence")), base),
     )
     if uid_ok(study_uid):
@@ -132,7 +144,7 @@ def dicom_date(da: str) -> str | None:
     if not m:
         return None
     y, mo, d = m.groups()
-    if mo and not 1 <= int(mo) <= 12 or d and not 1 <= int(d) <= 31:
+    if (mo and not 1 <= int(mo) <= 12) or (d and not 1 <= int(d) <= 31):
         return None
     return "-".join(p for p in (y, mo, d) if p)
 
@@ -238,8 +250,14 @@ def _orders(ds: Dataset, ctx: MappingContext, profile: SenderProfile, base: str,
     acsn = text(ds, "AccessionNumber")
     if acsn:
         system = _accession_system(first(ds, "IssuerOfAccessionNumberSequence"), ctx, profile, base)
-        orders.append(Order(accession=Ident(system=system, value=acsn, type_code="ACSN"), code=code,
-                            reason=Concept(text=reason) if reason else None, requester=requester))  # fmt: skip
+        orders.append(
+            Order(
+                accession=Ident(system=system, value=acsn, type_code="ACSN"),
+                code=code,
+                reason=Concept(text=reason) if reason else None,
+                requester=requester,
+            )
+        )
     for item in ds.get("ReferencedRequestSequence") or []:
         value = text(item, "AccessionNumber")
         if not value or any(o.accession and o.accession.value == value for o in orders):
@@ -250,8 +268,14 @@ def _orders(ds: Dataset, ctx: MappingContext, profile: SenderProfile, base: str,
         if req_code is None and desc:
             req_code = Concept(text=desc)
         why = text(item, "ReasonForTheRequestedProcedure")
-        orders.append(Order(accession=Ident(system=system, value=value, type_code="ACSN"), code=req_code or code,
-                            reason=Concept(text=why) if why else None, requester=requester))  # fmt: skip
+        orders.append(
+            Order(
+                accession=Ident(system=system, value=value, type_code="ACSN"),
+                code=req_code or code,
+                reason=Concept(text=why) if why else None,
+                requester=requester,
+            )
+        )
     return orders
 
 

@@ -28,7 +28,7 @@ def map_dataset(ds: Dataset, kind: str, ctx: MappingContext) -> Report:
     root_name = h.title.codings[0] if h.title and h.title.codings else None
     if root_name is not None:
         for (code, scheme), why in _NOT_REPORT_TITLES.items():
-            if root_name.code == code and (root_name.system or "").endswith(scheme.lower()):
+            if root_name.code == code and (root_name.system or "").lower().endswith(scheme.lower()):
                 raise UnsupportedMessage(f"{why}, not a report")
     if (_root_value(ds) or "CONTAINER") != "CONTAINER":
         raise UnsupportedMessage("SR document root is not a CONTAINER: not a report")
@@ -72,4 +72,3 @@ def _add_device(h: Header, report: Report, *, general_equipment: bool) -> None:
     if any(x.resource.get("id") == res["id"] for x in report.extras):
         return
     report.extras.append(ExtraResource(resource=res))
-

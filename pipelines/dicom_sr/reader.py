@@ -70,6 +70,7 @@ class Item:
     ref: Ref | None = None
     graphic: Graphic | None = None
     uid: str | None = None  # Observation UID (0040,A171)
+    continuous: bool = False  # CONTAINER with Continuity Of Content CONTINUOUS
     children: list[Item] = field(default_factory=list)
 
     def is_(self, value: str) -> bool:
@@ -84,7 +85,16 @@ def read_dataset(data: bytes) -> Dataset:
     preamble = len(data) >= 132 and data[128:132] == b"DICM"
     try:
         ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=not preamble)
-    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, IndexError, TypeError, NotImplementedError) as exc:
+    except (
+        InvalidDicomError,
+        EOFError,
+        OSError,
+        ValueError,
+        KeyError,
+        IndexError,
+        TypeError,
+        NotImplementedError,
+    ) as exc:
         raise ParseError(f"not a readable DICOM file ({type(exc).__name__})") from None
     if not ds._dict or not _complete(ds, data):
         raise ParseError("truncated DICOM file: the last data element is incomplete")
@@ -92,6 +102,10 @@ def read_dataset(data: bytes) -> Dataset:
 
 
 def _complete(ds: Dataset, data: bytes) -> bool:
+    meta = getattr(ds, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    if syntax is not None and getattr(syntax, "is_deflated", False):
+        return True  # the raw bytes are zlib data; a truncated stream fails to inflate instead
     last = ds._dict[max(ds._dict)]
     if isinstance(last, RawDataElement):
         if last.length == _UNDEFINED:
@@ -169,6 +183,8 @@ def _item(ds: Dataset, depth: int) -> Item | None:
         item.ref = _ref(first(ds, "ReferencedSOPSequence"))
     elif vtype in ("SCOORD", "SCOORD3D"):
         item.graphic = _graphic(ds)
+    elif vtype == "CONTAINER":
+        item.continuous = text(ds, "ContinuityOfContent").upper() == "CONTINUOUS"
     item.uid = text(ds, "ObservationUID") or None
     item.children = walk(ds, depth + 1)
     return item

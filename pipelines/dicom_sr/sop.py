@@ -45,7 +45,7 @@ _NOT_REPORTS = {
 
 
 def classify(ds: Dataset) -> str:
-    """"pdf", "cda" or "sr"; anything else raises UnsupportedMessage with the reason."""
+    """ "pdf", "cda" or "sr"; anything else raises UnsupportedMessage with the reason."""
     sop_class = text(ds, "SOPClassUID") or _meta_class(ds)
     if sop_class == ENCAPSULATED_PDF:
         return "pdf"

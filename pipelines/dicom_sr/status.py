@@ -9,9 +9,10 @@
 | absent/FINAL | COMPLETE | VERIFIED | yes | corrected |
 | any | PARTIAL | VERIFIED | - | invalid per PS3.3 (inverting gateways): preliminary |
 
-A file without any flag (Completion Flag is type 1 in the SR Document General module, so only
-non-conformant writers omit it) is treated as partial. The radiation-dose Observation of a completed
-RDSR is ``final`` (eu-imaging.md §3.7): the device record is complete even if nobody signed it.
+A radiation dose report (title DCM 113701 / 113500) is a record written by the modality, which no
+person verifies: COMPLETE means final there, PARTIAL partial (eu-imaging.md §3.7: final for a completed
+RDSR). A file without any flag (Completion Flag is type 1 in the SR Document General module, so only
+non-conformant writers omit it) is treated as partial.
 """
 
 from __future__ import annotations
@@ -19,9 +20,13 @@ from __future__ import annotations
 __all__ = ["observation_status", "report_status"]
 
 
-def report_status(completion: str, verification: str, preliminary: str, has_predecessor: bool) -> str:
+def report_status(
+    completion: str, verification: str, preliminary: str, has_predecessor: bool, device_record: bool = False
+) -> str:
     if preliminary == "PRELIMINARY":
         return "preliminary"
+    if device_record:
+        return "final" if completion == "COMPLETE" else "partial"
     if completion == "COMPLETE" and verification == "VERIFIED":
         return "corrected" if has_predecessor else "final"
     if completion == "COMPLETE":

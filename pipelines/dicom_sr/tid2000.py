@@ -39,8 +39,11 @@ def observer_authors(root: list[Item], report: Report) -> None:
     if report.authors:
         return
     for item in root:
-        if item.rel == "HAS OBS CONTEXT" and item.vtype in ("PNAME", "TEXT") and item.text and (
-            item.vtype == "PNAME" or item.is_("121008")
+        if (
+            item.rel == "HAS OBS CONTEXT"
+            and item.vtype in ("PNAME", "TEXT")
+            and item.text
+            and (item.vtype == "PNAME" or item.is_("121008"))
         ):
             person = person_from_pn(item.text)
             if person is not None:
@@ -60,6 +63,8 @@ def apply_narrative(root: list[Item], h: Header, report: Report) -> bool:
             if item.name is not None and item.name.value in _SKIP_CONTAINERS:
                 continue
             state.heading(item)
+        elif item.vtype == "IMAGE" and item.rel == "CONTAINS":
+            state.key_image(item, _section_of(item) or "findings")
         else:
             key = _section_of(item) or "findings"
             state.content(item, key, labelled=True)
@@ -132,7 +137,7 @@ class _State:
             elif child.vtype == "CONTAINER":
                 words.append(self._running_text(child, key))
         self.found = self.found or bool(words)
-        return " ".join(w for w in words if w)
+        return _join(words)
 
     def content(self, item: Item, key: str, *, labelled: bool) -> None:
         label = item.name.meaning if item.name and item.name.value not in _NARRATIVE_NAMES else ""
@@ -162,8 +167,12 @@ class _State:
         self.found = True
         base = self.h.base
         index = len(self.report.findings)
-        f = Finding(code=concept(item.name, base) or Concept(text="Finding"), section=key,
-                    observation_uid=item.uid, key=f"tid2000-{index}")  # fmt: skip
+        f = Finding(
+            code=concept(item.name, base) or Concept(text="Finding"),
+            section=key,
+            observation_uid=item.uid,
+            key=f"tid2000-{index}",
+        )
         if item.vtype == "CODE" and item.code:
             f.value_concept = concept(item.code, base)
         elif item.num is not None and item.num.value is not None:
@@ -181,9 +190,11 @@ class _State:
             return
         self.found = True
         self.report.extras.append(
-            ExtraResource(resource=_key_image(self.h, self.report, ref, study_uid, series_uid, item),
-                          section=key if key in ("findings", "impression") else "findings",
-                          dr_extension="impression" if key == "impression" else "finding")  # fmt: skip
+            ExtraResource(
+                resource=_key_image(self.h, self.report, ref, study_uid, series_uid, item),
+                section=key if key in ("findings", "impression") else "findings",
+                dr_extension="impression" if key == "impression" else "finding",
+            )
         )
 
     def flush(self) -> None:
@@ -193,15 +204,17 @@ class _State:
 
 
 def _continuous(container: Item) -> bool:
-    kinds = {c.vtype for c in container.children if c.rel not in _CONTEXT_RELS}
-    texts = sum(1 for c in container.children if c.vtype == "TEXT")
-    return texts > 1 and "PNAME" in kinds | {"NUM", "CODE"} and _is_running(container)
+    """Continuity Of Content CONTINUOUS: the TEXT items and inline values read as one running text."""
+    return container.continuous and any(c.vtype == "TEXT" for c in container.children)
 
 
-def _is_running(container: Item) -> bool:
-    # A running text alternates short TEXT fragments with inline PNAME/CODE/NUM values.
-    kinds = [c.vtype for c in container.children if c.rel not in _CONTEXT_RELS]
-    return any(a == "TEXT" and b in ("PNAME", "CODE", "NUM") for a, b in zip(kinds, kinds[1:], strict=False))
+def _join(words: list[str]) -> str:
+    out = ""
+    for w in words:
+        if not w:
+            continue
+        out = w if not out else out + ("" if w[0] in ".,;:!?)" or out.endswith(("\n", "(")) else " ") + w
+    return out
 
 
 def format_num(item: Item) -> str:
@@ -210,10 +223,8 @@ def format_num(item: Item) -> str:
         return ""
     unit = num.unit
     shown = ""
-    if unit is not None:
-        shown = unit.value if unit.scheme == "UCUM" and unit.value not in ("1", "{ratio}") else ""
-        if unit.value.startswith("{") and unit.meaning:
-            shown = unit.meaning
+    if unit is not None and unit.value != "1":
+        shown = unit.meaning if unit.value.startswith("{") else unit.value
     return f"{num.value} {shown}".strip()
 
 
@@ -221,8 +232,9 @@ def _evidence_index(h: Header) -> dict[str, tuple[str, str | None]]:
     return h.evidence
 
 
-def _key_image(h: Header, report: Report, ref: Any, study_uid: str, series_uid: str | None,
-               item: Item) -> dict[str, Any]:  # fmt: skip
+def _key_image(
+    h: Header, report: Report, ref: Any, study_uid: str, series_uid: str | None, item: Item
+) -> dict[str, Any]:
     res: dict[str, Any] = {
         "resourceType": "ImagingSelection",
         "id": uuid_for("ImagingSelection", h.sop_uid, "key-image", ref.sop_instance, ",".join(map(str, ref.frames))),

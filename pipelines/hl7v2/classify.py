@@ -14,11 +14,74 @@ import re
 __all__ = ["IMAGING_SECTIONS", "LAB_SECTIONS", "imaging_words", "modality_for_section"]
 
 IMAGING_SECTIONS = frozenset(
-    "RAD RX CT NMR NMS RUS OUS VUS CUS XRC CTH MR MRI US NM PET PT MG MAM XR CR DX XA RF IR ANG FL "
-    "FLUORO DEXA BD ECHO EC CARD CATH IMG RADIOLOGY IMAGING".split()
+    [
+        "RAD",
+        "RX",
+        "CT",
+        "NMR",
+        "NMS",
+        "RUS",
+        "OUS",
+        "VUS",
+        "CUS",
+        "XRC",
+        "CTH",
+        "MR",
+        "MRI",
+        "US",
+        "NM",
+        "PET",
+        "PT",
+        "MG",
+        "MAM",
+        "XR",
+        "CR",
+        "DX",
+        "XA",
+        "RF",
+        "IR",
+        "ANG",
+        "FL",
+        "FLUORO",
+        "DEXA",
+        "BD",
+        "ECHO",
+        "EC",
+        "CARD",
+        "CATH",
+        "IMG",
+        "RADIOLOGY",
+        "IMAGING",
+    ]
 )
 LAB_SECTIONS = frozenset(
-    "LAB HM HEM CH CHEM MB MCB MYC BLB SP SR CP IMM VR TX TOX PAR UA URN SER PATH PAT CG BG AU".split()
+    [
+        "LAB",
+        "HM",
+        "HEM",
+        "CH",
+        "CHEM",
+        "MB",
+        "MCB",
+        "MYC",
+        "BLB",
+        "SP",
+        "SR",
+        "CP",
+        "IMM",
+        "VR",
+        "TX",
+        "TOX",
+        "PAR",
+        "UA",
+        "URN",
+        "SER",
+        "PATH",
+        "PAT",
+        "CG",
+        "BG",
+        "AU",
+    ]
 )
 
 _WORDS = re.compile(

@@ -160,9 +160,9 @@ def _split_dtm(raw: str) -> tuple[list[str], str | None] | None:
     if not m:
         return None
     year, month, day, hour, minute, second, frac, tz = m.groups()
-    if month and not 1 <= int(month) <= 12 or day and not 1 <= int(day) <= 31:
+    if (month and not 1 <= int(month) <= 12) or (day and not 1 <= int(day) <= 31):
         return None
-    if hour and int(hour) > 23 or minute and int(minute) > 59 or second and int(second) > 59:
+    if (hour and int(hour) > 23) or (minute and int(minute) > 59) or (second and int(second) > 59):
         return None
     parts = [p for p in (year, month, day, hour, minute, second) if p]
     if frac and second:

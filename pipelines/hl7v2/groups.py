@@ -48,9 +48,7 @@ def split_groups(segments: list[Segment]) -> tuple[list[OrderGroup], list[Segmen
         elif name == "NTE":
             if not current.obx:
                 current.nte.append(seg)
-        elif name in ("ZDS", "IPC") or name.startswith("Z"):
-            current.extra.append(seg)
-        elif name == "SPM":
+        elif name in ("ZDS", "IPC") or name.startswith("Z") or name == "SPM":
             current.extra.append(seg)
         else:
             header.append(seg)

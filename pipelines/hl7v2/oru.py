@@ -235,6 +235,7 @@ def _report(
         status=status,
         patient=patient,
         timezone=tz,
+        timezone_assumed=profile.timezone is None and not any(_has_offset(v) for v in (fld(obr, 7), obr22, msh7)),
         service_section=section or None,
         title=title,
         orders=[order],
@@ -251,6 +252,11 @@ def _report(
         presented_forms=content.forms,
         ids={"control_id": control_id},
     )
+
+
+def _has_offset(raw: str) -> bool:
+    value = raw.strip()
+    return len(value) > 8 and ("+" in value[8:] or "-" in value[8:])
 
 
 def _extra_study_uid(seg: list[str], d: Delimiters) -> str | None:

@@ -17,9 +17,12 @@ def shape(report: Report, model: str = "document") -> tuple[dict[str, Any], str]
 
     if model != "document":
         raise ValueError(f"unknown output model {model!r}")
-    if wants_minimal(report):
-        return shape_minimal(report), "minimal"
-    return shape_document(report), "document"
+    from pipelines.output.timezone import mark_uncertain
+
+    bundle, kind = (shape_minimal(report), "minimal") if wants_minimal(report) else (shape_document(report), "document")
+    if report.timezone_assumed:
+        mark_uncertain(bundle)
+    return bundle, kind
 
 
 def serialize(resource: dict[str, Any]) -> bytes:

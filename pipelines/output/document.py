@@ -82,9 +82,10 @@ def _anchor(report: Report, parts: Parts) -> tuple[str, dict[str, Any]]:
     a narrative-only report gets one finding whose value is the findings narrative itself."""
     text = next((s.text for s in report.sections if s.key == "findings" and s.text.strip()), None)
     if text is None:
-        text = "\n\n".join(
-            f"{SECTIONS[s.key][2]}:\n{s.text}" for s in report.sections if s.text.strip()
-        ) or "No narrative text in the source report; see the attached document."
+        text = (
+            "\n\n".join(f"{SECTIONS[s.key][2]}:\n{s.text}" for s in report.sections if s.text.strip())
+            or "No narrative text in the source report; see the attached document."
+        )
     oid = uuid_for("Observation", report.identifier.system, report.identifier.value, "anchor")
     obs: dict[str, Any] = {
         "resourceType": "Observation",
@@ -108,9 +109,7 @@ def _obs_status(status: str) -> str:
     return _observation_status(status)
 
 
-def _diagnostic_report(
-    report: Report, parts: Parts, dr_id: str, comp_url: str, results: list[str]
-) -> dict[str, Any]:
+def _diagnostic_report(report: Report, parts: Parts, dr_id: str, comp_url: str, results: list[str]) -> dict[str, Any]:
     dr: dict[str, Any] = {
         "resourceType": "DiagnosticReport",
         "id": dr_id,
@@ -187,16 +186,14 @@ def _composition(report: Report, parts: Parts, comp_id: str) -> dict[str, Any]:
     authors = [{"reference": u} for u in parts.author_urls]
     if parts.org_url:
         authors.append({"reference": parts.org_url})
+    if not authors:  # authoringDevice slice: e.g. an RDSR written by the modality names no person or org
+        authors = [{"reference": u} for u, r in parts.others if r.get("resourceType") == "Device"][:1]
     comp["author"] = authors
     comp["title"] = report.title
     if parts.interpreter_urls and report.attested and report.status in ("final", "corrected", "amended", "appended"):
         comp["attester"] = [
             {
-                "mode": {
-                    "coding": [
-                        {"system": "http://hl7.org/fhir/composition-attestation-mode", "code": "legal"}
-                    ]
-                },
+                "mode": {"coding": [{"system": "http://hl7.org/fhir/composition-attestation-mode", "code": "legal"}]},
                 "time": report.attested,
                 "party": {"reference": parts.interpreter_urls[0]},
             }

@@ -18,8 +18,46 @@ Entry = tuple[str, dict[str, Any]]
 
 # HL7 table 0074 codes in the required ValueSet diagnostic-service-sections.
 _V2_0074 = frozenset(
-    "AU BG BLB CG CUS CTH CT CH CP EC EN HM ICU IMM LAB MB MCB MYC NMS NMR NRS OUS OT OTH PHR PHY PT RAD RX RUS "
-    "RC RT SR SP TX VUS VR XRC".split()
+    [
+        "AU",
+        "BG",
+        "BLB",
+        "CG",
+        "CUS",
+        "CTH",
+        "CT",
+        "CH",
+        "CP",
+        "EC",
+        "EN",
+        "HM",
+        "ICU",
+        "IMM",
+        "LAB",
+        "MB",
+        "MCB",
+        "MYC",
+        "NMS",
+        "NMR",
+        "NRS",
+        "OUS",
+        "OT",
+        "OTH",
+        "PHR",
+        "PHY",
+        "PT",
+        "RAD",
+        "RX",
+        "RUS",
+        "RC",
+        "RT",
+        "SR",
+        "SP",
+        "TX",
+        "VUS",
+        "VR",
+        "XRC",
+    ]
 )
 
 
@@ -92,9 +130,11 @@ def build_parts(report: Report, *, with_studies: bool) -> Parts:
             parts.study_urls.append(url)
             parts.study_by_uid[study.uid] = url
         parts.section_entries["imagingstudy"] = list(parts.study_urls)
-    obs_based_on = [{"identifier": a} for a in parts.accession_ids[:1]] if not with_studies else [
-        {"reference": b["reference"], "identifier": b["identifier"]} for b in parts.based_on[:1]
-    ]
+    obs_based_on = (
+        [{"identifier": a} for a in parts.accession_ids[:1]]
+        if not with_studies
+        else [{"reference": b["reference"], "identifier": b["identifier"]} for b in parts.based_on[:1]]
+    )
     for i, finding in enumerate(report.findings):
         res = resources.finding_observation(finding, report, patient_url, obs_based_on, i)
         url = urn(res["id"])
@@ -108,7 +148,9 @@ def build_parts(report: Report, *, with_studies: bool) -> Parts:
                     "extension": [
                         {
                             "url": "http://hl7.org/fhir/StructureDefinition/annotationType",
-                            "valueCodeableConcept": {"coding": [{"system": fhir.LOINC, "code": code, "display": display}]},
+                            "valueCodeableConcept": {
+                                "coding": [{"system": fhir.LOINC, "code": code, "display": display}]
+                            },
                         }
                     ],
                     "text": s.text,
@@ -171,7 +213,7 @@ def _placeholder(ref: str, value: dict[str, Any], parts: Parts, dr_url: str, com
         acsn_value = ref[len("@order:") :]
         for b in parts.based_on:
             if b["identifier"]["value"] == acsn_value:
-                return {**rest, **b}
+                return {**b, **rest}  # an explicit identifier in the placeholder wins
         return rest
     raise ValueError(f"unknown placeholder reference {ref!r}")
 

@@ -93,7 +93,13 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
 
 def test_clean_input_exits_0(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [*ENGINE, "map", "--out", str(tmp_path), str(TESTDATA / "hl7v2-washu-scout/messages/scout-13-v2.7-Final-20250814-22.hl7")],
+        [
+            *ENGINE,
+            "map",
+            "--out",
+            str(tmp_path),
+            str(TESTDATA / "hl7v2-washu-scout/messages/scout-13-v2.7-Final-20250814-22.hl7"),
+        ],
         capture_output=True,
         text=True,
     )
@@ -104,7 +110,9 @@ def test_clean_input_exits_0(tmp_path: Path) -> None:
 def test_bulk_feed_counts(tmp_path: Path) -> None:
     """The 900-message feed: 850 reports, 50 ORUs without any report content (status-only notifications)."""
     bulk = TESTDATA / "hl7v2-washu-scout" / "bulk" / "scout-all-oru.hl7"
-    proc = subprocess.run([*ENGINE, "map", "--quiet", "--out", str(tmp_path), str(bulk)], capture_output=True, timeout=120)
+    proc = subprocess.run(
+        [*ENGINE, "map", "--quiet", "--out", str(tmp_path), str(bulk)], capture_output=True, timeout=120
+    )
     assert proc.returncode == 1
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["inputs"] == 900

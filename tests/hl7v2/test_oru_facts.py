@@ -91,7 +91,9 @@ def test_rad128_style_structured_oru(converter: Any) -> None:
     result_refs = {r["reference"] for r in dr["result"]}
     for sec in one(b, "Composition")["section"]:  # dgr-1: every Observation in a section is in result
         for entry in sec.get("entry", []):
-            if entry["reference"] in {e["fullUrl"] for e in b["entry"] if e["resource"]["resourceType"] == "Observation"}:
+            if entry["reference"] in {
+                e["fullUrl"] for e in b["entry"] if e["resource"]["resourceType"] == "Observation"
+            }:
                 assert entry["reference"] in result_refs
 
 

@@ -7,11 +7,10 @@ from typing import Any
 
 import pytest
 
+from engine.convert import Converter
 from pipelines.context import MappingContext
 from tests.conftest import TESTDATA
 from tests.hl7v2.helpers import bundles, one, section_note
-
-from engine.convert import Converter
 
 RAW = (TESTDATA / "hl7v2-washu-scout" / "messages" / "scout-13-v2.7-Final-20250814-22.hl7").read_bytes()
 SEGMENTS = [s for s in RAW.split(b"\r") if s]
@@ -77,7 +76,12 @@ def test_charsets(converter: Any) -> None:
     # MSH-18 8859/2 (Latin-2)
     msh2 = msh + [b""] * (18 - len(msh))
     msh2[17] = b"8859/2"
-    segs_l2 = [b"|".join(msh2), *segs[1:j], b"OBX|28|ST|&IMP|3|" + text.encode("iso8859-2") + b"||||||Final", *segs[j + 1 :]]
+    segs_l2 = [
+        b"|".join(msh2),
+        *segs[1:j],
+        b"OBX|28|ST|&IMP|3|" + text.encode("iso8859-2") + b"||||||Final",
+        *segs[j + 1 :],
+    ]
     [b] = bundles(converter.convert(msg(segs_l2)))
     assert text in section_note(b, "19005-8")
     # UTF-8 undeclared, and undeclared Latin-1 bytes (legacy RIS)
@@ -136,3 +140,21 @@ def test_outputs_carry_phi_free_keys(converter: Any) -> None:
     assert b"620943177" not in out.partition_key.encode()
     assert out.ids == {"control_id": "2.25.219030242254076796773456242659735134587"}
     assert json.loads(out.body)["id"] == out.bundle_id
+
+
+def test_unknown_time_zone_marked_uncertain(converter: Any) -> None:
+    """v2 times without offset and no configured zone: default offset + uncertainPeriod ±12 h (IG SHALL)."""
+    [b] = bundles(converter.convert(RAW))
+    dr = one(b, "DiagnosticReport")
+    assert dr["effectiveDateTime"] == "2025-08-14T11:42:48+00:00"
+    ext = dr["_effectiveDateTime"]["extension"][0]
+    assert ext["url"] == "http://hl7.org/fhir/StructureDefinition/uncertainPeriod"
+    assert ext["valuePeriod"] == {"start": "2025-08-13T23:42:48+00:00", "end": "2025-08-14T23:42:48+00:00"}
+    assert dr["issued"] == "2025-08-14T12:06:10+00:00" and "_issued" not in dr  # instants cannot carry it
+    from pipelines.context import SenderProfile
+
+    zoned = Converter(MappingContext(senders=(SenderProfile(sending_application="SOMERIS", timezone="-05:00",
+                                                              accession_field="OBR-3"),)))  # fmt: skip
+    [b] = bundles(zoned.convert(RAW))
+    dr = one(b, "DiagnosticReport")
+    assert dr["effectiveDateTime"] == "2025-08-14T11:42:48-05:00" and "_effectiveDateTime" not in dr

@@ -63,6 +63,8 @@ class EngineConfig:
             "logging": {"level": "INFO", "format": "json"},
         }
         data.update(self.extra)
+        for key in [k for k, v in data.items() if v is None]:
+            del data[key]  # extra={"store": None} removes a section
         path = self.root / "engine.yaml"
         path.write_text(yaml.safe_dump(data, sort_keys=False))
         return path

@@ -1,0 +1,49 @@
+"""Encapsulated PDF / CDA -> a report whose content is the attached document (``presentedForm``).
+
+The document is the whole presentable content, so the shaper emits the minimal-metadata format
+(``BundleReportMinimalMetadataEuImaging`` + DiagnosticReportEuImagingMinimalMetadata) with the
+accession and Study Instance UID as logical identifiers (eu-imaging.md §2.2, §3.3, §7). The
+Encapsulated Document (0042,0011) is trimmed of its even-length pad byte after the PDF end marker.
+"""
+
+from __future__ import annotations
+
+import base64
+
+from pydicom.dataset import Dataset
+
+from pipelines.common.model import Attachment, Concept, Report
+from pipelines.dicom_sr.build import base_report
+from pipelines.dicom_sr.header import Header
+from pipelines.dicom_sr.reader import text
+from pipelines.errors import UnsupportedMessage
+
+__all__ = ["map_encapsulated"]
+
+_MIME = {"pdf": "application/pdf", "cda": "text/xml"}
+
+
+def map_encapsulated(ds: Dataset, h: Header, kind: str) -> Report:
+    raw = ds.get("EncapsulatedDocument")
+    if not isinstance(raw, (bytes, bytearray)) or not raw:
+        raise UnsupportedMessage("encapsulated document object without Encapsulated Document data")
+    data = bytes(raw)
+    length = ds.get("EncapsulatedDocumentLength")
+    if isinstance(length, int) and 0 < length <= len(data):
+        data = data[:length]
+    elif kind == "pdf" and data.endswith(b"\x00"):
+        data = data[:-1]
+    if kind == "pdf" and not data.startswith(b"%PDF"):
+        raise UnsupportedMessage("Encapsulated PDF object whose document is not a PDF")
+    mime = text(ds, "MIMETypeOfEncapsulatedDocument") or _MIME[kind]
+    title = text(ds, "DocumentTitle") or ("Imaging report (PDF)" if kind == "pdf" else "Imaging report (CDA)")
+    report = base_report(h, title)
+    report.status = "final"  # no SR flags: the encapsulated object is the issued document
+    if h.title is None:
+        report.code = None
+    else:
+        report.code = Concept(codings=h.title.codings)
+    report.presented_forms.append(
+        Attachment(content_type=mime, data_b64=base64.b64encode(data).decode("ascii"), title=title)
+    )
+    return report

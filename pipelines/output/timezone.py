@@ -1,0 +1,46 @@
+"""Unknown time zones (eu-imaging.md §2.5): when a source time carried no offset and the sender profile
+does not configure one, the value keeps the default offset and every ``dateTime`` gets the
+``uncertainPeriod`` extension spanning ±12 h, as the IG requires. ``instant`` elements cannot carry it."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+__all__ = ["mark_uncertain"]
+
+URL = "http://hl7.org/fhir/StructureDefinition/uncertainPeriod"
+
+# dateTime elements the shapers fill from source times, per resource type.
+_ELEMENTS = {
+    "Composition": ("date",),
+    "DiagnosticReport": ("effectiveDateTime",),
+    "Observation": ("effectiveDateTime",),
+    "ImagingStudy": ("started",),
+    "ServiceRequest": ("authoredOn",),
+}
+
+
+def mark_uncertain(bundle: dict[str, Any]) -> None:
+    for entry in bundle.get("entry", []):
+        res = entry["resource"]
+        for name in _ELEMENTS.get(res.get("resourceType", ""), ()):
+            _mark(res, name)
+        if res.get("resourceType") == "Composition":
+            for attester in res.get("attester", []):
+                _mark(attester, "time")
+
+
+def _mark(holder: dict[str, Any], name: str) -> None:
+    value = holder.get(name)
+    if not isinstance(value, str) or "T" not in value:
+        return
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return
+    period = {
+        "start": (moment - timedelta(hours=12)).isoformat(),
+        "end": (moment + timedelta(hours=12)).isoformat(),
+    }
+    holder[f"_{name}"] = {"extension": [{"url": URL, "valuePeriod": period}]}
