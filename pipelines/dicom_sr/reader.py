@@ -8,6 +8,7 @@ corrupt input becomes a :class:`~pipelines.errors.ParseError` with a one-line re
 from __future__ import annotations
 
 import io
+import json
 from dataclasses import dataclass, field
 
 import pydicom
@@ -81,7 +82,10 @@ class Item:
 
 
 def read_dataset(data: bytes) -> Dataset:
-    """Parse the bytes (Part 10 with preamble, or a raw dataset) and reject truncated input."""
+    """Parse the bytes (Part 10 with preamble, a raw dataset, or DICOM JSON (PS3.18 F.2)) and reject
+    truncated input."""
+    if data[:64].lstrip()[:1] == b"{":
+        return _read_json(data)
     preamble = len(data) >= 132 and data[128:132] == b"DICM"
     try:
         ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=not preamble)
@@ -99,6 +103,29 @@ def read_dataset(data: bytes) -> Dataset:
     if not ds._dict or not _complete(ds, data):
         raise ParseError("truncated DICOM file: the last data element is incomplete")
     return ds
+
+
+def _read_json(data: bytes) -> Dataset:
+    try:
+        doc = json.loads(data)
+        if not isinstance(doc, dict):
+            raise ValueError("not an object")
+        _listify(doc)
+        return Dataset.from_json(doc)
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise ParseError(f"not a readable DICOM JSON dataset ({type(exc).__name__})") from None
+
+
+def _listify(node: object) -> None:
+    """Tolerate a bare string where DICOM JSON wants a Value array (seen in the HL7 SR IG sample)."""
+    if isinstance(node, dict):
+        if "vr" in node and isinstance(node.get("Value"), str):
+            node["Value"] = [node["Value"]]
+        for value in node.values():
+            _listify(value)
+    elif isinstance(node, list):
+        for value in node:
+            _listify(value)
 
 
 def _complete(ds: Dataset, data: bytes) -> bool:

@@ -145,16 +145,16 @@ def test_outputs_carry_phi_free_keys(converter: Any) -> None:
 def test_unknown_time_zone_marked_uncertain(converter: Any) -> None:
     """v2 times without offset and no configured zone: default offset + uncertainPeriod ±12 h (IG SHALL)."""
     [b] = bundles(converter.convert(RAW))
-    dr = one(b, "DiagnosticReport")
-    assert dr["effectiveDateTime"] == "2025-08-14T11:42:48+00:00"
-    ext = dr["_effectiveDateTime"]["extension"][0]
+    comp, dr = one(b, "Composition"), one(b, "DiagnosticReport")
+    assert comp["date"] == "2025-08-14T12:06:10+00:00"  # OBR-22
+    ext = comp["_date"]["extension"][0]
     assert ext["url"] == "http://hl7.org/fhir/StructureDefinition/uncertainPeriod"
-    assert ext["valuePeriod"] == {"start": "2025-08-13T23:42:48+00:00", "end": "2025-08-14T23:42:48+00:00"}
+    assert ext["valuePeriod"] == {"start": "2025-08-14T00:06:10+00:00", "end": "2025-08-15T00:06:10+00:00"}
     assert dr["issued"] == "2025-08-14T12:06:10+00:00" and "_issued" not in dr  # instants cannot carry it
     from pipelines.context import SenderProfile
 
     zoned = Converter(MappingContext(senders=(SenderProfile(sending_application="SOMERIS", timezone="-05:00",
                                                               accession_field="OBR-3"),)))  # fmt: skip
     [b] = bundles(zoned.convert(RAW))
-    dr = one(b, "DiagnosticReport")
-    assert dr["effectiveDateTime"] == "2025-08-14T11:42:48-05:00" and "_effectiveDateTime" not in dr
+    comp = one(b, "Composition")
+    assert comp["date"] == "2025-08-14T12:06:10-05:00" and "_date" not in comp

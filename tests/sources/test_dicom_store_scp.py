@@ -29,7 +29,13 @@ from engine.sources.dicom_scp import (
     ScpSettings,
     StoreScp,
 )
-from tests.sources.source_helpers import TESTDATA, FailingLanding, SqliteLanding, require_tool
+from tests.sources.source_helpers import (
+    TESTDATA,
+    FailingLanding,
+    SqliteLanding,
+    require_tool,
+    wait_until_refused,
+)
 
 # every sample dcmtk can read (Tag-0040-A170-VR-CS.dcm is a deliberately broken file)
 SAMPLES = [p for p in sorted(TESTDATA.glob("dicom-sr-*/*.dcm")) if "A170" not in p.name]
@@ -257,8 +263,8 @@ def test_stop_answers_in_flight_stores_and_closes_idle_associations(landing: Sql
     assert slow.started.wait(10)
     stopper = threading.Thread(target=scp.stop, kwargs={"timeout": 10})
     stopper.start()
-    time.sleep(0.3)
-    assert not ae.associate("127.0.0.1", scp.port, ae_title="ENGINE").is_established  # no longer accepting
+    assert wait_until_refused(scp.port)  # no longer accepting
+    assert not ae.associate("127.0.0.1", scp.port, ae_title="ENGINE").is_established
     assert statuses == []
     slow.release.set()
     sender.join(10)

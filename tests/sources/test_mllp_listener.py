@@ -22,7 +22,7 @@ from hl7.client import MLLPClient
 from engine.sources.base import CONTENT_HL7V2, Landing
 from engine.sources.mllp import MllpListener, MllpSettings
 from engine.sources.mllp_framing import CR, EB, SB, frame
-from tests.sources.source_helpers import TESTDATA, FailingLanding, SqliteLanding
+from tests.sources.source_helpers import TESTDATA, FailingLanding, SqliteLanding, wait_until_refused
 
 SAMPLES = sorted(TESTDATA.glob("hl7v2-*/*.hl7")) + sorted(TESTDATA.glob("hl7v2-washu-scout/messages/*.hl7"))
 BULK = TESTDATA / "hl7v2-washu-scout" / "bulk" / "scout-all-oru.hl7"
@@ -363,9 +363,7 @@ def test_stop_finishes_in_flight_messages(landing: SqliteLanding) -> None:
     assert slow.started.wait(10)
     stopper = threading.Thread(target=listener.stop, kwargs={"timeout": 10})
     stopper.start()
-    time.sleep(0.2)
-    with pytest.raises(OSError):  # no longer accepting
-        socket.create_connection(("127.0.0.1", listener.port), timeout=2).close()
+    assert wait_until_refused(listener.port)  # no longer accepting
     assert acks == []
     slow.release.set()
     sender.join(10)
