@@ -423,7 +423,8 @@ class MllpListener:
         try:
             envelope_id = await loop.run_in_executor(self._executor, land)
         except TransientError as exc:
-            reason = f"message not stored, retry later: {str(exc)[:160] or exc.__class__.__name__}"
+            # The sender sees a generic reason; details (paths, hosts) stay in our log.
+            reason = "message not stored (temporary storage failure), retry later"
             log.warning("mllp: landing failed for control id %s from %s: %s", msh.control_id, peer, exc)
         except Exception as exc:  # unknown: never acknowledge, report loudly, keep serving
             self.counters["errors"] += 1

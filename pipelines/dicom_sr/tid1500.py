@@ -305,7 +305,6 @@ class _Ctx:
 
     def _selections(self, g: Item, index: int) -> list[dict[str, Any]]:
         out = []
-        series_for_seg = next((c.text for c in g.children if c.is_("121232") and c.text and uid_ok(c.text)), None)
         for n, c in enumerate(g.children):
             sel = None
             if c.vtype == "SCOORD" and c.graphic is not None:
@@ -313,7 +312,7 @@ class _Ctx:
             elif c.vtype == "SCOORD3D" and c.graphic is not None:
                 sel = self._region3d(c, n)
             elif c.vtype == "IMAGE" and c.ref is not None and c.is_("121191"):
-                sel = self._segment(c, n, series_for_seg)
+                sel = self._segment(c, n)
             elif c.vtype in ("IMAGE", "COMPOSITE") and c.ref is not None and uid_ok(c.ref.sop_instance):
                 sel = self._instance(c, n)
             if sel is not None:
@@ -364,7 +363,7 @@ class _Ctx:
             res["frameOfReferenceUid"] = c.graphic.frame_of_reference
         return res
 
-    def _segment(self, c: Item, n: int, series: str | None) -> dict[str, Any] | None:
+    def _segment(self, c: Item, n: int) -> dict[str, Any] | None:
         assert c.ref is not None
         if not uid_ok(c.ref.sop_instance):
             return None
@@ -374,9 +373,11 @@ class _Ctx:
             [IM + "ImagingSelectionEuImaging", DICOMSR + "referenced-segment"],
             Code("121191", "DCM", "Referenced Segment"),
         )
-        _, ev_series = self.h.evidence.get(c.ref.sop_instance, ("", None))
-        if ev_series or series:
-            res["seriesUid"] = ev_series or series
+        # seriesUid is the series of the SEG instance (from the evidence sequences), not the 121232 "Source
+        # series for segmentation", which names the segmented images' series (as the SR IG example does).
+        _, series = self.h.evidence.get(c.ref.sop_instance, ("", None))
+        if series:
+            res["seriesUid"] = series
         inst: dict[str, Any] = {
             "uid": c.ref.sop_instance,
             "sopClass": {"system": SOP_CLASS_SYSTEM, "code": _SEG_SOP, "display": "Segmentation Storage"},

@@ -41,9 +41,13 @@ def report_status(obr25: str, obx11: list[str]) -> str:
     found.discard(None)
     if len(found) == 1:
         return str(found.pop())
-    for status in ("corrected", "amended", "appended", "final", "preliminary", "partial"):
+    # Text rows disagree. Unverified lines next to verified ones: the report is "partial" (data may be
+    # incomplete or unverified). Only verified states (corrected lines next to final ones): the latest state.
+    if found & {"preliminary", "partial", "registered"}:
+        return "partial"
+    for status in ("entered-in-error", "cancelled", "corrected", "amended", "appended", "final"):
         if status in found:
-            return status  # mixed line statuses: the most advanced one that all lines reached is unknowable
+            return status
     return "unknown"
 
 

@@ -112,6 +112,13 @@ def test_service_end_to_end(engine: EngineProcess, scout_messages: list[Path]) -
     assert report["total"] == 4 and report["unfinished"] == 0
 
     assert engine.terminate() == 0
+    # `engine map` with the same config writes byte-identical files
+    (cfg.root / "good.hl7").write_bytes(good)
+    mapped = subprocess.run(
+        [sys.executable, "-m", "engine", "map", "--config", str(engine.config_path), "--out", str(cfg.root / "map"),
+         str(cfg.root / "good.hl7")], capture_output=True, cwd=REPO, check=False)
+    assert mapped.returncode == 0, mapped.stderr
+    assert (cfg.root / "map" / out_file.name).read_bytes() == out_file.read_bytes()
     records = json_lines(engine.log_lines())  # every line is JSON
     messages = [r["msg"] for r in records]
     assert "engine running" in messages and "engine stopped" in messages

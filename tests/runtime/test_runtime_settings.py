@@ -127,3 +127,24 @@ def test_status_and_replay(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert json.loads(capsys.readouterr().out) == {"requeued": 0}
     assert main(["status", "--config", str(cfg)]) == 0
     assert json.loads(capsys.readouterr().out)["counts"]["received"] == 3
+
+
+def test_missing_transport_module_is_a_clear_config_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import engine.settings as settings_module
+
+    monkeypatch.setitem(settings_module.EXTERNAL, "mllp", ("engine.sources.no_such_module", "MllpSettings"))
+    with pytest.raises(ConfigError, match=r"sources.mllp: this installation has no mllp support"):
+        parse_settings(_config(tmp_path), environ={})
+
+
+def test_kafka_sections_merge_the_shared_kafka_keys(tmp_path: Path) -> None:
+    data = _config(tmp_path, kafka={"bootstrap_servers": ["127.0.0.1:19092"], "output_topic": "shared.out"})
+    data["sinks"] = {"kafka": {"output_topic": "own.out"}}
+    data["dlq"] = {"kafka": {}}
+    settings = parse_settings(data, environ={})
+    assert settings.kafka_sink.output_topic == "own.out"
+    assert settings.dlq_kafka.bootstrap_servers == ("127.0.0.1:19092",)
+    assert settings.dlq_kafka.output_topic == "shared.out"
+    data["dlq"] = {"kafka": {}, "folder": {"path": str(tmp_path)}}
+    with pytest.raises(ConfigError, match="exactly one"):
+        parse_settings(data, environ={})
