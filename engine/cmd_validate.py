@@ -6,6 +6,7 @@ Prints a PHI-free JSON summary and exits 0, or prints one line naming the proble
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from typing import Any
@@ -26,6 +27,10 @@ def validate(args: argparse.Namespace) -> int:
 
     try:
         settings = load_settings(args.config)
+        try:
+            importlib.import_module("engine._dispatch")  # the mapping pipelines import cleanly
+        except ImportError as exc:
+            raise ConfigError(f"the mapping pipelines cannot be imported: {exc}") from exc
     except ConfigError as exc:
         print(f"engine validate: {exc}", file=sys.stderr)
         return 2

@@ -200,7 +200,7 @@ class Runtime:
                 if resumed:
                     log.info("resuming unfinished messages", extra={"count": resumed})
             self._start_intake()
-        except (OSError, ConfigError) as exc:
+        except Exception as exc:  # port in use, unusable directory, broker unreachable, ...
             log.error("cannot start", extra={"error_class": type(exc).__name__, "reason": str(exc)[:300]})
             self.close()
             return EXIT_START_FAILED

@@ -200,6 +200,9 @@ class MessageStore:
                 except sqlite3.Error as exc:
                     conn.execute("ROLLBACK TO op")
                     results.append((False, TransientError(f"message store: {exc}")))
+                except Exception as exc:  # a bug in an operation: fail that caller, keep the writer alive
+                    conn.execute("ROLLBACK TO op")
+                    results.append((False, exc))
                 conn.execute("RELEASE op")
             conn.execute("COMMIT")
         except sqlite3.Error as exc:

@@ -341,7 +341,10 @@ def _main(argv: list[str]) -> int:
     if cmd == "run":
         import signal
 
-        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        def on_term(signum: int, frame: object) -> None:
+            raise KeyboardInterrupt  # same clean stop as Ctrl-C
+
+        signal.signal(signal.SIGTERM, on_term)
         with running_broker() as broker:
             print(f"{broker.kind} broker at {broker.bootstrap} timings={broker.timings}", flush=True)
             try:

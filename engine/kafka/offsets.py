@@ -141,6 +141,11 @@ class OffsetTracker(Generic[P]):
         with self._lock:
             return sum(len(s.delivered) - len(s.done) for s in self._parts.values() if not s.revoked)
 
+    def owned(self) -> list[P]:
+        """Partitions currently assigned (seen and not revoked)."""
+        with self._lock:
+            return [tp for tp, s in self._parts.items() if not s.revoked]
+
     def is_revoked(self, tp: P) -> bool:
         with self._lock:
             state = self._parts.get(tp)

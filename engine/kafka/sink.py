@@ -76,7 +76,7 @@ class KafkaSink:
             ("engine.bundle-id", output.bundle_id),
             ("engine.report-id", output.report_id),
             ("engine.kind", output.kind),
-            ("source", envelope.source),
+            ("source", envelope.headers.get("source") or envelope.source),  # the ingress (mllp, dicom, ...)
         ]
         seen = set()
         for key, header in _ID_HEADERS.items():

@@ -115,7 +115,12 @@ class KafkaSource:
             assignment = consumer.assignment()
             if assignment:
                 consumer.pause(*assignment)  # also covers partitions assigned since pause()
-        batch = consumer.poll(timeout_ms=max(0, int(timeout * 1000)), max_records=max(1, max_records))
+        try:
+            batch = consumer.poll(timeout_ms=max(0, int(timeout * 1000)), max_records=max(1, max_records))
+        except KafkaError as exc:
+            if getattr(exc, "retriable", False):  # broker away, leader moving, ...: the worker backs off
+                raise TransientError(f"kafka poll: {type(exc).__name__}") from exc
+            raise  # authorization, offsets out of range without reset, ...: stop loudly
         envelopes: list[Envelope] = []
         for tp, records in batch.items():
             for record in records:

@@ -1,9 +1,10 @@
 """Prometheus metrics for the worker, on a registry of their own (one per runtime, so tests can isolate).
 
-Counters: ``engine_messages_received_total`` (envelopes polled, by source), ``engine_outputs_published_total``,
-``engine_dead_letters_total`` (by error class), ``engine_retries_total``, ``engine_backpressure_total``,
-``engine_unfinished_resumed_total`` is not tracked (the store counts). Histograms: ``engine_processing_seconds``
-(poll to acknowledgement per envelope) and ``engine_end_to_end_seconds`` (landing to acknowledgement).
+Counters: ``engine_messages_received_total`` (envelopes handed to the worker, by source; replays and
+resumes count again), ``engine_outputs_published_total``, ``engine_dead_letters_total`` (by error class),
+``engine_retries_total``, ``engine_backpressure_total``. Gauge: ``engine_intake_paused``. Histograms:
+``engine_processing_seconds`` (poll to acknowledgement, per envelope) and ``engine_end_to_end_seconds``
+(landing to acknowledgement). Per-status totals of the message store come from ``engine status``.
 """
 
 from __future__ import annotations

@@ -19,24 +19,14 @@ from __future__ import annotations
 
 from pipelines.common.model import Report
 from pipelines.context import MappingContext
-from pipelines.dicom_sr.sop import classify
-from pipelines.errors import MappingError, ParseError
+from pipelines.errors import ParseError
 
 __all__ = ["map_dicom"]
 
 
 def map_dicom(data: bytes, ctx: MappingContext) -> list[Report]:
-    from pipelines.dicom_sr.mapper import map_dataset
-    from pipelines.dicom_sr.reader import read_dataset
+    from pipelines.dicom_sr.mapper import map_parsed, parse
 
     if len(data) > ctx.max_message_bytes:
         raise ParseError(f"DICOM file of {len(data)} bytes exceeds the {ctx.max_message_bytes}-byte limit")
-    ds = read_dataset(data)
-    kind = classify(ds)
-    try:
-        return [map_dataset(ds, kind, ctx)]
-    except MappingError:
-        raise
-    except (AttributeError, KeyError, IndexError, TypeError, ValueError, OverflowError) as exc:
-        # pydicom converts values lazily: a malformed element surfaces here, not in read_dataset.
-        raise ParseError(f"malformed DICOM data element ({type(exc).__name__})") from None
+    return [map_parsed(parse(data, ctx))]

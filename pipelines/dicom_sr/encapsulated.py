@@ -9,6 +9,7 @@ Encapsulated Document (0042,0011) is trimmed of its even-length pad byte after t
 from __future__ import annotations
 
 import base64
+from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
 
@@ -18,12 +19,20 @@ from pipelines.dicom_sr.header import Header
 from pipelines.dicom_sr.reader import text
 from pipelines.errors import UnsupportedMessage
 
-__all__ = ["map_encapsulated"]
+__all__ = ["Document", "map_encapsulated", "read_document"]
 
 _MIME = {"pdf": "application/pdf", "cda": "text/xml"}
 
 
-def map_encapsulated(ds: Dataset, h: Header, kind: str) -> Report:
+@dataclass(frozen=True, slots=True)
+class Document:
+    kind: str  # "pdf" | "cda"
+    data: bytes
+    mime: str
+    title: str
+
+
+def read_document(ds: Dataset, kind: str) -> Document:
     raw = ds.get("EncapsulatedDocument")
     if not isinstance(raw, (bytes, bytearray)) or not raw:
         raise UnsupportedMessage("encapsulated document object without Encapsulated Document data")
@@ -37,13 +46,14 @@ def map_encapsulated(ds: Dataset, h: Header, kind: str) -> Report:
         raise UnsupportedMessage("Encapsulated PDF object whose document is not a PDF")
     mime = text(ds, "MIMETypeOfEncapsulatedDocument") or _MIME[kind]
     title = text(ds, "DocumentTitle") or ("Imaging report (PDF)" if kind == "pdf" else "Imaging report (CDA)")
-    report = base_report(h, title)
+    return Document(kind, data, mime, title)
+
+
+def map_encapsulated(doc: Document, h: Header) -> Report:
+    report = base_report(h, doc.title)
     report.status = "final"  # no SR flags: the encapsulated object is the issued document
-    if h.title is None:
-        report.code = None
-    else:
-        report.code = Concept(codings=h.title.codings)
+    report.code = Concept(codings=h.title.codings) if h.title is not None else None
     report.presented_forms.append(
-        Attachment(content_type=mime, data_b64=base64.b64encode(data).decode("ascii"), title=title)
+        Attachment(content_type=doc.mime, data_b64=base64.b64encode(doc.data).decode("ascii"), title=doc.title)
     )
     return report

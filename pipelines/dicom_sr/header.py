@@ -76,7 +76,11 @@ class Header:
     evidence: dict[str, tuple[str, str | None]] = field(default_factory=dict)  # SOP uid -> (study, series)
 
 
-def read_header(ds: Dataset, ctx: MappingContext) -> Header:
+Refs = tuple[dict[str, tuple[str, str | None]], list[str]]  # (SOP uid -> (study, series), evidence studies)
+
+
+def read_header(ds: Dataset, ctx: MappingContext, refs: Refs | None = None) -> Header:
+    """``refs``: the evidence sequences when the caller parsed them from the raw bytes (fast path)."""
     institution = text(ds, "InstitutionName")
     profile = ctx.sender("dicom", institution)
     tz = _tz(ds) or ctx.timezone_for(profile)
@@ -117,11 +121,11 @@ def read_header(ds: Dataset, ctx: MappingContext) -> Header:
     )
     if uid_ok(study_uid):
         header.studies.append(_study(ds, header, base))
-    for uid in _evidence_studies(ds):
+    for uid in (refs[1] if refs else []) + _evidence_studies(ds):
         if uid != study_uid and uid_ok(uid) and uid not in {s.uid for s in header.studies}:
             header.studies.append(Study(uid=uid))
     _observers(ds, header, base, tz)
-    header.evidence = _evidence(ds)
+    header.evidence = refs[0] if refs else _evidence(ds)
     header.predecessors = [
         text(inst, "ReferencedSOPInstanceUID")
         for study in ds.get("PredecessorDocumentsSequence") or []

@@ -14,12 +14,11 @@ from dataclasses import dataclass, field
 import pydicom
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 from pydicom.tag import Tag
 
 from pipelines.errors import ParseError
 
-__all__ = ["Code", "Graphic", "Item", "Num", "Ref", "first", "read_dataset", "text", "walk"]
+__all__ = ["Code", "Graphic", "Item", "Num", "Ref", "dataset_from_json", "first", "read_dataset", "text", "walk"]
 
 pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
 
@@ -89,16 +88,7 @@ def read_dataset(data: bytes) -> Dataset:
     preamble = len(data) >= 132 and data[128:132] == b"DICM"
     try:
         ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=not preamble)
-    except (
-        InvalidDicomError,
-        EOFError,
-        OSError,
-        ValueError,
-        KeyError,
-        IndexError,
-        TypeError,
-        NotImplementedError,
-    ) as exc:
+    except Exception as exc:  # untrusted bytes: zlib, struct and pydicom errors alike are input faults
         raise ParseError(f"not a readable DICOM file ({type(exc).__name__})") from None
     if not ds._dict or not _complete(ds, data):
         raise ParseError("truncated DICOM file: the last data element is incomplete")
@@ -108,11 +98,18 @@ def read_dataset(data: bytes) -> Dataset:
 def _read_json(data: bytes) -> Dataset:
     try:
         doc = json.loads(data)
+    except ValueError:
+        raise ParseError("not a readable DICOM JSON dataset (invalid JSON)") from None
+    return dataset_from_json(doc)
+
+
+def dataset_from_json(doc: object) -> Dataset:
+    try:
         if not isinstance(doc, dict):
             raise ValueError("not an object")
         _listify(doc)
         return Dataset.from_json(doc)
-    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+    except Exception as exc:  # untrusted bytes
         raise ParseError(f"not a readable DICOM JSON dataset ({type(exc).__name__})") from None
 
 
@@ -143,8 +140,24 @@ def _complete(ds: Dataset, data: bytes) -> bool:
     return True
 
 
+_ASCII_VRS = {"UI", "DA", "TM", "DT", "CS", "IS", "DS", "AS", "AE"}
+_KEYWORD_TAGS: dict[str, int] = {}
+
+
 def text(ds: Dataset, keyword: str) -> str:
-    """A string attribute's value (first value if multi-valued), stripped; '' when absent."""
+    """A string attribute's value (first value if multi-valued), stripped; '' when absent.
+
+    ASCII-only VRs (UI, DA, TM, CS, IS, DS, ...) still in raw form are read straight from their bytes,
+    which skips pydicom's per-access element conversion; everything else goes through pydicom."""
+    tag = _KEYWORD_TAGS.get(keyword)
+    if tag is None:
+        tag = _KEYWORD_TAGS.setdefault(keyword, int(pydicom.datadict.tag_for_keyword(keyword) or 0))
+    raw = ds._dict.get(tag)  # type: ignore[call-overload]
+    if raw is None:
+        return ""
+    if isinstance(raw, RawDataElement) and raw.VR in _ASCII_VRS and isinstance(raw.value, bytes):
+        first_value: bytes = raw.value.split(b"\\", 1)[0]
+        return first_value.strip(b" \x00").decode("ascii", "replace").strip()
     value = ds.get(keyword)
     if value is None:
         return ""

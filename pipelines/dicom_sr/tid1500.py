@@ -356,8 +356,8 @@ class _Ctx:
         return res
 
     def _region3d(self, c: Item, n: int) -> dict[str, Any]:
-        assert c.graphic is not None and c.name is not None
-        code = c.name if c.name.scheme == "DCM" else Code("111030", "DCM", "Image Region")
+        assert c.graphic is not None
+        code = c.name if c.name is not None and c.name.scheme == "DCM" else Code("111030", "DCM", "Image Region")
         res = self._selection(c, n, [IM + "ImagingSelectionEuImaging"], code)
         if c.graphic.frame_of_reference and uid_ok(c.graphic.frame_of_reference):
             res["frameOfReferenceUid"] = c.graphic.frame_of_reference
@@ -387,8 +387,8 @@ class _Ctx:
         return res
 
     def _instance(self, c: Item, n: int) -> dict[str, Any]:
-        assert c.ref is not None and c.name is not None
-        code = c.name if c.name.scheme == "DCM" else Code("113000", "DCM", "Of Interest")
+        assert c.ref is not None
+        code = c.name if c.name is not None and c.name.scheme == "DCM" else Code("113000", "DCM", "Of Interest")
         res = self._selection(c, n, [IM + "ImagingSelectionEuImaging"], code)
         _, series = self.h.evidence.get(c.ref.sop_instance, ("", None))
         if series:

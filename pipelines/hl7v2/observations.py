@@ -86,10 +86,10 @@ def read_observations(obx_rows: list[list[str]], d: Delimiters, base: str, chars
             is_text = False  # a coded concept (e.g. SNOMED "Liver mass") with a text value: a finding
         if is_text:
             lines = _text_lines(raw5, vtype, d, charset)
-            for line in lines:
+            for i, line in enumerate(lines):
                 key = section
                 if key is None:  # untagged row: heading lines ("IMPRESSION:") switch the section
-                    heading = section_for_heading(line)
+                    heading = section_for_heading(line) or (_leading_word(line) if i == 0 else None)
                     if heading is not None:
                         current = heading[0]
                     key = current or "report"
@@ -109,6 +109,13 @@ def read_observations(obx_rows: list[list[str]], d: Delimiters, base: str, chars
         if text.strip():
             out.sections.append(Section(key=key, text=text))
     return out
+
+
+def _leading_word(line: str) -> tuple[str, str] | None:
+    """IHE RAD-28 "SR Text" rows name their section by the first word of the value ("Findings The ...")."""
+    word = line.strip().split(" ", 1)[0].rstrip(":-.,").lower()
+    key = _LABEL_WORDS.get(word)
+    return (key, line) if key else None
 
 
 def _section_of(code1_raw: str, code1: str, label: str, c3: list[str], d: Delimiters) -> str | None:

@@ -82,7 +82,9 @@ def test_every_output_conforms(mapped: tuple[subprocess.CompletedProcess[str], P
             failures[path.name] = errors[:5]
         for entry in bundle["entry"]:
             profiles = entry["resource"].get("meta", {}).get("profile", [])
-            assert any(p.startswith(("http://hl7.eu/fhir/imaging-r5/", "http://hl7.eu/fhir/base-r5/")) for p in profiles), (
+            assert any(
+                p.startswith(("http://hl7.eu/fhir/imaging-r5/", "http://hl7.eu/fhir/base-r5/")) for p in profiles
+            ), (
                 path.name,
                 entry["resource"]["resourceType"],
             )

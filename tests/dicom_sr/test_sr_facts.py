@@ -64,7 +64,9 @@ def test_latin2_decoded_in_content_tree() -> None:
 def test_enhanced_sr_running_text_and_num(sr_bundle: Any) -> None:
     b = sr_bundle("report_dfl.dcm")  # Deflated Explicit VR Little Endian
     text = _note(_section(b, "59776-5"))
-    assert "This 78-year-old gentleman referred by Dr. Fukuda was also seen by Dr. Mason at the Redlands Clinic." in text
+    assert (
+        "This 78-year-old gentleman referred by Dr. Fukuda was also seen by Dr. Mason at the Redlands Clinic." in text
+    )
     diameters = [o for o in by_type(b, "Observation") if o["code"]["coding"][0].get("display") == "Diameter"]
     assert diameters and diameters[0]["valueQuantity"]["value"] == 1.5
     assert one(b, "DiagnosticReport")["status"] == "partial"
@@ -79,11 +81,18 @@ def test_comprehensive_sr_status_predecessor_and_key_image(sr_bundle: Any) -> No
     assert comp["relatesTo"][0]["resourceReference"]["identifier"]["system"] == "urn:dicom:uid"
     assert comp["attester"][0]["time"] and comp["attester"][0]["mode"]["coding"][0]["code"] == "legal"
     assert dr["resultsInterpreter"]
-    keys = [s for s in by_type(b, "ImagingSelection") if IM + "ImagingSelectionKeyImageEuImaging" in s["meta"]["profile"]]
+    keys = [
+        s for s in by_type(b, "ImagingSelection") if IM + "ImagingSelectionKeyImageEuImaging" in s["meta"]["profile"]
+    ]
     assert len(keys) == 1
     assert keys[0]["instance"][0]["uid"] == "1.2.3.4.5.0" and keys[0]["instance"][0]["subset"] == ["5", "2"]
-    assert keys[0]["instance"][0]["sopClass"] == {"system": "urn:ietf:rfc:3986", "code": "urn:oid:1.2.840.10008.5.1.4.1.1.2"}
-    assert {"reference": next(e["fullUrl"] for e in b["entry"] if e["resource"] is keys[0])} in _section(b, "59776-5")["entry"]
+    assert keys[0]["instance"][0]["sopClass"] == {
+        "system": "urn:ietf:rfc:3986",
+        "code": "urn:oid:1.2.840.10008.5.1.4.1.1.2",
+    }
+    assert {"reference": next(e["fullUrl"] for e in b["entry"] if e["resource"] is keys[0])} in _section(b, "59776-5")[
+        "entry"
+    ]
     assert "A mass of 3 cm was detected." in _note(_section(b, "59776-5"))
 
 
@@ -110,13 +119,24 @@ def test_tid1500_measurement_groups(sr_bundle: Any) -> None:
     nodule = groups[1]
     assert nodule["code"]["coding"][0]["code"] == "49755003"  # Finding category
     assert nodule["valueCodeableConcept"]["coding"][0]["code"] == "27925004"
-    assert nodule["bodySite"]["coding"][0] == {"system": "http://snomed.info/sct", "code": "39607008", "display": "Lung"}
+    assert nodule["bodySite"]["coding"][0] == {
+        "system": "http://snomed.info/sct",
+        "code": "39607008",
+        "display": "Lung",
+    }
     assert _ident(nodule, "112040") == "urn:oid:1.2.826.0.1.3680043.10.511.3.11998155355995483197548907108234588"
     members = _ref_targets(b, nodule["hasMember"])
     diameter = next(m for m in members if m["code"]["coding"][0]["code"] == "81827009")
-    assert diameter["valueQuantity"] == {"value": 10.0, "unit": "mm", "system": "http://unitsofmeasure.org", "code": "mm"}
+    assert diameter["valueQuantity"] == {
+        "value": 10.0,
+        "unit": "mm",
+        "system": "http://unitsofmeasure.org",
+        "code": "mm",
+    }
     regions = [s for s in _ref_targets(b, nodule["derivedFrom"]) if s["code"]["coding"][0]["code"] == "111030"]
-    assert regions[0]["instance"][0]["imageRegion2D"] == [{"regionType": "circle", "coordinate": [45.0, 55.0, 45.0, 65.0]}]
+    assert regions[0]["instance"][0]["imageRegion2D"] == [
+        {"regionType": "circle", "coordinate": [45.0, 55.0, 45.0, 65.0]}
+    ]
     assert regions[0]["instance"][0]["uid"] == "1.3.6.1.4.1.5962.1.1.1.1.1.20040119072730.12322"
     vertebra = _ref_targets(b, groups[3]["hasMember"])
     assert vertebra[0]["valueQuantity"]["value"] == 200.0 and vertebra[0]["valueQuantity"]["code"] == "mm3"
@@ -145,7 +165,9 @@ def test_tid1500_segment_and_derivation(sr_bundle: Any) -> None:
 
 
 def _dose(b: Bundle) -> dict[str, Any]:
-    return next(o for o in by_type(b, "Observation") if IM + "ObservationRadiationDoseEuImaging" in o["meta"]["profile"])
+    return next(
+        o for o in by_type(b, "Observation") if IM + "ObservationRadiationDoseEuImaging" in o["meta"]["profile"]
+    )
 
 
 def test_ct_rdsr_dose(sr_bundle: Any) -> None:
@@ -158,10 +180,15 @@ def test_ct_rdsr_dose(sr_bundle: Any) -> None:
     url = next(e["fullUrl"] for e in b["entry"] if e["resource"] is dose)
     dr = one(b, "DiagnosticReport")
     assert {"reference": url} in dr["result"] and {"reference": url} in _section(b, "55111-9")["entry"]
-    assert any(x["valueReference"]["reference"] == url for x in dr["extension"] if x["url"].endswith("HL7IDRImagingProcedure"))
+    assert any(
+        x["valueReference"]["reference"] == url for x in dr["extension"] if x["url"].endswith("HL7IDRImagingProcedure")
+    )
     targets = _ref_targets(b, dose["derivedFrom"])
     assert targets[0]["resourceType"] == "ImagingStudy"
-    assert targets[1]["resourceType"] == "ImagingSelection" and IM + "SrInstanceImagingSelectionEuImaging" in targets[1]["meta"]["profile"]
+    assert (
+        targets[1]["resourceType"] == "ImagingSelection"
+        and IM + "SrInstanceImagingSelectionEuImaging" in targets[1]["meta"]["profile"]
+    )
     device = _ref_targets(b, [dose["device"]])[0]
     assert device["manufacturer"] == "SIEMENS" and device["serialNumber"] == "989801"
     assert dose["effectivePeriod"]["start"].startswith("2018-01-05T17:21:03")

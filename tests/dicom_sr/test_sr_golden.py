@@ -11,7 +11,6 @@ DICOM input is the truth and the test says so.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -109,7 +108,9 @@ def test_qualitative_evaluations(bundle: dict[str, Any]) -> None:
 def test_referenced_segment_and_source(bundle: dict[str, Any]) -> None:
     expected = _example("ImagingSelection-measurement-report-referenced-segment.json")
     (seg,) = _with_profile(bundle, "ImagingSelection", "referenced-segment")
-    assert seg["instance"][0]["uid"] == expected["instance"][0]["uid"]
+    # the IG example's SEG UID (66 characters, not a valid UID) differs from its DICOM input in the middle
+    assert seg["instance"][0]["uid"] == "1.2.840.113747.20080222.83311413144566317081790268995.2.1"
+    assert expected["instance"][0]["uid"].endswith(".2.1")
     assert seg["instance"][0]["sopClass"] == expected["instance"][0]["sopClass"]
     assert seg["instance"][0]["subset"] == expected["instance"][0]["subset"] == ["1"]
     assert seg["studyUid"] == "1.2.840.113747.20080222.83311413144566317081790268995"
@@ -127,10 +128,10 @@ def test_accession_patient_and_study(bundle: dict[str, Any]) -> None:
     assert sr["identifier"][0]["system"] == expected["identifier"][0]["system"]  # Issuer of Accession Number
     assert sr["identifier"][0]["value"] == expected["identifier"][0]["value"]
     study = one(bundle, "ImagingStudy")
-    assert study["identifier"][0]["value"] == _example("ImagingStudy-measurement-report-imaging-study.json")[
-        "identifier"
-    ][0]["value"]
-    assert one(bundle, "Patient")["identifier"][0]["value"] == "PID-11235"
-    assert one(bundle, "Patient")["identifier"][0]["system"] == "test-hospital.org" or Path(
-        one(bundle, "Patient")["identifier"][0]["system"]
+    assert (
+        study["identifier"][0]["value"]
+        == _example("ImagingStudy-measurement-report-imaging-study.json")["identifier"][0]["value"]
     )
+    assert one(bundle, "Patient")["identifier"][0]["value"] == "PID-11235"
+    # Issuer of Patient ID "Test Hospital"; its Universal Entity ID "test-hospital.org" is not a URI
+    assert one(bundle, "Patient")["identifier"][0]["system"] == "urn:imaging-engine:sid/Test-Hospital/patient-id"

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import socket
+import time
 from collections.abc import Callable
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +20,8 @@ from engine.sources.base import CONTENT_HL7V2, Envelope
 from tests.kafka.kafka_helpers import committed_offsets, create_topics, headers_of, poll_until, read_topic
 
 pytestmark = pytest.mark.integration
+
+SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "testdata" / "hl7v2-washu-scout" / "messages"
 
 Factory = Callable[..., KafkaSettings]
 
@@ -212,3 +216,104 @@ def test_dead_letters_keep_original_bytes_key_and_error_headers(make_settings: F
     assert h["dlq.error.message"] == "PID segment missing at line 2"
     assert datetime.fromisoformat(h["dlq.failed.at"].replace("Z", "+00:00")).tzinfo is not None
     assert h["engine.envelope-id"] == bad.id and h["hl7.control-id"] == "CTRL0001"
+
+
+def test_landing_keys_by_the_converters_partition_key_when_it_exists(make_settings: Factory, bootstrap: str) -> None:
+    from engine import convert
+
+    settings = make_settings()
+    payload = next(iter(sorted(SAMPLES.glob("*.hl7")))).read_bytes()
+    landing = KafkaLanding(settings)  # default key function: engine.convert.partition_key_for, if provided
+    try:
+        landing.land(payload, content_type=CONTENT_HL7V2, source="mllp", headers={})
+    finally:
+        landing.close()
+    (record,) = read_topic(bootstrap, settings.hl7_topic, expect=1)
+    key_fn = getattr(convert, "partition_key_for", None)
+    if key_fn is None:
+        assert record.key is None, "without partition_key_for the raw record is produced without a key"
+    else:
+        assert record.key == key_fn(payload).encode()
+        assert len(record.key) == 64, "sha256 hex, never the accession itself"
+    assert record.value == payload
+    assert headers_of(record)["content-type"] == CONTENT_HL7V2
+
+
+def test_revoked_partition_is_not_committed_by_its_old_owner(make_settings: Factory, bootstrap: str) -> None:
+    import threading
+
+    from kafka import KafkaProducer
+
+    settings = make_settings(partitions=2)
+    producer = KafkaProducer(bootstrap_servers=bootstrap)
+    for p in (0, 1):
+        for n in range(10):
+            producer.send(settings.hl7_topic, value=hl7(p * 100 + n), partition=p)
+    producer.flush()
+    producer.close()
+
+    first = KafkaSource(settings)
+    second: KafkaSource | None = None
+    try:
+        held = poll_until(first, 20)
+        assert len(held) == 20
+        first.ack([e for e in held if e.id.endswith(tuple(f":0:{o}" for o in range(5)))])
+        assert committed_offsets(bootstrap, settings.group_id, settings.hl7_topic, 2) == {0: 5, 1: None}
+
+        second = KafkaSource(settings)
+        got: list[Envelope] = []
+        stop = threading.Event()
+
+        def run_second() -> None:
+            while not stop.is_set() and second is not None:
+                got.extend(second.poll(50, 0.2))
+
+        thread = threading.Thread(target=run_second)
+        thread.start()
+        try:
+            deadline = time.monotonic() + 30
+            while not got and time.monotonic() < deadline:
+                first.poll(50, 0.2)  # the first member keeps polling, so it takes part in the rebalance
+        finally:
+            stop.set()
+            thread.join()
+        assert got, "the second consumer was assigned a partition"
+        moved = {e.position.partition for e in got if isinstance(e.position, KafkaPosition)}
+        assert len(moved) == 1
+        (lost,) = moved
+        start = {0: 5, 1: 0}[lost]
+        assert next(e.position.offset for e in got if isinstance(e.position, KafkaPosition)) == start, (
+            "the new owner resumes at the committed offset"
+        )
+        first.ack(held)  # late confirmations of records it no longer owns
+        first.poll(10, 0.2)
+        committed = committed_offsets(bootstrap, settings.group_id, settings.hl7_topic, 2)
+        assert committed[lost] == {0: 5, 1: None}[lost], "never commit for a revoked partition"
+    finally:
+        first.close()
+        if second is not None:
+            second.close()
+
+
+def test_dicom_lands_on_the_dicom_topic_and_is_consumed_as_dicom(make_settings: Factory, bootstrap: str) -> None:
+    from engine.sources.base import CONTENT_DICOM
+
+    settings = make_settings(consume=("dicom",))
+    dataset = b"\0" * 128 + b"DICM" + b"\x02\x00\x00\x00UL\x04\x00\x00\x00\x00\x00"
+    landing = KafkaLanding(settings, use_default_key=False)
+    try:
+        eid = landing.land(
+            dataset, content_type=CONTENT_DICOM, source="dicom", headers={"dicom.sop-instance-uid": "1.2.3.4"}
+        )
+    finally:
+        landing.close()
+    assert eid == f"{settings.dicom_topic}:0:0"
+    source = KafkaSource(settings)
+    try:
+        (env,) = poll_until(source, 1)
+        assert env.payload == dataset and env.content_type == CONTENT_DICOM
+        assert env.headers["dicom.sop-instance-uid"] == "1.2.3.4"
+        source.ack([env])
+    finally:
+        source.close()
+    assert committed_offsets(bootstrap, settings.group_id, settings.dicom_topic, 1) == {0: 1}

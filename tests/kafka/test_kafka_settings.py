@@ -78,3 +78,18 @@ def test_config_kafka_yaml_is_a_valid_deployment() -> None:
     assert isinstance(settings.kafka_sink, KafkaSettings)
     assert isinstance(settings.dlq_kafka, KafkaSettings)
     assert settings.kafka_sink.output_topic == "engine.fhir.bundles"
+
+
+def test_failure_classification_is_decided_once() -> None:
+    from kafka import errors as kerr
+
+    from engine.errors import PermanentError, TransientError
+    from engine.kafka._producer import classify
+
+    for exc in (kerr.MessageSizeTooLargeError(), kerr.TopicAuthorizationFailedError(), kerr.InvalidTopicError()):
+        assert isinstance(classify(exc, "x"), PermanentError), exc
+    for exc in (kerr.KafkaTimeoutError(), kerr.NotLeaderForPartitionError(), kerr.KafkaConnectionError()):
+        assert isinstance(classify(exc, "x"), TransientError), exc
+    assert str(classify(kerr.KafkaTimeoutError("secret detail"), "kafka sink t")) == (
+        "kafka sink t: Kafka unavailable or slow (KafkaTimeoutError)"
+    ), "one line, the class name only"

@@ -83,6 +83,10 @@ class ThreadWorker:
         except BaseException as exc:  # surfaced by the test
             self.error = exc
 
+    def owned(self) -> list[Any]:
+        """Partitions assigned to this worker's source (read from the test thread; the tracker is locked)."""
+        return list(self.closables[0].tracker.owned())
+
     @property
     def written(self) -> int:
         return int(self.closables[1].written)
@@ -156,15 +160,18 @@ def test_rebalance_between_two_workers_loses_nothing(
     settings = make_settings(partitions=4, max_poll_records=10)
     items = samples * 4
     ids, ends = land_all(settings, items)
-    first = ThreadWorker(settings, delay=0.03)
+    total = sum(ends.values())
+    first = ThreadWorker(settings, delay=0.05)
     second: ThreadWorker | None = None
+
+    def committed() -> int:
+        return sum(v or 0 for v in committed_offsets(bootstrap, settings.group_id, settings.hl7_topic, 4).values())
+
     try:
-        wait_for(
-            lambda: sum(v or 0 for v in committed_offsets(bootstrap, settings.group_id, settings.hl7_topic, 4).values())
-            >= 20,
-            30, "the first worker to commit",
-        )
-        second = ThreadWorker(settings, delay=0.03)  # joins the group: partitions are rebalanced
+        wait_for(lambda: committed() >= 10, 30, "the first worker to commit")
+        second = ThreadWorker(settings, delay=0.05)  # joins the group: partitions are rebalanced
+        wait_for(lambda: second is not None and bool(second.owned()), 30, "a rebalance")
+        assert committed() < total, "the rebalance happened mid-stream"
         wait_for(lambda: second is not None and second.written > 0, 30, "the second worker to publish")
         assert first.written > 0
         first.shutdown()  # leaves the group mid-stream: its partitions move to the second worker

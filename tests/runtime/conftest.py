@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
 
-TESTDATA = Path("/work/shared/testdata")
+from tests.runtime.runtime_harness import TESTDATA
+
 SCOUT = TESTDATA / "hl7v2-washu-scout" / "messages"
-
-
-def free_port() -> int:
-    """A currently free high TCP port on 127.0.0.1."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
+TESTDATA = REPO.parent / "shared" / "testdata"  # ../shared beside the project root
 SB, EB = b"\x0b", b"\x1c\x0d"
 
 

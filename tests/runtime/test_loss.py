@@ -29,12 +29,21 @@ from pydicom.uid import generate_uid
 from pynetdicom import AE
 
 from engine.convert import Converter
-from tests.runtime.runtime_harness import EngineConfig, EngineProcess, MllpClient, ack_code
+from tests.runtime.runtime_harness import TESTDATA, EngineConfig, EngineProcess, MllpClient, ack_code
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 
-SCOUT = Path("/work/shared/testdata/hl7v2-washu-scout/messages")
-SR_FILE = Path("/work/shared/testdata/dicom-sr-orthanc-tests/StructuredReports-IM0.dcm")
+SCOUT = TESTDATA / "hl7v2-washu-scout" / "messages"
+SR_TEMPLATES = [  # Basic Text, Comprehensive (TID 1500), Comprehensive 3D, dose RDSR, and one the mapper rejects
+    TESTDATA / name
+    for name in (
+        "dicom-sr-pydicom/reportsi.dcm",
+        "dicom-sr-dcmqi/sr.dcm",
+        "dicom-sr-highdicom/sr_document.dcm",
+        "dicom-sr-openrem/CT-RDSR-Siemens-Multi-2.dcm",
+        "dicom-sr-orthanc-tests/StructuredReports-IM0.dcm",
+    )
+]
 N_ORU, N_SR, MLLP_CONNECTIONS = 1000, 50, 2
 
 
@@ -62,6 +71,7 @@ def vary_sr(template: pydicom.Dataset, i: int) -> pydicom.Dataset:
     ds.SOPInstanceUID = generate_uid(entropy_srcs=[f"loss-sr-{i}"])
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     ds.StudyInstanceUID = generate_uid(entropy_srcs=[f"loss-study-{i}"])
+    ds.SeriesInstanceUID = generate_uid(entropy_srcs=[f"loss-series-{i}"])
     ds.AccessionNumber = f"LSR{i:05d}"
     return ds
 
@@ -155,8 +165,8 @@ def test_no_acknowledged_message_is_lost_across_sigkills(engine: EngineProcess) 
     rng = random.Random(int(os.environ.get("LOSS_SEED", "20261123")))
     templates = sorted(SCOUT.glob("*.hl7"))
     orus = [vary_oru(templates[i % len(templates)].read_bytes(), i) for i in range(N_ORU)]
-    sr_template = pydicom.dcmread(SR_FILE)
-    srs = [vary_sr(sr_template, i) for i in range(N_SR)]
+    sr_templates = [pydicom.dcmread(path) for path in SR_TEMPLATES]
+    srs = [vary_sr(sr_templates[i % len(sr_templates)], i) for i in range(N_SR)]
     assert len({str(ds.SOPInstanceUID) for ds in srs}) == N_SR
 
     # What must come out, computed with the same converter `engine map` uses.
@@ -172,14 +182,14 @@ def test_no_acknowledged_message_is_lost_across_sigkills(engine: EngineProcess) 
         if conversion.rejections:
             rejected_controls.add(f"LOSS.{i}")
     assert len(set(report_of.values())) + len(rejected_controls) == N_ORU  # every ORU is a distinct report
-    sr_bundles: dict[str, str] = {}
+    sr_bundles: dict[str, bytes] = {}
     rejected_srs: set[str] = set()
     for ds in srs:
         buffer = BytesIO()
         ds.save_as(buffer, enforce_file_format=True)
         conversion = converter.convert(buffer.getvalue())
         for out in conversion.outputs:
-            sr_bundles[f"{out.bundle_id}.json"] = ds.SOPInstanceUID
+            sr_bundles[f"{out.bundle_id}.json"] = out.body
             report_of[f"{out.bundle_id}.json"] = out.report_id
         if conversion.rejections:
             rejected_srs.add(str(ds.SOPInstanceUID))
@@ -224,7 +234,8 @@ def test_no_acknowledged_message_is_lost_across_sigkills(engine: EngineProcess) 
         f"missing {len(set(expected_files) - hl7_files)}, unexpected {len(hl7_files - set(expected_files))}"
     )
     assert all(outbox[n].read_bytes() == body for n, body in expected_files.items())
-    assert set(sr_bundles) <= set(outbox)
+    assert set(sr_bundles) <= set(outbox)  # every SR that maps is there, byte-identical
+    assert all(outbox[n].read_bytes() == body for n, body in sr_bundles.items())
     per_report = Counter(report_of[n] for n in outbox)
     assert set(per_report.values()) == {1}
 

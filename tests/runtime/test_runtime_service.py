@@ -18,6 +18,7 @@ from pynetdicom import AE
 from engine.convert import Converter
 from tests.runtime.runtime_harness import (
     REPO,
+    TESTDATA,
     EngineConfig,
     EngineProcess,
     MllpClient,
@@ -26,7 +27,7 @@ from tests.runtime.runtime_harness import (
     json_lines,
 )
 
-SR_FILE = Path("/work/shared/testdata/dicom-sr-orthanc-tests/StructuredReports-IM0.dcm")
+SR_FILE = TESTDATA / "dicom-sr-orthanc-tests" / "StructuredReports-IM0.dcm"
 
 
 @pytest.fixture
@@ -152,6 +153,15 @@ def test_restart_resumes_and_replay_republishes(engine: EngineProcess, scout_mes
     assert _wait_for(target.exists)
     assert target.read_bytes() == out.body
     assert sorted(p.name for p in cfg.outbox.iterdir()) == [target.name]
+
+    target.unlink()  # replay while the engine runs: picked up within a poll interval
+    [envelope_id] = {r["envelope_id"] for r in json_lines(engine.log_lines()) if r["msg"] == "published"}
+    replay = subprocess.run(
+        [sys.executable, "-m", "engine", "replay", "--config", str(engine.config_path), "--id", envelope_id],
+        capture_output=True, text=True, cwd=REPO, check=True)
+    assert json.loads(replay.stdout) == {"requeued": 1}
+    assert _wait_for(target.exists)
+    assert target.read_bytes() == out.body
     assert engine.terminate() == 0
 
 
@@ -176,3 +186,29 @@ def test_second_engine_on_the_same_store_refuses_to_start(engine: EngineProcess)
     [failure] = [r for r in json_lines(second.log_lines()) if r["msg"] == "cannot start"]
     assert "another engine is already running" in failure["reason"]
     assert engine.terminate() == 0
+
+
+def test_unwritable_outbox_means_backpressure_not_dead_letters(tmp_path: Path, scout_messages: list[Path]) -> None:
+    cfg = EngineConfig(tmp_path)
+    cfg.extra = {"worker": {"poll_timeout": 0.2, "retry": {"attempts": 2, "initial": 0.05, "backpressure": 0.3}}}
+    engine = EngineProcess(cfg)
+    try:
+        engine.start()
+        base = f"http://127.0.0.1:{cfg.health_port}"
+        cfg.outbox.rmdir()
+        cfg.outbox.write_bytes(b"")  # the outbox is now a file: every write fails with OSError
+        client = MllpClient(cfg.mllp_port)
+        assert ack_code(client.send(scout_messages[1].read_bytes())) == "AA"  # intake still stores and ACKs
+        client.close()
+        assert _wait_for(lambda: b"engine_backpressure_total 2.0" in http_get(base + "/metrics")[1])
+        assert http_get(base + "/readyz")[0] == 503
+        assert http_get(base + "/livez")[0] == 200  # paused, not stuck
+        cfg.outbox.unlink()
+        cfg.outbox.mkdir()  # the disk is back
+        [out] = Converter().convert(scout_messages[1].read_bytes()).outputs
+        assert _wait_for(lambda: (cfg.outbox / f"{out.bundle_id}.json").exists())
+        assert _wait_for(lambda: http_get(base + "/readyz")[0] == 200)
+        assert list(cfg.dlq.iterdir()) == []
+        assert engine.terminate() == 0
+    finally:
+        engine.stop_quietly()
