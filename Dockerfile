@@ -19,4 +19,4 @@ USER 10001
 EXPOSE 2575 11112 8080
 HEALTHCHECK CMD python -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8080/livez', timeout=3).status == 200 else 1)"
 ENTRYPOINT ["engine"]
-CMD ["run", "--config", "/app/config/local.yaml"]
+CMD ["run", "--config", "/app/config/docker.yaml"]
