@@ -61,8 +61,10 @@ def main() -> None:
     files = _files()
     jobs = [(p, _job(converter, p)) for p in files]
     out_bytes = sum(job() for _, job in jobs)  # warm-up (imports, profile caches)
-    print(f"SR set: {len(files)} files, {sum(p.stat().st_size for p in files) / 1024:.0f} KiB in, "
-          f"{out_bytes / 1024:.0f} KiB of Bundles out per pass")
+    print(
+        f"SR set: {len(files)} files, {sum(p.stat().st_size for p in files) / 1024:.0f} KiB in, "
+        f"{out_bytes / 1024:.0f} KiB of Bundles out per pass"
+    )
     rates, cpu_rates = [], []
     per_file: dict[str, list[float]] = {p.name: [] for p in files}
     for _ in range(args.runs):

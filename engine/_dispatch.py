@@ -76,12 +76,14 @@ def _convert_dicom(data: bytes, ctx: MappingContext, model: str, result: Convers
 
 
 def partition_key(report: Report) -> str | None:
-    """Issuer-qualified accession, else Study Instance UID, else patient identifier; hashed (no PHI)."""
+    """Issuer-qualified accession, else Study Instance UID, else report identifier, else patient; hashed."""
     for order in report.orders:
         if order.accession is not None:
             return hashed_key(order.accession.system, order.accession.value)
     if report.studies:
         return hashed_key("urn:dicom:uid", report.studies[0].uid)
+    if report.identifier.value:  # keeps every version of one report on one partition
+        return hashed_key(report.identifier.system, report.identifier.value)
     if report.patient.identifiers:
         ident = report.patient.identifiers[0]
         return hashed_key(ident.system, ident.value)

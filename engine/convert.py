@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from pipelines.context import MappingContext
 
-__all__ = ["Conversion", "Converter", "Output", "Rejection"]
+__all__ = ["Conversion", "Converter", "Output", "Rejection", "partition_key_for"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,3 +56,15 @@ class Converter:
         from engine._dispatch import convert_bytes
 
         return convert_bytes(data, self.context, self.model)
+
+
+def partition_key_for(payload: bytes, context: MappingContext | None = None) -> str | None:
+    """The partition key of a raw message before it is stored (Kafka raw topics): the same key its
+    outputs get (SHA-256 of the issuer-qualified accession, else Study UID, else report id, else patient),
+    so an ORU and the SR of one study, and every version of one report, stay in order on one partition.
+    None when the message cannot be mapped (it will be dead-lettered anyway). For a stream of several
+    messages, the first message's key."""
+    from engine._dispatch import convert_bytes
+
+    result = convert_bytes(payload, context or MappingContext(), "document")
+    return result.outputs[0].partition_key if result.outputs else None

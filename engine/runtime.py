@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import importlib
 import logging
 import signal
@@ -28,7 +29,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, BinaryIO
 
-from engine.convert import Converter
+from engine.convert import Converter, partition_key_for
 from engine.errors import ConfigError
 from engine.observability.health import HealthServer
 from engine.observability.metrics import Heartbeat, Metrics
@@ -81,7 +82,8 @@ class Runtime:
             self._lock_store(s.store.path)
             self.store = MessageStore(s.store.path)
         if s.kafka_source is not None:
-            self.landing = _kafka("KafkaLanding")(s.kafka_source)
+            key_function = functools.partial(partition_key_for, context=s.mapping)
+            self.landing = _kafka("KafkaLanding")(s.kafka_source, key_function=key_function)
             self.source = _kafka("KafkaSource")(s.kafka_source)
         else:
             assert self.store is not None

@@ -40,7 +40,7 @@ def read_document(ds: Dataset, kind: str) -> Document:
     length = ds.get("EncapsulatedDocumentLength")
     if isinstance(length, int) and 0 < length <= len(data):
         data = data[:length]
-    elif kind == "pdf" and data.endswith(b"\x00"):
+    elif data.endswith(b"\x00"):  # even-length padding (PDF and XML never end in NUL)
         data = data[:-1]
     if kind == "pdf" and not data.startswith(b"%PDF"):
         raise UnsupportedMessage("Encapsulated PDF object whose document is not a PDF")

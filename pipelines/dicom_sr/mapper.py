@@ -175,4 +175,4 @@ def _add_device(h: Header, report: Report, *, general_equipment: bool) -> None:
     res = device(h.equipment, general_equipment=general_equipment)
     if any(x.resource.get("id") == res["id"] for x in report.extras):
         return
-    report.extras.append(ExtraResource(resource=res))
+    report.extras.insert(0, ExtraResource(resource=res))  # first Device = the authoring-device fallback

@@ -287,16 +287,23 @@ def _first_text(el: Elements, tag: int, decode: Callable[[bytes], str]) -> str:
     vr, raw = value
     if vr in _TEXT_VRS:
         return str(decode(raw)).rstrip(" \x00").split("\\")[0].strip()
+    if vr == b"CS":  # enumerated values (CONTAINS, NUM, SEPARATE, ...): few distinct, decoded once
+        known = _CS.get(raw)
+        if known is not None:
+            return known
     first: bytes = raw.split(b"\\", 1)[0]
-    return first.strip(b" \x00").decode("ascii", "replace").strip()
+    text = first.strip(b" \x00").decode("ascii", "replace").strip()
+    if vr == b"CS" and len(_CS) < 1024:
+        _CS[raw] = text
+    return text
+
+
+_CS: dict[bytes, str] = {}  # memo of a pure function of the bytes (bounded)
 
 
 def _seq(el: Elements, tag: int) -> list[Elements]:
     value = el.get(tag)
     return value if isinstance(value, list) else []
-
-
-_CODE_TAGS = (0x00080100, 0x00080119, 0x00080120, 0x00080102, 0x00080104)
 
 
 def _code(el: Elements | None, decode: Callable[[bytes], str]) -> Code | None:
@@ -307,7 +314,8 @@ def _code(el: Elements | None, decode: Callable[[bytes], str]) -> Code | None:
     cache = decode.codes if isinstance(decode, TextDecoder) else None
     if cache is None:
         return _decode_code(el, decode)
-    key = tuple(el.get(t) for t in _CODE_TAGS)
+    get = el.get
+    key = (get(0x00080100), get(0x00080102), get(0x00080104), get(0x00080119), get(0x00080120))
     if key in cache:
         return cache[key]
     code = cache[key] = _decode_code(el, decode)

@@ -79,6 +79,7 @@ _OBS_UID_TYPE = {
     ]
 }
 _SEG_SOP = "1.2.840.10008.5.1.4.1.1.66.4"
+_IMAGING_DEVICE = {"coding": [{"system": fhir.SCT, "code": "314789007", "display": "Medical imaging device"}]}
 
 
 def apply_measurements(root: list[Item], h: Header, report: Report) -> bool:
@@ -104,6 +105,8 @@ class _Ctx:
         self.based_on = accession_ref(report)
         self.device = {"reference": device_url(h.equipment)}
         self.doc_selection: str | None = None
+        self._algorithms: set[str] = set()
+        self._group_algorithm: tuple[str, str] | None = None
         self._gkey = ""
 
     def _common(self, rid: str, profiles: list[str]) -> dict[str, Any]:
@@ -116,6 +119,7 @@ class _Ctx:
         site = next((c for c in g.children if c.name is not None and c.name.value in _SITE), None)
         method = next((c for c in g.children if c.name is not None and c.name.value in _METHOD), None)
         self._gkey = g.uid or str(index)
+        self._group_algorithm = _algorithm_of(g)
         selections = self._selections(g, index)
         source = self._source(g)
         gid = uuid_for("Observation", h.sop_uid, "group", g.uid or str(index))
@@ -162,6 +166,32 @@ class _Ctx:
         for s in selections:
             self.report.extras.append(ExtraResource(resource=s))
         return self._narrative(index, g, attrs, site, member_lines)
+
+    def _algorithm(self, c: Item, *, g_algorithm: tuple[str, str] | None) -> dict[str, Any]:
+        """TID 4019 Algorithm Identification (111001 name, 111003 version) on the item or its group ->
+        an SR IG AlgorithmIdentification Device whose parent is the equipment Device; else the equipment."""
+        algo = _algorithm_of(c) or g_algorithm
+        if algo is None:
+            return dict(self.device)
+        name, version = algo
+        did = uuid_for("Device", "algorithm", name, version, self.device["reference"])
+        if did not in self._algorithms:
+            self._algorithms.add(did)
+            res: dict[str, Any] = {
+                "resourceType": "Device",
+                "id": did,
+                "meta": {"profile": [IM + "DeviceEuImaging", DICOMSR + "algorithm-identification"]},
+                "displayName": name,
+                "status": "active",
+                "category": [
+                    {"coding": [{"system": fhir.SCT, "code": "314789007", "display": "Medical imaging device"}]}
+                ],
+            }
+            if version:
+                res["version"] = [{"value": version}]
+            res["parent"] = dict(self.device)
+            self.report.extras.append(ExtraResource(resource=res))
+        return {"reference": urn(did)}
 
     def _identifiers(self, g: Item, attrs: dict[str, Item]) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
@@ -271,7 +301,7 @@ class _Ctx:
         normality = next((x for x in c.children if x.is_("121402") and x.code), None)
         if normality is not None and normality.code is not None:
             res["interpretation"] = [{"coding": [fhir.coding(coding(normality.code, base))]}]
-        res["device"] = self.device
+        res["device"] = self._algorithm(c, g_algorithm=self._group_algorithm)
         res["derivedFrom"] = [dict(d) for d in derived]
         components = [
             {
@@ -299,7 +329,7 @@ class _Ctx:
         res["valueCodeableConcept"] = {"coding": [fhir.coding(coding(c.code, base))]}
         if site is not None and site.code is not None:
             res["bodySite"] = {"coding": [fhir.coding(coding(site.code, base))]}
-        res["device"] = self.device
+        res["device"] = self._algorithm(c, g_algorithm=self._group_algorithm)
         res["derivedFrom"] = [dict(d) for d in derived]
         return res
 
@@ -428,6 +458,14 @@ _SR_IG_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.88.33",
     "1.2.840.10008.5.1.4.1.1.88.34",
 }
+
+
+def _algorithm_of(item: Item) -> tuple[str, str] | None:
+    name = next((c.text.strip() for c in item.children if c.is_("111001") and c.text and c.text.strip()), None)
+    if name is None:
+        return None
+    version = next((c.text.strip() for c in item.children if c.is_("111003") and c.text), "")
+    return name, version
 
 
 def id_path(c: Item, n: int) -> str:

@@ -231,7 +231,9 @@ def _report(
     return Report(
         source="hl7v2",
         identifier=identifier,
-        version_key=digest(status, obr22 or msh7, text_digest),
+        # A version is its status, time and content, including who it is about: the same report id sent for
+        # another patient (a patient correction) is a new document instance, never an overwrite.
+        version_key=digest(status, obr22 or msh7, text_digest, *(f"{i.system}|{i.value}" for i in patient.identifiers)),
         status=status,
         patient=patient,
         timezone=tz,

@@ -90,9 +90,20 @@ def test_measurements(bundle: dict[str, Any]) -> None:
         assert q["value"] == dicom_value
         if n == "003":
             assert q["value"] == expected["valueQuantity"]["value"]
+    algorithm = _example("Device-measurement-report-algorithm.json")
     for m in members:
-        assert m["partOf"] == group["partOf"] and m["device"] == group["device"]
+        assert m["partOf"] == group["partOf"]
         assert m["basedOn"][0]["identifier"]["value"] == "ACSN-235813"
+        if "valueQuantity" in m:  # TID 4019 pylidc 0.2.0 -> AlgorithmIdentification Device, parent = equipment
+            device = index[m["device"]["reference"]]
+            assert device["displayName"] == algorithm["displayName"] == "pylidc"
+            assert device["version"] == algorithm["version"]
+            assert device["parent"] == group["device"]
+            assert DICOMSR + "algorithm-identification" in device["meta"]["profile"]
+        else:
+            assert m["device"] == group["device"]
+    equipment = index[group["device"]["reference"]]
+    assert equipment["manufacturer"] == _example("Device-measurement-report-general-equipment.json")["manufacturer"]
 
 
 def test_qualitative_evaluations(bundle: dict[str, Any]) -> None:

@@ -12,7 +12,6 @@ from pipelines.dicom_sr.reader import read_dataset
 from pipelines.errors import MappingError
 from tests.dicom_sr.helpers import SR_FILES
 
-
 SR_DOCUMENTS = [p for p in SR_FILES if p.name not in ("Tag-0040-A170-VR-CS.dcm", "sample-pdf.dcm")]
 
 
@@ -37,3 +36,15 @@ def test_fast_evidence_equals_pydicom_evidence() -> None:
         slow = read_header(read_dataset(data), MappingContext())
         assert fast.evidence == slow.evidence, path.name
         assert [s.uid for s in fast.studies] == [s.uid for s in slow.studies], path.name
+
+
+def test_dicom_json_fast_path_equals_pydicom() -> None:
+    from pipelines.dicom_sr.header import read_header
+    from pipelines.dicom_sr.reader import walk
+    from tests.conftest import TESTDATA
+
+    data = (TESTDATA / "dicom-sr-hl7-ig" / "Example-MeasurementReport.json").read_bytes()
+    parsed = parse(data, MappingContext())
+    ds = read_dataset(data)
+    assert parsed.root == walk(ds) and len(parsed.root) == 4
+    assert parsed.header.evidence == read_header(ds, MappingContext()).evidence

@@ -104,3 +104,32 @@ def test_corrupted_variants_never_crash(path: Any) -> None:
                 serialize(shape(report)[0])
         except MappingError as exc:
             assert str(exc) and "\n" not in str(exc)
+
+
+def test_encapsulated_cda_becomes_minimal_report(converter: Any, fhir_validator: Any) -> None:
+    """No shared CDA sample exists: a synthetic Encapsulated CDA object (SOP Class 104.2)."""
+    import base64
+    import json
+
+    from tests.conftest import profile_errors
+
+    cda = b'<?xml version="1.0"?><ClinicalDocument xmlns="urn:hl7-org:v3"><title>CT report</title></ClinicalDocument>'
+    data = _dataset(
+        "1.2.840.10008.5.1.4.1.1.104.2",
+        EncapsulatedDocument=cda,
+        MIMETypeOfEncapsulatedDocument="text/xml",
+        AccessionNumber="A-77",
+        PatientName="Doe^Jane",
+        PatientBirthDate="19700101",
+        ContentDate="20240102",
+        ContentTime="101500",
+    )
+    result = converter.convert(data)
+    assert not result.rejections and len(result.outputs) == 1
+    bundle = json.loads(result.outputs[0].body)
+    assert bundle["type"] == "collection" and profile_errors(fhir_validator, bundle) == []
+    dr = bundle["entry"][0]["resource"]
+    assert base64.b64decode(dr["presentedForm"][0]["data"]).startswith(b"<?xml")
+    assert dr["presentedForm"][0]["contentType"] == "text/xml"
+    assert dr["basedOn"][0]["identifier"]["value"] == "A-77"
+    assert dr["issued"] == "2024-01-02T10:15:00+00:00"

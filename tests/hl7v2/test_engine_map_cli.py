@@ -121,4 +121,4 @@ def test_bulk_feed_counts(tmp_path: Path) -> None:
         "no report content: no text, coded finding or document in any OBX"
     }
     written = [p for p in tmp_path.glob("*.json") if p.name != "summary.json"]
-    assert summary["bundles"] == len(written) == 836  # 850 reports; 14 are exact resends of the same version
+    assert summary["bundles"] == len(written) == 848  # 850 reports; 2 are exact resends of the same version

@@ -169,3 +169,15 @@ def convert_bytes(converter: Any, data: bytes) -> list[dict[str, Any]]:
     result = converter.convert(data)
     assert not result.rejections, [r.reason for r in result.rejections]
     return bundles(result)
+
+
+def test_same_report_id_for_another_patient_is_a_new_document(converter: Any) -> None:
+    """scout-01 and scout-27 reuse filler order NONSENSE100 for different patient ids: same report identity,
+    two document instances (a resend for another patient must never overwrite the first one)."""
+    [a] = convert(converter, SCOUT / "scout-01-v2.3-nostatus-20260329-4.hl7")
+    [b] = convert(converter, SCOUT / "scout-27-v2.7-nostatus-20260329-6.hl7")
+    assert one(a, "DiagnosticReport")["identifier"] == one(b, "DiagnosticReport")["identifier"]
+    assert a["id"] != b["id"]
+    assert one(a, "Patient")["identifier"][0]["value"] == "LTI_04"
+    assert one(b, "Patient")["identifier"][0]["value"] == "LTI_05"
+    assert "_birthDate" in one(b, "Patient")  # PID-7 holds a name in that message: no birth date is invented
