@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from engine.convert import Conversion, Output, Rejection
 from pipelines.common.ids import hashed_key
 from pipelines.common.model import Report
@@ -13,9 +15,15 @@ from pipelines.output import serialize, shape
 __all__ = ["convert_bytes", "is_dicom", "partition_key"]
 
 
+_DICOM_JSON = re.compile(rb'^\s*[\[{]\s*(?:\{\s*)?"[0-9A-Fa-f]{8}"\s*:\s*\{\s*"vr"')
+
+
 def is_dicom(data: bytes) -> bool:
-    """DICOM Part 10 (128-byte preamble + "DICM"), or a raw dataset starting with a group 0002/0008 tag."""
+    """DICOM Part 10 (128-byte preamble + "DICM"), a raw dataset starting with a group 0002/0008 tag, or a
+    DICOM JSON dataset (PS3.18 F.2: an object keyed by 8-hex-digit tags with "vr" members)."""
     if len(data) >= 132 and data[128:132] == b"DICM":
+        return True
+    if data[:1] in (b"{", b"[", b" ", b"\n", b"\r", b"\t") and _DICOM_JSON.match(data[:200]):
         return True
     return (
         len(data) >= 8
