@@ -1,0 +1,38 @@
+"""Input detection by content and the landing-time partition key."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from engine._dispatch import is_dicom
+from engine.convert import partition_key_for
+from tests.conftest import TESTDATA
+
+SR_JSON = TESTDATA / "dicom-sr-hl7-ig" / "Example-MeasurementReport.json"
+SCOUT13 = TESTDATA / "hl7v2-washu-scout" / "messages" / "scout-13-v2.7-Final-20250814-22.hl7"
+
+
+def test_detection_by_content() -> None:
+    part10 = next(TESTDATA.glob("dicom-sr-pydicom/*.dcm")).read_bytes()
+    assert is_dicom(part10)
+    assert is_dicom(SR_JSON.read_bytes())  # DICOM JSON (PS3.18 F.2)
+    assert not is_dicom(SCOUT13.read_bytes())
+    assert not is_dicom(b'{"resourceType": "Bundle"}')  # FHIR JSON is not DICOM JSON
+    assert not is_dicom(b"")
+
+
+def test_dicom_json_sr_is_converted(converter: Any, fhir_validator: Any) -> None:
+    result = converter.convert(SR_JSON.read_bytes())
+    assert not result.rejections, [r.reason for r in result.rejections]
+    [out] = result.outputs
+    bundle = json.loads(out.body)
+    assert bundle["type"] == "document"
+    assert not [i for i in fhir_validator.validate(bundle) if i.sev == "error"]
+
+
+def test_partition_key_at_landing_matches_outputs(converter: Any) -> None:
+    raw = SCOUT13.read_bytes()
+    [out] = converter.convert(raw).outputs
+    assert partition_key_for(raw, converter.context) == out.partition_key
+    assert partition_key_for(b"not hl7") is None
