@@ -64,7 +64,7 @@ def read_observations(obx_rows: list[list[str]], d: Delimiters, base: str, chars
         label = unescape(c3[1], d).strip() if len(c3) > 1 else ""
         code1 = unescape(code1_raw.split(d.subcomponent)[0], d).strip()
         raw5 = fld(obx, 5)
-        if code1 == "113014" or _UID_LABELS.search(label) or _UID_LABELS.search(code1):
+        if code1 == "113014" or _uid_label(label) or _uid_label(code1):
             if "study" in label.lower() or code1 == "113014":
                 uid = _uid_value(raw5, d)
                 if uid and uid_ok(uid):
@@ -109,6 +109,11 @@ def read_observations(obx_rows: list[list[str]], d: Delimiters, base: str, chars
         if text.strip():
             out.sections.append(Section(key=key, text=text))
     return out
+
+
+def _uid_label(text: str) -> bool:
+    low = text.lower()
+    return ("uid" in low or "sop class" in low) and _UID_LABELS.search(text) is not None
 
 
 def _leading_word(line: str) -> tuple[str, str] | None:
