@@ -13,6 +13,7 @@ import json
 import os
 import sys
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,8 +55,18 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 
 def run_map(converter: Converter, inputs: list[Path], out: Path | None, *, quiet: bool = False) -> MapSummary:
+    """Convert every input; Bundle files are written by a small thread pool (file creation is I/O latency
+    that overlaps with the next message's conversion). Writes of one Bundle id keep their input order."""
+    with ThreadPoolExecutor(max_workers=4, thread_name_prefix="map-write") as pool:
+        return _run_map(converter, inputs, out, quiet, pool)
+
+
+def _run_map(
+    converter: Converter, inputs: list[Path], out: Path | None, quiet: bool, pool: ThreadPoolExecutor
+) -> MapSummary:
     summary = MapSummary()
     written: set[str] = set()
+    inflight: dict[str, Future[None]] = {}
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
     for path in iter_inputs(inputs):
@@ -70,10 +81,13 @@ def run_map(converter: Converter, inputs: list[Path], out: Path | None, *, quiet
         result = converter.convert(data)
         summary.inputs += result.messages
         for output in result.outputs:
-            if out is not None:
-                write_atomic(out / f"{output.bundle_id}.json", output.body)
-            else:
+            if out is None:
                 sys.stdout.buffer.write(output.body + b"\n")
+            else:
+                earlier = inflight.get(output.bundle_id)
+                if earlier is not None:
+                    earlier.result()  # a later resend of the same Bundle overwrites, in input order
+                inflight[output.bundle_id] = pool.submit(write_atomic, out / f"{output.bundle_id}.json", output.body)
             if output.bundle_id not in written:
                 written.add(output.bundle_id)
                 summary.bundles += 1
@@ -87,6 +101,8 @@ def run_map(converter: Converter, inputs: list[Path], out: Path | None, *, quiet
                 rejected_dir.mkdir(exist_ok=True)
                 safe = str(path).strip("/").replace("/", "__").replace("..", "_")
                 write_atomic(rejected_dir / f"{safe}#{rej.index}", rej.raw)
+    for future in inflight.values():
+        future.result()  # surface any write error before the summary claims success
     if out is not None:
         write_atomic(out / "summary.json", json.dumps(summary.as_dict(), indent=2).encode("utf-8") + b"\n")
     return summary

@@ -36,3 +36,12 @@ def test_partition_key_at_landing_matches_outputs(converter: Any) -> None:
     [out] = converter.convert(raw).outputs
     assert partition_key_for(raw, converter.context) == out.partition_key
     assert partition_key_for(b"not hl7") is None
+
+
+def test_uuid_for_is_rfc_uuid5() -> None:
+    import uuid
+
+    from pipelines.common.ids import NAMESPACE, uuid_for
+
+    for parts in (("a",), ("Patient", "urn:oid:1.2|x", "é"), ("",)):
+        assert uuid_for(*parts) == str(uuid.uuid5(NAMESPACE, "\x1f".join(parts)))

@@ -20,6 +20,8 @@ import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 
+from pipelines.hl7v2.er7 import CHARSETS
+
 __all__ = [
     "ERROR_APPLICATION_INTERNAL",
     "ERROR_SEGMENT_SEQUENCE",
@@ -35,31 +37,8 @@ __all__ = [
 ERROR_SEGMENT_SEQUENCE = ("100", "Segment sequence error")
 ERROR_APPLICATION_INTERNAL = ("207", "Application internal error")
 
-# HL7 table 0211 (alternate character sets, MSH-18) -> Python codec
-HL7_CHARSETS: dict[str, str] = {
-    "ASCII": "ascii",
-    "ISO IR6": "ascii",
-    "8859/1": "iso8859-1",
-    "8859/2": "iso8859-2",
-    "8859/3": "iso8859-3",
-    "8859/4": "iso8859-4",
-    "8859/5": "iso8859-5",
-    "8859/6": "iso8859-6",
-    "8859/7": "iso8859-7",
-    "8859/8": "iso8859-8",
-    "8859/9": "iso8859-9",
-    "8859/15": "iso8859-15",
-    "ISO IR14": "shift_jis",  # JIS X 0201 Roman/Katakana; shift_jis is its superset
-    "ISO IR87": "iso2022_jp",
-    "ISO IR159": "iso2022_jp_2",
-    "ISO IR192": "utf-8",
-    "UNICODE UTF-8": "utf-8",
-    "UNICODE": "utf-8",  # deprecated value; senders mean UTF-8 in practice
-    "GB 18030-2000": "gb18030",
-    "KS X 1001": "euc_kr",
-    "BIG-5": "big5",
-    "CNS 11643-1992": "big5",
-}
+# HL7 table 0211 (alternate character sets, MSH-18) -> Python codec: one table, shared with the tokenizer.
+HL7_CHARSETS = CHARSETS
 _STANDARD_ENCODING = "^~\\&"
 _BOM = b"\xef\xbb\xbf"
 

@@ -12,9 +12,17 @@ __all__ = ["NAMESPACE", "digest", "hashed_key", "slug", "uid_ok", "urn", "uuid_f
 NAMESPACE = uuid.UUID("6f0c7f4e-2b52-5a8e-9d3c-1e0b7a9c4d21")
 
 
+_NS_BYTES = NAMESPACE.bytes
+
+
 def uuid_for(*parts: str) -> str:
-    """uuid5 of the parts joined with a separator that cannot occur in them unescaped."""
-    return str(uuid.uuid5(NAMESPACE, "\x1f".join(parts)))
+    """uuid5 (RFC 9562 §5.5) of the parts joined with a separator that cannot occur in them unescaped.
+    Computed directly from SHA-1 (identical to ``uuid.uuid5``, ~3x cheaper: it is on the hot path)."""
+    h = bytearray(hashlib.sha1(_NS_BYTES + "\x1f".join(parts).encode("utf-8"), usedforsecurity=False).digest()[:16])
+    h[6] = (h[6] & 0x0F) | 0x50
+    h[8] = (h[8] & 0x3F) | 0x80
+    x = h.hex()
+    return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
 
 
 def urn(resource_id: str) -> str:

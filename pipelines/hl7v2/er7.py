@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 from pipelines.errors import ParseError
 
-__all__ = ["Delimiters", "Message", "decode_message", "parse_message"]
+__all__ = ["CHARSETS", "Delimiters", "Message", "decode_message", "parse_message"]
 
 # MSH-18 values (HL7 table 0211) -> Python codecs.
-_CHARSETS = {
+CHARSETS: dict[str, str] = {
     "ASCII": "ascii",
     "8859/1": "latin-1",
     "8859/2": "iso8859-2",
@@ -52,6 +52,9 @@ _CHARSETS = {
     "BIG-5": "big5",
     "ISO IR87": "iso2022_jp",
     "ISO IR13": "shift_jis",
+    "ISO IR14": "shift_jis",  # JIS X 0201 Roman/Katakana; shift_jis is its superset
+    "ISO IR159": "iso2022_jp_2",
+    "CNS 11643-1992": "big5",
 }
 
 # Segment ids at which a line may be cut when a sender glued segments with spaces or "<cr>" literals.
@@ -90,7 +93,7 @@ def decode_message(raw: bytes) -> tuple[str, str]:
     if raw.startswith(b"\xef\xbb\xbf"):
         raw = raw[3:]
     declared = _declared_charset(raw)
-    codec = _CHARSETS.get(declared.upper(), "") if declared else ""
+    codec = CHARSETS.get(declared.upper(), "") if declared else ""
     if codec and codec not in ("ascii", "utf-8"):
         try:
             return raw.decode(codec), codec

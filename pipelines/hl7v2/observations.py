@@ -56,16 +56,16 @@ def read_observations(obx_rows: list[list[str]], d: Delimiters, base: str, chars
     texts: dict[str, list[str]] = {}
     order: list[str] = []
     current: str | None = None
+    kinds: dict[tuple[str, str], _Obx3] = {}  # OBX-2/OBX-3 repeat on every line of a section: classify once
     for n, obx in enumerate(obx_rows, start=1):
-        vtype = fld(obx, 2).split(d.component)[0].strip().upper()
-        raw3 = fld(obx, 3)
-        c3 = raw3.split(d.component)
-        code1_raw = c3[0] if c3 else ""
-        label = unescape(c3[1], d).strip() if len(c3) > 1 else ""
-        code1 = unescape(code1_raw.split(d.subcomponent)[0], d).strip()
+        raw2, raw3 = fld(obx, 2), fld(obx, 3)
+        kind = kinds.get((raw2, raw3))
+        if kind is None:
+            kind = kinds[(raw2, raw3)] = _classify(raw2, raw3, d)
+        vtype, section, uid_row, study_row, coded_text = kind
         raw5 = fld(obx, 5)
-        if code1 == "113014" or _uid_label(label) or _uid_label(code1):
-            if "study" in label.lower() or code1 == "113014":
+        if uid_row:
+            if study_row:
                 uid = _uid_value(raw5, d)
                 if uid and uid_ok(uid):
                     if uid not in out.study_uids:
@@ -78,12 +78,10 @@ def read_observations(obx_rows: list[list[str]], d: Delimiters, base: str, chars
             if form is not None:
                 out.forms.append(form)
             continue
-        section = _section_of(code1_raw, code1, label, c3, d)
-        coded_value = vtype in ("CE", "CWE", "CNE", "CF") and bool(raw5.split(d.component)[0].strip())
-        system3 = unescape(c3[2], d).strip() if len(c3) > 2 else ""
-        is_text = vtype in _TEXT_TYPES or (vtype in ("CE", "CWE", "CNE", "CF") and not coded_value)
-        if is_text and system3 and section is None and d.subcomponent not in code1_raw and code1:
-            is_text = False  # a coded concept (e.g. SNOMED "Liver mass") with a text value: a finding
+        if vtype in _CODED:
+            is_text = not raw5.split(d.component, 1)[0].strip()  # CE without a code: text ("^Mass left lobe")
+        else:
+            is_text = vtype in _TEXT_TYPES and not coded_text
         if is_text:
             lines = _text_lines(raw5, vtype, d, charset)
             for i, line in enumerate(lines):
@@ -109,6 +107,26 @@ def read_observations(obx_rows: list[list[str]], d: Delimiters, base: str, chars
         if text.strip():
             out.sections.append(Section(key=key, text=text))
     return out
+
+
+_CODED = frozenset({"CE", "CWE", "CNE", "CF"})
+# (value type, section, is a UID row, is a Study UID row, coded concept whose text value is a finding)
+_Obx3 = tuple[str, str | None, bool, bool, bool]
+
+
+def _classify(raw2: str, raw3: str, d: Delimiters) -> _Obx3:
+    vtype = raw2.split(d.component)[0].strip().upper()
+    c3 = raw3.split(d.component)
+    code1_raw = c3[0] if c3 else ""
+    label = unescape(c3[1], d).strip() if len(c3) > 1 else ""
+    code1 = unescape(code1_raw.split(d.subcomponent)[0], d).strip()
+    if code1 == "113014" or _uid_label(label) or _uid_label(code1):
+        return vtype, None, True, "study" in label.lower() or code1 == "113014", False
+    section = _section_of(code1_raw, code1, label, c3, d)
+    system3 = unescape(c3[2], d).strip() if len(c3) > 2 else ""
+    # A coded concept (e.g. SNOMED "Liver mass") with a text value is a finding, not narrative.
+    coded_text = bool(system3 and section is None and d.subcomponent not in code1_raw and code1)
+    return vtype, section, False, False, coded_text
 
 
 def _uid_label(text: str) -> bool:

@@ -20,7 +20,16 @@ from pipelines.common.ids import urn, uuid_for
 from pipelines.common.model import Report
 from pipelines.common.sections import SECTIONS
 from pipelines.output import profiles
-from pipelines.output.parts import Parts, build_parts, categories, composition_status, report_code, resolve_extras
+from pipelines.output.parts import (
+    Parts,
+    build_parts,
+    categories,
+    composition_status,
+    dr_header,
+    dr_narrative,
+    report_code,
+    resolve_extras,
+)
 from pipelines.output.sections import build_sections
 
 __all__ = ["bundle_id", "shape_document", "wants_minimal"]
@@ -118,32 +127,12 @@ def _diagnostic_report(report: Report, parts: Parts, dr_id: str, comp_url: str, 
     ext = _dr_extensions(parts)
     if ext:
         dr["extension"] = ext
-    dr["identifier"] = [fhir.identifier(report.identifier)]
-    if parts.based_on:
-        dr["basedOn"] = parts.based_on
-    dr["status"] = report.status
-    dr["category"] = categories(report)
-    dr["code"] = report_code(report)
-    dr["subject"] = {"reference": parts.patient_url}
-    if report.effective:
-        dr["effectiveDateTime"] = report.effective
-    if report.issued:
-        dr["issued"] = report.issued
-    if parts.org_url:
-        dr["performer"] = [{"reference": parts.org_url}]
-    if parts.interpreter_urls:
-        dr["resultsInterpreter"] = [{"reference": u} for u in parts.interpreter_urls]
+    dr_header(report, parts, dr)
     dr["result"] = [{"reference": u} for u in results]
     if parts.study_urls:
         dr["study"] = [{"reference": u} for u in parts.study_urls]
     dr["composition"] = {"reference": comp_url}
-    notes = parts.notes
-    if notes:
-        dr["note"] = notes
-    if report.conclusion:
-        dr["conclusion"] = report.conclusion
-    if report.presented_forms:
-        dr["presentedForm"] = parts.presented_forms
+    dr_narrative(report, parts, dr)
     return dr
 
 

@@ -11,7 +11,7 @@ from pipelines.common.ids import urn, uuid_for
 from pipelines.common.model import Report
 from pipelines.output import profiles
 from pipelines.output.document import bundle_id
-from pipelines.output.parts import build_parts, categories, report_code
+from pipelines.output.parts import build_parts, dr_header, dr_narrative
 
 __all__ = ["shape_minimal"]
 
@@ -23,32 +23,13 @@ def shape_minimal(report: Report) -> dict[str, Any]:
         "resourceType": "DiagnosticReport",
         "id": dr_id,
         "meta": profiles.profile_meta(profiles.DIAGNOSTIC_REPORT_MINIMAL),
-        "identifier": [fhir.identifier(report.identifier)],
     }
-    if parts.based_on:
-        dr["basedOn"] = parts.based_on
-    dr["status"] = report.status
-    dr["category"] = categories(report)
-    dr["code"] = report_code(report)
-    dr["subject"] = {"reference": parts.patient_url}
-    if report.effective:
-        dr["effectiveDateTime"] = report.effective
-    if report.issued:
-        dr["issued"] = report.issued
-    if parts.org_url:
-        dr["performer"] = [{"reference": parts.org_url}]
-    if parts.interpreter_urls:
-        dr["resultsInterpreter"] = [{"reference": u} for u in parts.interpreter_urls]
+    dr_header(report, parts, dr)
     if parts.observations:
         dr["result"] = [{"reference": u} for u, _ in parts.observations]
     if report.studies:
         dr["study"] = [{"identifier": fhir.study_uid_identifier(s.uid)} for s in report.studies[:1]]
-    if parts.notes:
-        dr["note"] = parts.notes
-    if report.conclusion:
-        dr["conclusion"] = report.conclusion
-    if parts.presented_forms:
-        dr["presentedForm"] = parts.presented_forms
+    dr_narrative(report, parts, dr)
     entries = [(urn(dr_id), dr), (parts.patient_url, parts.patient)]
     entries += parts.observations + parts.people + parts.orgs
     bid = bundle_id(report)

@@ -12,7 +12,16 @@ from pipelines.common.model import Report
 from pipelines.common.sections import SECTIONS
 from pipelines.output import resources
 
-__all__ = ["Parts", "build_parts", "categories", "composition_status", "report_code", "resolve_extras"]
+__all__ = [
+    "Parts",
+    "build_parts",
+    "categories",
+    "composition_status",
+    "dr_header",
+    "dr_narrative",
+    "report_code",
+    "resolve_extras",
+]
 
 Entry = tuple[str, dict[str, Any]]
 
@@ -238,3 +247,33 @@ _COMPOSITION_STATUS = {"modified": "amended"}
 
 def composition_status(status: str) -> str:
     return _COMPOSITION_STATUS.get(status, status)
+
+
+def dr_header(report: Report, parts: Parts, dr: dict[str, Any]) -> None:
+    """DiagnosticReport elements shared by the full and the minimal-metadata profile, basedOn to
+    resultsInterpreter, in FHIR element order."""
+    dr["identifier"] = [fhir.identifier(report.identifier)]
+    if parts.based_on:
+        dr["basedOn"] = parts.based_on
+    dr["status"] = report.status
+    dr["category"] = categories(report)
+    dr["code"] = report_code(report)
+    dr["subject"] = {"reference": parts.patient_url}
+    if report.effective:
+        dr["effectiveDateTime"] = report.effective
+    if report.issued:
+        dr["issued"] = report.issued
+    if parts.org_url:
+        dr["performer"] = [{"reference": parts.org_url}]
+    if parts.interpreter_urls:
+        dr["resultsInterpreter"] = [{"reference": u} for u in parts.interpreter_urls]
+
+
+def dr_narrative(report: Report, parts: Parts, dr: dict[str, Any]) -> None:
+    """note (one per section, typed with the section code), conclusion and presentedForm."""
+    if parts.notes:
+        dr["note"] = parts.notes
+    if report.conclusion:
+        dr["conclusion"] = report.conclusion
+    if parts.presented_forms:
+        dr["presentedForm"] = parts.presented_forms

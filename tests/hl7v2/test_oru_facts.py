@@ -145,16 +145,16 @@ def test_versions_share_report_identifier(converter: Any) -> None:
 def test_rad28_hd_uids_and_leading_word_sections(converter: Any) -> None:
     """IHE RAD-28 style: UIDs as HD values, report text in "SR Text" rows whose first word names the section."""
     message = (
-        "MSH|^~\\&|RPTMGR|RAD1|IM|RAD1|20240102030405||ORU^R01|X1|P|2.3.1\r"
-        "PID|||P123^^^HOSP||DOE^JANE||19700101|F\r"
-        "OBR|1|PL1|FL1|71020^CHEST 2 VIEWS^C4|||20240102010000|||||||||||ACC99||||20240102030000||CR|F|||||||"
-        "DR1&RAD&ROBERT\r"
-        "OBX|1|HD|^SR Instance UID||1.2.3.4.5.6.7||||||F\r"
-        "OBX|2|HD|^Study Instance UID||1.2.840.99.1.2.3||||||F\r"
-        "OBX|3|TX|^SR Text||History Cough for three weeks.||||||F\r"
-        "OBX|4|TX|^SR Text||Findings The lungs are clear.~No effusion.||||||F\r"
-        "OBX|5|TX|^SR Text||Conclusions Normal chest.||||||F\r"
-    ).encode()
+        b"MSH|^~\\&|RPTMGR|RAD1|IM|RAD1|20240102030405||ORU^R01|X1|P|2.3.1\r"
+        b"PID|||P123^^^HOSP||DOE^JANE||19700101|F\r"
+        b"OBR|1|PL1|FL1|71020^CHEST 2 VIEWS^C4|||20240102010000|||||||||||ACC99||||20240102030000||CR|F|||||||"
+        b"DR1&RAD&ROBERT\r"
+        b"OBX|1|HD|^SR Instance UID||1.2.3.4.5.6.7||||||F\r"
+        b"OBX|2|HD|^Study Instance UID||1.2.840.99.1.2.3||||||F\r"
+        b"OBX|3|TX|^SR Text||History Cough for three weeks.||||||F\r"
+        b"OBX|4|TX|^SR Text||Findings The lungs are clear.~No effusion.||||||F\r"
+        b"OBX|5|TX|^SR Text||Conclusions Normal chest.||||||F\r"
+    )
     [b] = convert_bytes(converter, message)
     assert one(b, "ImagingStudy")["identifier"][0]["value"] == "urn:oid:1.2.840.99.1.2.3"
     assert one(b, "ServiceRequest")["identifier"][0]["value"] == "ACC99"  # OBR-18 by default
