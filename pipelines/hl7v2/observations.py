@@ -95,13 +95,19 @@ def read_observations(obx_rows: list[list[str]], d: Delimiters, base: str, chars
                     texts[key] = []
                     order.append(key)
                 texts[key].append(line)
-            status = fld(obx, 11).strip()
+            status = _result_status(obx)
             if status:
                 out.text_statuses.append(status)
             continue
         finding = _finding(obx, vtype, raw3, raw5, d, base, section or "findings", n)
         if finding is not None:
             out.findings.append(finding)
+            if section is not None and finding.value_concept is not None and section in texts:
+                # A coded line inside a dictated section ("H20^Heart size normal" among IMP lines): keep its
+                # words in the narrative too, so the section text reads as dictated.
+                words = finding.value_concept.text or next((c.display for c in finding.value_concept.codings), None)
+                if words:
+                    texts[section].append(words)
     for key in order:
         text = "\n".join(texts[key]).strip("\n")
         if text.strip():
@@ -127,6 +133,18 @@ def _classify(raw2: str, raw3: str, d: Delimiters) -> _Obx3:
     # A coded concept (e.g. SNOMED "Liver mass") with a text value is a finding, not narrative.
     coded_text = bool(system3 and section is None and d.subcomponent not in code1_raw and code1)
     return vtype, section, False, False, coded_text
+
+
+# OBX-11 codes (table 0085) that cannot be an OBX-10 "nature of abnormal test" (table 0080: A, N, R, S).
+_DRIFTED_STATUS = frozenset({"F", "P", "C", "X", "D", "W", "I", "U", "V", "B", "FINAL", "PRELIM", "PRELIMINARY"})
+
+
+def _result_status(obx: list[str]) -> str:
+    """OBX-11, or OBX-10 when a sender shifted the status one field left (field drift, mappings.md §7.14)."""
+    status = fld(obx, 11).strip()
+    if not status and fld(obx, 10).strip().upper() in _DRIFTED_STATUS:
+        status = fld(obx, 10).strip()
+    return status
 
 
 def _uid_label(text: str) -> bool:
@@ -242,7 +260,7 @@ def _finding(
         f.value_string = (f"{value} {units}".strip() if units and not value.endswith(units) else value) or None
     if f.value_concept is None and f.value_quantity is None and f.value_string is None:
         return None
-    f.status = obx_status(fld(obx, 11))
+    f.status = obx_status(_result_status(obx))
     raw8 = fld(obx, 8)
     if not raw8.strip() and "HL70078" in fld(obx, 9).upper():
         raw8 = fld(obx, 9)  # field drift seen in RAD-128 samples: abnormal flag (table 0078) one field late

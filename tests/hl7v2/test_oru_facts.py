@@ -181,3 +181,35 @@ def test_same_report_id_for_another_patient_is_a_new_document(converter: Any) ->
     assert one(a, "Patient")["identifier"][0]["value"] == "LTI_04"
     assert one(b, "Patient")["identifier"][0]["value"] == "LTI_05"
     assert "_birthDate" in one(b, "Patient")  # PID-7 holds a name in that message: no birth date is invented
+
+
+def test_hl7_chapter7_narrative_battery(converter: Any) -> None:
+    """HL7 v2.3 chapter 7 style: CE impressions without code, a local code, FT with \\.br\\, &REC, a bad OBR-7
+    (11 digits) that must not become a date, OBR-25 F."""
+    [b] = convert(converter, Path(__file__).with_name("data_chapter7.hl7"))
+    dr = one(b, "DiagnosticReport")
+    assert dr["status"] == "final" and "effectiveDateTime" not in dr
+    assert dr["conclusion"] == "MASS LEFT LOWER LOBE\nINFILTRATE RIGHT LOWER LOBE\nHEART SIZE NORMAL"
+    notes = {n["extension"][0]["valueCodeableConcept"]["coding"][0]["code"]: n["text"] for n in dr["note"]}
+    assert notes["59776-5"].endswith(
+        "posterior segment of the LLL.\nA second, less well-defined infiltrate is seen in the RLL."
+    )
+    assert notes["18783-1"] == "REPEAT CHEST X-RAY 2 WEEKS"
+    [coded] = resources(b, "Observation")
+    assert coded["valueCodeableConcept"]["coding"][0]["code"] == "H20"
+    assert one(b, "Patient")["identifier"][0]["system"] == "urn:oid:1.2.3.4"  # CX.4 HD with ISO universal id
+
+
+def test_epic_single_line_word_status(converter: Any) -> None:
+    """Epic-style v2.3 ORU on one line with spaces between segments, suffix-only OBX-3, word status."""
+    raw = (
+        b"MSH|^~\\&|EPIC|HOSP|RAD|HOSP|20240101120000||ORU^R01|123|P|2.3 PID|1||E123^^^EPIC^MRN||DOE^JOHN||19800101|M "
+        b"ORC|RE|1013934470^EPC|OT63025 OBR|1|1013934470^EPC|OT63025|73000^X-RAY CLAVICLE^EXTEAP|||20240101110000"
+        b"|||||||||123^ORDER^DOC||||||20240101115900|||Final|||||||456^READ^DOC OBX|1|ST|&GDT|1|Two views of the "
+        b"left clavicle.||||||Final OBX|2|ST|&IMP|1|No fracture.||||||Final OBX|3|ST|&IMP|1|Normal study.||||||Final\r"
+    )
+    [b] = convert_bytes(converter, raw)
+    dr = one(b, "DiagnosticReport")
+    assert dr["status"] == "final" and dr["conclusion"] == "No fracture.\nNormal study."
+    assert dr["identifier"][0]["value"] == "OT63025"
+    assert one(b, "Practitioner")["name"][0]["family"] == "READ"
