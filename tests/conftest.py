@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,35 @@ def fhir_validator() -> Any:
 
 def profile_errors(validator: Any, resource: dict[str, Any]) -> list[str]:
     return [str(i) for i in validator.validate(resource) if i.sev == "error"]
+
+
+@pytest.fixture(scope="session")
+def kafka_broker_instance() -> Iterator[Any]:
+    """One real Kafka broker for the whole session (tests/kafka_broker.py: Apache Kafka KRaft from Maven
+    Central jars, Tansu with ENGINE_TEST_BROKER=tansu, or KAFKA_BOOTSTRAP). Unavailable: skip locally,
+    fail when CI=true."""
+    from tests import kafka_broker
+
+    t0 = time.monotonic()
+    try:
+        ctx = kafka_broker.running_broker()
+        broker = ctx.__enter__()
+    except kafka_broker.BrokerUnavailable as exc:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"Kafka broker unavailable under CI: {exc}", pytrace=False)
+        pytest.skip(f"Kafka broker unavailable: {exc}")
+    sys.stderr.write(
+        f"\n[kafka] {broker.kind} broker at {broker.bootstrap} ready in {time.monotonic() - t0:.1f}s {broker.timings}\n"
+    )
+    try:
+        yield broker
+    finally:
+        ctx.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="session")
+def bootstrap(kafka_broker_instance: Any) -> str:
+    return str(kafka_broker_instance.bootstrap)
 
 
 @pytest.fixture(scope="session")

@@ -6,9 +6,6 @@ A broker that cannot be provisioned skips the broker tests locally and FAILS the
 
 from __future__ import annotations
 
-import os
-import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -17,35 +14,10 @@ import pytest
 from kafka import KafkaAdminClient
 
 from engine.kafka import KafkaSettings
-from tests import kafka_broker
 from tests.kafka.kafka_helpers import create_topics
 
 SESSION_TIMEOUT_MS = 6_000  # short, so a killed consumer's partitions move on quickly
 HEARTBEAT_MS = 1_000
-
-
-@pytest.fixture(scope="session")
-def kafka_broker_instance() -> Iterator[Any]:
-    t0 = time.monotonic()
-    try:
-        ctx = kafka_broker.running_broker()
-        broker = ctx.__enter__()
-    except kafka_broker.BrokerUnavailable as exc:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"Kafka broker unavailable under CI: {exc}", pytrace=False)
-        pytest.skip(f"Kafka broker unavailable: {exc}")
-    sys.stderr.write(
-        f"\n[kafka] {broker.kind} broker at {broker.bootstrap} ready in {time.monotonic() - t0:.1f}s {broker.timings}\n"
-    )
-    try:
-        yield broker
-    finally:
-        ctx.__exit__(None, None, None)
-
-
-@pytest.fixture(scope="session")
-def bootstrap(kafka_broker_instance: Any) -> str:
-    return str(kafka_broker_instance.bootstrap)
 
 
 @pytest.fixture(scope="session")

@@ -7,10 +7,8 @@ locally, failure when CI=true.
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,26 +16,10 @@ import pytest
 from kafka import KafkaAdminClient
 
 from engine.convert import Converter
-from tests import kafka_broker
 from tests.kafka.kafka_helpers import create_topics, read_topic
 from tests.runtime.runtime_harness import EngineConfig, EngineProcess, MllpClient, ack_code
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
-
-
-@pytest.fixture(scope="module")
-def bootstrap() -> Iterator[str]:
-    try:
-        ctx = kafka_broker.running_broker()
-        broker = ctx.__enter__()
-    except kafka_broker.BrokerUnavailable as exc:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"Kafka broker unavailable under CI: {exc}", pytrace=False)
-        pytest.skip(f"Kafka broker unavailable: {exc}")
-    try:
-        yield str(broker.bootstrap)
-    finally:
-        ctx.__exit__(None, None, None)
 
 
 def test_engine_run_with_kafka(tmp_path: Path, bootstrap: str, scout_messages: list[Path]) -> None:
