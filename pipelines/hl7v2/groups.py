@@ -17,8 +17,7 @@ Segment = list[str]
 class OrderGroup:
     obr: Segment
     orc: Segment | None = None
-    obx: list[Segment] = field(default_factory=list)
-    nte: list[Segment] = field(default_factory=list)  # NTE directly after the OBR (report-level comments)
+    obx: list[Segment] = field(default_factory=list)  # OBX and NTE rows in message order
     extra: list[Segment] = field(default_factory=list)  # ZDS, IPC, ... attached to this group
     index: int = 0  # 1-based position of the OBR in the message
 
@@ -43,11 +42,8 @@ def split_groups(segments: list[Segment]) -> tuple[list[OrderGroup], list[Segmen
         if current is None:
             header.append(seg)
             continue
-        if name == "OBX":
-            current.obx.append(seg)
-        elif name == "NTE":
-            if not current.obx:
-                current.nte.append(seg)
+        if name in ("OBX", "NTE"):
+            current.obx.append(seg)  # NTE stays in place: it annotates the OBR or the OBX before it
         elif name in ("ZDS", "IPC") or name.startswith("Z") or name == "SPM":
             current.extra.append(seg)
         else:

@@ -48,6 +48,7 @@ class GroupContent:
     study_uids: list[str] = field(default_factory=list)
     forms: list[Attachment] = field(default_factory=list)
     text_statuses: list[str] = field(default_factory=list)
+    observations: int = 0  # OBX rows (NTE comments alone never make a report)
     invalid_uids: int = 0
 
 
@@ -56,8 +57,19 @@ def read_observations(obx_rows: list[list[str]], d: Delimiters, base: str, chars
     texts: dict[str, list[str]] = {}
     order: list[str] = []
     current: str | None = None
+    last: str | None = None  # section of the latest OBX row (where a following NTE belongs)
     kinds: dict[tuple[str, str], _Obx3] = {}  # OBX-2/OBX-3 repeat on every line of a section: classify once
     for n, obx in enumerate(obx_rows, start=1):
+        if obx[0] == "NTE":  # NTE-3 comment: narrative of the section of the row it follows
+            comment = [line for line in _text_lines(fld(obx, 3), "FT", d, charset) if line.strip()]
+            if comment:
+                note_key = last or "report"
+                if note_key not in texts:
+                    texts[note_key] = []
+                    order.append(note_key)
+                texts[note_key].extend(comment)
+            continue
+        out.observations += 1
         raw2, raw3 = fld(obx, 2), fld(obx, 3)
         kind = kinds.get((raw2, raw3))
         if kind is None:
@@ -95,6 +107,7 @@ def read_observations(obx_rows: list[list[str]], d: Delimiters, base: str, chars
                     texts[key] = []
                     order.append(key)
                 texts[key].append(line)
+                last = key
             status = _result_status(obx)
             if status:
                 out.text_statuses.append(status)
@@ -102,6 +115,7 @@ def read_observations(obx_rows: list[list[str]], d: Delimiters, base: str, chars
         finding = _finding(obx, vtype, raw3, raw5, d, base, section or "findings", n)
         if finding is not None:
             out.findings.append(finding)
+            last = finding.section
             if section is not None and finding.value_concept is not None and section in texts:
                 # A coded line inside a dictated section ("H20^Heart size normal" among IMP lines): keep its
                 # words in the narrative too, so the section text reads as dictated.

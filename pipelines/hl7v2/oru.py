@@ -5,6 +5,10 @@ Site questions (which field carries the accession, issuer namespaces, time zone)
 profile in the :class:`~pipelines.context.MappingContext`. Nothing is invented: no accession, Study UID or
 status that the message does not carry.
 
+Several PATIENT_RESULT groups (several PIDs) in one message are mapped each with their own patient;
+a PID block without report content is skipped when another block of the message converts (the message
+is rejected only when no block does).
+
 Grouped procedures: an OBR group with no OBX of its own that directly follows a group with report
 content (one dictation for CT chest/abdomen/pelvis) is attached to that report as an extra order rather
 than emitted as an empty report (mappings.md §7.6). A message whose groups carry no report content is
@@ -45,16 +49,53 @@ def map_oru(msg: Message, ctx: MappingContext) -> list[Report]:
     tz = ctx.timezone_for(profile)
     site = slug(facility or app or "unknown-sender")
     base = f"{ctx.system_base}/{site}"
-    groups, header = split_groups(msg.segments[1:])
-    pid = next((s for s in header if s[0] == "PID"), None)
-    if pid is None:
+    blocks = _patient_blocks(msg.segments[1:])
+    if not blocks:
         raise UnsupportedMessage("no PID segment: a report without a patient cannot be converted")
+    performer = _organization(msh, d, profile, base, ctx)
+    reports: list[Report] = []
+    failure: UnsupportedMessage | None = None
+    for block in blocks:
+        try:
+            reports.extend(_map_patient_result(msg, block, ctx, profile, base, tz, performer))
+        except UnsupportedMessage as exc:
+            failure = failure or exc
+    if not reports:
+        assert failure is not None
+        raise failure
+    return reports
+
+
+def _patient_blocks(segments: list[list[str]]) -> list[list[list[str]]]:
+    """PATIENT_RESULT groups: each PID starts one, with its own ORDER_OBSERVATION groups, so a report is
+    never attributed to another PID of the same message. Segments before the first PID belong to none."""
+    blocks: list[list[list[str]]] = []
+    for seg in segments:
+        if seg[0] == "PID":
+            blocks.append([seg])
+        elif blocks:
+            blocks[-1].append(seg)
+    return blocks
+
+
+def _map_patient_result(
+    msg: Message,
+    block: list[list[str]],
+    ctx: MappingContext,
+    profile: SenderProfile,
+    base: str,
+    tz: str,
+    performer: Organization | None,
+) -> list[Report]:
+    d = msg.delimiters
+    msh = msg.segments[0]
+    groups, _header = split_groups(block)
+    pid = block[0]
     if not groups:
         raise UnsupportedMessage("no OBR segment: the message carries no order/result group")
     contents = [read_observations(g.obx, d, base, msg.charset) for g in groups]
     _check_imaging(groups, contents, d)
     patient = _patient(pid, d, ctx, profile, base)
-    performer = _organization(msh, d, profile, base, ctx)
     control_id = component(fld(msh, 10), d, 1)
     msh7 = fld(msh, 7)
     reports: list[Report] = []
@@ -77,7 +118,8 @@ def map_oru(msg: Message, ctx: MappingContext) -> list[Report]:
 
 
 def _has_content(content: GroupContent) -> bool:
-    return bool(content.sections or content.findings or content.forms)
+    """Report content comes from OBX rows; NTE comments (often order notes) alone never make a report."""
+    return bool(content.observations and (content.sections or content.findings or content.forms))
 
 
 def _check_imaging(groups: list[OrderGroup], contents: list[GroupContent], d: Delimiters) -> None:

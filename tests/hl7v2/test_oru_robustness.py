@@ -158,3 +158,29 @@ def test_unknown_time_zone_marked_uncertain(converter: Any) -> None:
     [b] = bundles(zoned.convert(RAW))
     comp = one(b, "Composition")
     assert comp["date"] == "2025-08-14T12:06:10-05:00" and "_date" not in comp
+
+
+def test_nte_comments_and_several_patients(converter: Any) -> None:
+    """NTE after an OBX joins that OBX's section text; an NTE alone is never a report; each PID block
+    (PATIENT_RESULT) keeps its own patient."""
+    msh = b"MSH|^~\\&|RIS|H|EHR|H|20240101120000||ORU^R01|N1|P|2.5\r"
+    block_a = (
+        b"PID|1||A1^^^H^MR||ALPHA^ANN||19500101|F\r"
+        b"OBR|1||F1|71020^CHEST^C4|||20240101110000|||||||||||ACC1||||20240101115900||CR|F\r"
+        b"OBX|1|TX|&IMP|1|No acute disease.||||||F\r"
+        b"NTE|1||Discussed with Dr. Who at 11:50.\r"
+    )
+    block_b = (
+        b"PID|2||B2^^^H^MR||BETA^BOB||19600101|M\r"
+        b"OBR|1||F2|71020^CHEST^C4|||20240101110000|||||||||||ACC2||||20240101115900||CR|F\r"
+        b"OBX|1|TX|&GDT|1|Clear lungs.||||||F\r"
+    )
+    status_only = b"PID|3||C3^^^H^MR||GAMMA^CY||19700101|M\rOBR|1||F3|71020^CHEST^C4||||||||||||ACC3\rNTE|1||Pt late\r"
+    result = converter.convert(msh + block_a + block_b + status_only)
+    assert not result.rejections
+    a, b = bundles(result)
+    assert one(a, "Patient")["identifier"][0]["value"] == "A1" and one(b, "Patient")["identifier"][0]["value"] == "B2"
+    assert one(a, "DiagnosticReport")["conclusion"] == "No acute disease.\nDiscussed with Dr. Who at 11:50."
+    assert one(b, "DiagnosticReport")["basedOn"][0]["identifier"]["value"] == "ACC2"
+    only_nte = converter.convert(msh + status_only)
+    assert only_nte.rejections[0].reason.startswith("no report content")
