@@ -178,6 +178,8 @@ def _section_of(code1_raw: str, code1: str, label: str, c3: list[str], d: Delimi
         suffix = code1_raw.rsplit(d.subcomponent, 1)[1].strip().upper()
         if suffix in _SUFFIX:
             return _SUFFIX[suffix]
+    if code1.upper() in _SUFFIX and len(code1) <= 4:
+        return _SUFFIX[code1.upper()]  # a bare suffix code as the identifier ("IMP^Impression^L")
     for code in (code1, unescape(c3[3], d).strip() if len(c3) > 3 else ""):
         if code:
             key = section_for_code(code)
