@@ -33,6 +33,14 @@ def is_dicom(data: bytes) -> bool:
     )
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+
+
+def one_line(reason: str) -> str:
+    """Safety net for rejection reasons: one printable line, bounded length."""
+    return _CONTROL.sub(" ", reason).strip()[:300] or "rejected"
+
+
 def convert_bytes(data: bytes, ctx: MappingContext, model: str) -> Conversion:
     result = Conversion()
     if not data.strip():
@@ -62,7 +70,7 @@ def convert_bytes(data: bytes, ctx: MappingContext, model: str) -> Conversion:
             reports = map_message(chunk.data, ctx)
             outputs = [_output(r, model) for r in reports]
         except MappingError as exc:
-            result.rejections.append(Rejection(n, str(exc), chunk.raw, type(exc).__name__))
+            result.rejections.append(Rejection(n, one_line(str(exc)), chunk.raw, type(exc).__name__))
             continue
         result.outputs.extend(outputs)
     return result
@@ -80,7 +88,7 @@ def _convert_dicom(data: bytes, ctx: MappingContext, model: str, result: Convers
         reports = map_dicom(data, ctx)
         result.outputs.extend(_output(r, model) for r in reports)
     except MappingError as exc:
-        result.rejections.append(Rejection(1, str(exc), data, type(exc).__name__))
+        result.rejections.append(Rejection(1, one_line(str(exc)), data, type(exc).__name__))
 
 
 def partition_key(report: Report) -> str | None:

@@ -17,6 +17,8 @@ rejected.
 
 from __future__ import annotations
 
+import re
+
 from pipelines.common.ids import digest, slug
 from pipelines.common.model import Ident, Order, Organization, Patient, Report, Study
 from pipelines.context import MappingContext, SenderProfile
@@ -42,6 +44,8 @@ def map_oru(msg: Message, ctx: MappingContext) -> list[Report]:
     trigger = component(fld(msh, 9), d, 2).upper()
     if mtype != "ORU" or trigger not in ("R01", ""):
         shown = f"{mtype}^{trigger}" if trigger else mtype or "(empty)"
+        if not re.fullmatch(r"[A-Z0-9]{1,3}(\^[A-Z0-9]{1,3})?", shown):
+            shown = "(unreadable MSH-9)"  # never echo arbitrary field content (it could be PHI)
         raise UnsupportedMessage(f"message type {shown} is not ORU^R01 (only imaging result reports are converted)")
     app = component(fld(msh, 3), d, 1)
     facility = component(fld(msh, 4), d, 1)
