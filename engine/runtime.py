@@ -143,8 +143,11 @@ class Runtime:
         s = self.settings
         assert self.landing is not None
         if s.inbox is not None:
-            inbox = FolderInbox(s.inbox, self.landing, track_completion=self.store is not None)
-            if self.store is not None:
+            # completion is tracked only when the inbox lands into the store (with a Kafka landing nothing
+            # finishes its envelopes in the store, and the ids are "topic:partition:offset")
+            tracked = self.store is not None and self.landing is self.store
+            inbox = FolderInbox(s.inbox, self.landing, track_completion=tracked)
+            if tracked and self.store is not None:
                 store = self.store
                 inbox.recover(lambda eid: (m.status if (m := store.get(eid)) else None))
                 store.add_listener(inbox.finished)

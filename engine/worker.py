@@ -17,6 +17,8 @@ An envelope is acknowledged only after all sinks flushed its outputs and its dea
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import threading
 import time
@@ -157,10 +159,7 @@ class Worker:
         self._deliver([p for p in plans if p.outputs])
         for plan in plans:
             for raw, reason, error_class in plan.dead:
-                self._transient(
-                    lambda p=plan, r=raw, why=reason, c=error_class: self.dead_letters.put(p.envelope, r, why, c),  # type: ignore[misc]
-                    "dead letters",
-                )
+                self._dead_letter(plan.envelope, raw, reason, error_class)
                 self.metrics.dead_letters.labels(error_class=error_class).inc()
                 log.warning(
                     "dead-lettered",
@@ -230,6 +229,31 @@ class Worker:
                 self._transient(lambda p=plan: self._write([p]), "sinks")  # type: ignore[misc]
             except PERMANENT as exc:
                 self._reject_whole(plan, exc)
+
+    def _dead_letter(self, envelope: Envelope, raw: bytes, reason: str, error_class: str) -> None:
+        """Store a dead letter. If the destination refuses the original bytes for good (e.g. larger than the
+        dead-letter topic accepts), store a stub that names the envelope, the SHA-256 and size of the
+        original and the reason instead: the original stays at its landing position (message store row or
+        raw-topic record), and one message can never halt the engine in a crash loop."""
+        try:
+            self._transient(lambda: self.dead_letters.put(envelope, raw, reason, error_class), "dead letters")
+        except PermanentError as exc:
+            stub = json.dumps(
+                {
+                    "dead_letter_stub": True,
+                    "envelope_id": envelope.id,
+                    "source": envelope.source,
+                    "original_sha256": hashlib.sha256(raw).hexdigest(),
+                    "original_size": len(raw),
+                    "reason": reason,
+                    "error_class": error_class,
+                    "stub_because": _reason(exc),
+                },
+                sort_keys=True,
+            ).encode()
+            why = f"{reason} [original not stored here ({type(exc).__name__}); kept at envelope {envelope.id}]"
+            why = why[:MAX_REASON]
+            self._transient(lambda: self.dead_letters.put(envelope, stub, why, error_class), "dead letters")
 
     def _reject_whole(self, plan: _Plan, exc: BaseException) -> None:
         plan.outputs.clear()

@@ -10,6 +10,8 @@ with a DICOM Part 10 preamble and file meta information, and answers:
 * ``0xA700`` Out of Resources when the landing raised TransientError (or failed unexpectedly), so the
   SCU retries later;
 * ``0xC210`` Cannot Understand when the dataset cannot be decoded (nothing is landed).
+* ``0x0110`` Processing Failure when the landing raised PermanentError (it can never store this dataset,
+  e.g. larger than Kafka's ``max_request_size``), so the SCU does not resend it forever.
 
 An optional allow-list of calling AE titles rejects other associations; TLS is optional. pynetdicom's
 identifier logging (``LOG_REQUEST_IDENTIFIERS``/``LOG_RESPONSE_IDENTIFIERS``) and its standard
@@ -31,13 +33,14 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.presentation import build_context
 from pynetdicom.transport import ThreadedAssociationServer
 
-from engine.errors import TransientError
+from engine.errors import PermanentError, TransientError
 from engine.sources.base import CONTENT_DICOM, Landing
 from engine.sources.mllp import TlsSettings
 
 __all__ = [
     "STATUS_CANNOT_UNDERSTAND",
     "STATUS_OUT_OF_RESOURCES",
+    "STATUS_PROCESSING_FAILURE",
     "STATUS_SUCCESS",
     "STORAGE_SOP_CLASSES",
     "TRANSFER_SYNTAXES",
@@ -51,6 +54,7 @@ log = logging.getLogger("engine.sources.dicom_scp")
 STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_CANNOT_UNDERSTAND = 0xC210
+STATUS_PROCESSING_FAILURE = 0x0110  # PS3.7 C.4.2: a failure, not "retry later"
 
 # Storage SOP classes (PS3.4 Annex B.5) accepted by the SCP: UID -> name
 STORAGE_SOP_CLASSES: dict[str, str] = {
@@ -270,6 +274,12 @@ class StoreScp:
                 "dicom scp: landing failed for %s: %s", sop_instance, exc, extra={"sop_instance_uid": sop_instance}
             )
             return STATUS_OUT_OF_RESOURCES
+        except PermanentError as exc:  # can never be stored (e.g. above Kafka's max_request_size): no retry
+            self.counters["refused"] += 1
+            log.error(
+                "dicom scp: landing rejected %s: %s", sop_instance, exc, extra={"sop_instance_uid": sop_instance}
+            )
+            return STATUS_PROCESSING_FAILURE
         except Exception:  # unknown: never report success; the SCU retries, the error is loud
             self.counters["errors"] += 1
             log.error("dicom scp: unexpected landing error for %s", sop_instance, exc_info=True)

@@ -15,7 +15,8 @@ the reason is in the dead letters). At start-up :meth:`FolderInbox.recover` sett
 ``.landed/`` by a crash (finished => moved on, unfinished => left for the worker). A crash between
 landing and the first move lands the file again at the next scan: at-least-once, and the outputs are
 idempotent. Without the message store (Kafka raw topic as the landing), files move to ``done/`` as soon
-as they are landed. Files above ``max_bytes`` go straight to ``failed/``.
+as they are landed. Files above ``max_bytes``, and files the landing rejects for good
+(:class:`engine.errors.PermanentError`), go straight to ``failed/``; a file that cannot be read is retried.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.errors import ConfigError, TransientError
+from engine.errors import ConfigError, PermanentError, TransientError
 from engine.sinks.folder import fsync_dir
 from engine.sources.base import CONTENT_DICOM, CONTENT_HL7V2, Landing
 
@@ -98,6 +99,9 @@ class FolderInbox:
         for sub in (LANDED, DONE, FAILED):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         self._seen: dict[str, tuple[int, int]] = {}
+        # held from land() until the file is in .landed/, so finished() (worker thread) cannot run in between;
+        # also serialises _move (inbox and worker threads) so that a free target name stays free
+        self._landing_lock = threading.RLock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -135,22 +139,39 @@ class FolderInbox:
             payload = path.read_bytes()
         except FileNotFoundError:
             return False
-        try:
-            envelope_id = self.landing.land(
-                payload, content_type=_content_type(payload), source=self.settings.name, headers={"file": path.name}
-            )
-        except TransientError as exc:
-            log.warning("inbox landing failed, will retry", extra={"path": path.name, "reason": str(exc)[:200]})
+        except OSError as exc:  # e.g. EACCES: leave it, retry at the next scan, keep scanning the others
+            log.warning("inbox file cannot be read, will retry", extra={"path": path.name, "reason": str(exc)[:200]})
             return False
-        if self.track_completion:
-            self._move(path, self.root / LANDED / f"{envelope_id}__{path.name}")
-        else:
-            self._move(path, self.root / DONE / path.name)
+        with self._landing_lock:
+            try:
+                envelope_id = self.landing.land(
+                    payload, content_type=_content_type(payload), source=self.settings.name, headers={"file": path.name}
+                )
+            except TransientError as exc:
+                log.warning("inbox landing failed, will retry", extra={"path": path.name, "reason": str(exc)[:200]})
+                return False
+            except PermanentError as exc:  # the landing can never take it (e.g. above Kafka's max_request_size)
+                log.error(
+                    "inbox file cannot be stored, moved to failed/", extra={"path": path.name, "reason": str(exc)[:200]}
+                )
+                self._move(path, self.root / FAILED / path.name)
+                return False
+            if self.track_completion:
+                self._move(path, self.root / LANDED / f"{envelope_id}__{path.name}")
+            else:
+                self._move(path, self.root / DONE / path.name)
         log.info("inbox file landed", extra={"path": path.name, "envelope_id": envelope_id})
         return True
 
     def _move(self, src: Path, dst: Path) -> None:
-        os.replace(src, dst)
+        """Rename, never over an existing file (senders reuse names; failed/ may hold the only copy)."""
+        with self._landing_lock:
+            n = 0
+            target = dst
+            while target.exists():
+                n += 1
+                target = dst.with_name(f"{dst.stem}.{n}{dst.suffix}")
+            os.replace(src, target)
         fsync_dir(dst.parent)
         if dst.parent != src.parent:
             fsync_dir(src.parent)
@@ -162,10 +183,11 @@ class FolderInbox:
         if source != self.settings.name:
             return
         target = DONE if status == "published" else FAILED
-        for landed in (self.root / LANDED).glob(f"{envelope_id}__*"):
-            name = landed.name.split("__", 1)[1]
-            with contextlib.suppress(FileNotFoundError):
-                self._move(landed, self.root / target / name)
+        with self._landing_lock:
+            for landed in (self.root / LANDED).glob(f"{envelope_id}__*"):
+                name = landed.name.split("__", 1)[1]
+                with contextlib.suppress(FileNotFoundError):
+                    self._move(landed, self.root / target / name)
 
     def recover(self, status_of: Callable[[str], str | None]) -> None:
         """Settle files a crash left in ``.landed/`` (``status_of`` reads the store)."""

@@ -12,6 +12,7 @@ outcome                        original mode (MSA-1)  enhanced mode (MSA-1)
 stored                         ``AA``                 ``CA``
 landing raised TransientError  ``AE`` + reason        ``CE`` + reason
 not HL7 (no MSH) / too large   ``AR`` + reason        ``CR`` + reason
+landing raised PermanentError  ``AR`` + reason        ``CR`` + reason
 =============================  =====================  =====================
 
 In enhanced mode the accept acknowledgement follows MSH-15 (``AL``/empty: always, ``NE``: never,
@@ -42,7 +43,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from engine.errors import TransientError
+from engine.errors import PermanentError, TransientError
 from engine.sources.base import CONTENT_HL7V2, Landing
 from engine.sources.hl7_ack import (
     ERROR_APPLICATION_INTERNAL,
@@ -414,7 +415,7 @@ class MllpListener:
         }
         if msh.charset:
             headers["hl7.charset"] = msh.charset
-        ok_code, error_code, _ = self._codes(msh)
+        ok_code, error_code, reject_code = self._codes(msh)
         land = functools.partial(
             self.landing.land, message, content_type=CONTENT_HL7V2, source=self.settings.name, headers=headers
         )
@@ -426,6 +427,10 @@ class MllpListener:
             # The sender sees a generic reason; details (paths, hosts) stay in our log.
             reason = "message not stored (temporary storage failure), retry later"
             log.warning("mllp: landing failed for control id %s from %s: %s", msh.control_id, peer, exc)
+        except PermanentError as exc:  # can never be stored (e.g. above Kafka's max_request_size): do not resend
+            reason = "message not stored (the message store cannot take it, e.g. too large)"
+            error_code = reject_code
+            log.error("mllp: landing rejected control id %s from %s: %s", msh.control_id, peer, exc)
         except Exception as exc:  # unknown: never acknowledge, report loudly, keep serving
             self.counters["errors"] += 1
             reason = f"message not stored: internal error ({exc.__class__.__name__})"
