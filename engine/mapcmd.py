@@ -9,6 +9,7 @@ traceback for bad input.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -99,8 +100,9 @@ def _run_map(
             if out is not None:
                 rejected_dir = out / "rejected"
                 rejected_dir.mkdir(exist_ok=True)
-                safe = str(path).strip("/").replace("/", "__").replace("..", "_")
-                write_atomic(rejected_dir / f"{safe}#{rej.index}", rej.raw)
+                # <digest of the full path>_<file name>#<message number>: unique, and still readable
+                tag = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]
+                write_atomic(rejected_dir / f"{tag}_{path.name}#{rej.index}", rej.raw)
     for future in inflight.values():
         future.result()  # surface any write error before the summary claims success
     if out is not None:
