@@ -22,6 +22,7 @@ as they are landed. Files above ``max_bytes``, and files the landing rejects for
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import threading
@@ -34,7 +35,13 @@ from engine.errors import ConfigError, PermanentError, TransientError
 from engine.sinks.folder import fsync_dir
 from engine.sources.base import CONTENT_DICOM, CONTENT_HL7V2, Landing
 
-__all__ = ["FolderInbox", "InboxSettings"]
+__all__ = ["FolderInbox", "InboxSettings", "name_hash"]
+
+
+def name_hash(name: str) -> str:
+    """File names can carry patient names: headers and logs get a short SHA-256 of the name instead."""
+    return hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+
 
 log = logging.getLogger("engine.inbox")
 
@@ -132,7 +139,9 @@ class FolderInbox:
 
     def _take(self, path: Path, size: int) -> bool:
         if size > self.settings.max_bytes:
-            log.error("inbox file too large, moved to failed/", extra={"path": path.name, "count": size})
+            log.error(
+                "inbox file too large, moved to failed/", extra={"file_hash": name_hash(path.name), "count": size}
+            )
             self._move(path, self.root / FAILED / path.name)
             return False
         try:
@@ -140,19 +149,29 @@ class FolderInbox:
         except FileNotFoundError:
             return False
         except OSError as exc:  # e.g. EACCES: leave it, retry at the next scan, keep scanning the others
-            log.warning("inbox file cannot be read, will retry", extra={"path": path.name, "reason": str(exc)[:200]})
+            log.warning(
+                "inbox file cannot be read, will retry",
+                extra={"file_hash": name_hash(path.name), "reason": str(exc)[:200]},
+            )
             return False
         with self._landing_lock:
             try:
                 envelope_id = self.landing.land(
-                    payload, content_type=_content_type(payload), source=self.settings.name, headers={"file": path.name}
+                    payload,
+                    content_type=_content_type(payload),
+                    source=self.settings.name,
+                    headers={"file.sha256": name_hash(path.name)},
                 )
             except TransientError as exc:
-                log.warning("inbox landing failed, will retry", extra={"path": path.name, "reason": str(exc)[:200]})
+                log.warning(
+                    "inbox landing failed, will retry",
+                    extra={"file_hash": name_hash(path.name), "reason": str(exc)[:200]},
+                )
                 return False
             except PermanentError as exc:  # the landing can never take it (e.g. above Kafka's max_request_size)
                 log.error(
-                    "inbox file cannot be stored, moved to failed/", extra={"path": path.name, "reason": str(exc)[:200]}
+                    "inbox file cannot be stored, moved to failed/",
+                    extra={"file_hash": name_hash(path.name), "reason": str(exc)[:200]},
                 )
                 self._move(path, self.root / FAILED / path.name)
                 return False
@@ -160,7 +179,7 @@ class FolderInbox:
                 self._move(path, self.root / LANDED / f"{envelope_id}__{path.name}")
             else:
                 self._move(path, self.root / DONE / path.name)
-        log.info("inbox file landed", extra={"path": path.name, "envelope_id": envelope_id})
+        log.info("inbox file landed", extra={"file_hash": name_hash(path.name), "envelope_id": envelope_id})
         return True
 
     def _move(self, src: Path, dst: Path) -> None:

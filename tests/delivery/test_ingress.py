@@ -24,7 +24,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from engine.kafka._producer import classify
 from engine.sources.dicom_scp import STATUS_OUT_OF_RESOURCES, STATUS_SUCCESS, ScpSettings, StoreScp
-from engine.sources.inbox import FolderInbox, InboxSettings
+from engine.sources.inbox import FolderInbox, InboxSettings, name_hash
 from engine.sources.mllp import MllpListener, MllpSettings
 from engine.store import MessageStore, StoreSource
 from tests.sources.test_dicom_store_scp import SAMPLES, scu
@@ -84,7 +84,10 @@ def test_inbox_survives_a_file_the_landing_rejects_permanently(tmp_path: Path, s
         inbox.stop()
     # the rejected file keeps its original bytes in failed/ (like a file above max_bytes)
     assert (root / "failed" / "a-big.hl7").read_bytes() == b"MSH|^~\\&|POISON"
-    assert {e.headers["file"] for e in StoreSource(store).poll(10, 0.0)} == {"b-good.hl7", "c-later.hl7"}
+    assert {e.headers["file.sha256"] for e in StoreSource(store).poll(10, 0.0)} == {
+        name_hash("b-good.hl7"),
+        name_hash("c-later.hl7"),
+    }
 
 
 def test_inbox_unreadable_file_does_not_block_the_others(

@@ -6,7 +6,7 @@ import os
 import time
 from pathlib import Path
 
-from engine.sources.inbox import FolderInbox, InboxSettings
+from engine.sources.inbox import FolderInbox, InboxSettings, name_hash
 from engine.store import FAILED, PUBLISHED, MessageStore, Outcome, StoreSource
 
 
@@ -33,7 +33,7 @@ def test_pickup_waits_until_file_is_settled(tmp_path: Path, scout_messages: list
     assert inbox.scan_once() == 1
     assert not target.exists()
     [env] = StoreSource(store).poll(10, 0.0)
-    assert env.payload == data and env.source == "inbox" and env.headers == {"file": "a.hl7"}
+    assert env.payload == data and env.source == "inbox" and env.headers == {"file.sha256": name_hash("a.hl7")}
     assert [p.name for p in (tmp_path / "in" / ".landed").iterdir()] == [f"{env.id}__a.hl7"]
     store.close()
 
@@ -58,8 +58,13 @@ def test_finished_files_move_to_done_or_failed(tmp_path: Path) -> None:
     inbox.scan_once()
     assert inbox.scan_once() == 2
     source = StoreSource(store)
-    envs = {e.headers["file"]: e for e in source.poll(10, 0.0)}
-    source.finish([(envs["good.hl7"], Outcome(PUBLISHED)), (envs["bad.hl7"], Outcome(FAILED, "why", "ParseError"))])
+    envs = {e.headers["file.sha256"]: e for e in source.poll(10, 0.0)}
+    source.finish(
+        [
+            (envs[name_hash("good.hl7")], Outcome(PUBLISHED)),
+            (envs[name_hash("bad.hl7")], Outcome(FAILED, "why", "ParseError")),
+        ]
+    )
     assert (tmp_path / "in" / "done" / "good.hl7").read_bytes() == b"MSH|good"
     assert (tmp_path / "in" / "failed" / "bad.hl7").read_bytes() == b"MSH|bad"
     assert list((tmp_path / "in" / ".landed").iterdir()) == []
@@ -73,17 +78,19 @@ def test_recover_after_crash(tmp_path: Path) -> None:
     (tmp_path / "in" / "b.hl7").write_bytes(b"MSH|b")
     inbox.scan_once()
     inbox.scan_once()
-    envs = {e.headers["file"]: e for e in StoreSource(store).poll(10, 0.0)}
+    envs = {e.headers["file.sha256"]: e for e in StoreSource(store).poll(10, 0.0)}
     # crash: the store recorded "a" as published but the process died before moving the file
-    store.finish([(envs["a.hl7"], Outcome(PUBLISHED))])
-    os.replace(tmp_path / "in" / "done" / "a.hl7", tmp_path / "in" / ".landed" / f"{envs['a.hl7'].id}__a.hl7")
+    store.finish([(envs[name_hash("a.hl7")], Outcome(PUBLISHED))])
+    os.replace(
+        tmp_path / "in" / "done" / "a.hl7", tmp_path / "in" / ".landed" / f"{envs[name_hash('a.hl7')].id}__a.hl7"
+    )
     (tmp_path / "in" / ".landed" / "999__orphan.hl7").write_bytes(b"MSH|orphan")  # not in the store
     store.close()
 
     store = MessageStore(tmp_path / "m.db")
     inbox = _inbox(tmp_path, store)
-    inbox.recover(lambda eid: (m.status if (m := store.get(eid)) else None))
+    inbox.recover(lambda eid: m.status if (m := store.get(eid)) else None)
     assert (tmp_path / "in" / "done" / "a.hl7").exists()
     assert (tmp_path / "in" / "orphan.hl7").exists()  # back in the inbox to be landed again
-    assert [p.name for p in (tmp_path / "in" / ".landed").iterdir()] == [f"{envs['b.hl7'].id}__b.hl7"]
+    assert [p.name for p in (tmp_path / "in" / ".landed").iterdir()] == [f"{envs[name_hash('b.hl7')].id}__b.hl7"]
     store.close()
