@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 
 from engine.convert import Conversion, Output, Rejection
@@ -51,6 +52,9 @@ def convert_bytes(data: bytes, ctx: MappingContext, model: str) -> Conversion:
         result.messages = 1
         _convert_dicom(data, ctx, model, result)
         return result
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):  # a UTF-16 file (e.g. saved as "Unicode" on Windows)
+        with contextlib.suppress(UnicodeDecodeError):
+            data = data.decode("utf-16").encode("utf-8")
     chunks = split_stream(data)
     if not chunks:
         result.messages = 1

@@ -184,3 +184,8 @@ def test_nte_comments_and_several_patients(converter: Any) -> None:
     assert one(b, "DiagnosticReport")["basedOn"][0]["identifier"]["value"] == "ACC2"
     only_nte = converter.convert(msh + status_only)
     assert only_nte.rejections[0].reason.startswith("no report content")
+
+
+def test_utf16_file_with_bom(converter: Any) -> None:
+    text = RAW.decode("latin-1")
+    assert body(converter, b"\xff\xfe" + text.encode("utf-16-le")) == body(converter, RAW)
