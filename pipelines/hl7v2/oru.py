@@ -257,8 +257,11 @@ def _report(
     obr22 = fld(obr, 22)
     issued = dt.dtm_instant(obr22, tz) or dt.dtm_instant(msh7, tz)
     effective = dt.dtm_datetime(fld(obr, 7), tz)
-    text_digest = digest(*(f"{s.key}:{s.text}" for s in content.sections), *(f.key for f in content.findings),
-                         *(a.data_b64[:64] for a in content.forms))  # fmt: skip
+    text_digest = digest(
+        *(f"{s.key}:{s.text}" for s in content.sections),
+        *(repr((f.key, f.code, f.value_concept, f.value_quantity, f.value_string)) for f in content.findings),
+        *(a.data_b64 for a in content.forms),  # whole documents: PDFs share their first bytes
+    )
     section = component(fld(obr, 24), d, 1).strip().upper()
     studies = [Study(uid=uid, started=effective) for uid in content.study_uids]
     for seg in group.extra:
