@@ -45,3 +45,14 @@ def test_uuid_for_is_rfc_uuid5() -> None:
 
     for parts in (("a",), ("Patient", "urn:oid:1.2|x", "é"), ("",)):
         assert uuid_for(*parts) == str(uuid.uuid5(NAMESPACE, "\x1f".join(parts)))
+
+
+def test_sr_times_without_offset_are_marked_uncertain(converter: Any) -> None:
+    import pydicom
+
+    path = TESTDATA / "dicom-sr-pydicom" / "reportsi.dcm"
+    assert "TimezoneOffsetFromUTC" not in pydicom.dcmread(path, stop_before_pixels=True)
+    [out] = converter.convert(path.read_bytes()).outputs
+    comp = json.loads(out.body)["entry"][0]["resource"]
+    assert comp["resourceType"] == "Composition"
+    assert comp["_date"]["extension"][0]["url"] == "http://hl7.org/fhir/StructureDefinition/uncertainPeriod"

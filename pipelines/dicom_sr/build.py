@@ -53,6 +53,7 @@ def base_report(h: Header, title: str) -> Report:
         status=status,
         patient=h.patient,
         timezone=h.tz,
+        timezone_assumed=h.tz_assumed,
         code=h.title,
         service_section="RAD",
         title=title,

@@ -74,6 +74,7 @@ class Header:
     predecessors: list[str] = field(default_factory=list)  # SOP Instance UIDs of predecessor documents
     title: Concept | None = None
     evidence: dict[str, tuple[str, str | None]] = field(default_factory=dict)  # SOP uid -> (study, series)
+    tz_assumed: bool = False  # no Timezone Offset From UTC and no configured zone: dateTimes are uncertain
 
 
 Refs = tuple[dict[str, tuple[str, str | None]], list[str]]  # (SOP uid -> (study, series), evidence studies)
@@ -84,10 +85,12 @@ def read_header(ds: Dataset, ctx: MappingContext, refs: Refs | None = None) -> H
     institution = text(ds, "InstitutionName")
     profile = ctx.sender("dicom", institution)
     tz = _tz(ds) or ctx.timezone_for(profile)
+    tz_assumed = _tz(ds) is None and profile.timezone is None
     base = f"{ctx.system_base}/{slug(institution or text(ds, 'Manufacturer') or 'dicom')}"
     study_uid = text(ds, "StudyInstanceUID")
     study_at = dicom_datetime(text(ds, "StudyDate"), text(ds, "StudyTime"), tz)
     header = Header(
+        tz_assumed=tz_assumed,
         sop_uid=text(ds, "SOPInstanceUID"),
         sop_class=text(ds, "SOPClassUID"),
         series_uid=text(ds, "SeriesInstanceUID"),
