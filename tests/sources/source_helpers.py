@@ -91,3 +91,17 @@ def wait_until_refused(port: int, timeout: float = 10.0) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+class SlowLanding:
+    """Holds every land() until ``release`` is set: to observe a listener stopping with a store in flight."""
+
+    def __init__(self, inner: SqliteLanding) -> None:
+        self.inner = inner
+        self.started = threading.Event()
+        self.release = threading.Event()
+
+    def land(self, payload: bytes, *, content_type: str, source: str, headers: Mapping[str, str]) -> str:
+        self.started.set()
+        assert self.release.wait(10)
+        return str(self.inner.land(payload, content_type=content_type, source=source, headers=headers))

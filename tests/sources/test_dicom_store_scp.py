@@ -9,7 +9,7 @@ import struct
 import subprocess
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from engine.sources.dicom_scp import (
 from tests.sources.source_helpers import (
     TESTDATA,
     FailingLanding,
+    SlowLanding,
     SqliteLanding,
     require_tool,
     wait_until_refused,
@@ -236,20 +237,8 @@ def test_tls(serve: Any, landing: SqliteLanding, tls_files: tuple[Path, Path]) -
     assert pydicom.dcmread(io.BytesIO(payload)).SOPInstanceUID == original.SOPInstanceUID
 
 
-class _SlowLanding:
-    def __init__(self, inner: SqliteLanding) -> None:
-        self.inner = inner
-        self.started = threading.Event()
-        self.release = threading.Event()
-
-    def land(self, payload: bytes, *, content_type: str, source: str, headers: Mapping[str, str]) -> str:
-        self.started.set()
-        assert self.release.wait(10)
-        return str(self.inner.land(payload, content_type=content_type, source=source, headers=headers))
-
-
 def test_stop_answers_in_flight_stores_and_closes_idle_associations(landing: SqliteLanding) -> None:
-    slow = _SlowLanding(landing)
+    slow = SlowLanding(landing)
     scp = StoreScp(ScpSettings(port=0), slow)
     scp.start()
     original = pydicom.dcmread(SAMPLES[0])

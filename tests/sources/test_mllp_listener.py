@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from hl7.client import MLLPClient
 from engine.sources.base import CONTENT_HL7V2, Landing
 from engine.sources.mllp import MllpListener, MllpSettings
 from engine.sources.mllp_framing import CR, EB, SB, frame
-from tests.sources.source_helpers import TESTDATA, FailingLanding, SqliteLanding, wait_until_refused
+from tests.sources.source_helpers import TESTDATA, FailingLanding, SlowLanding, SqliteLanding, wait_until_refused
 
 SAMPLES = sorted(TESTDATA.glob("hl7v2-*/*.hl7")) + sorted(TESTDATA.glob("hl7v2-washu-scout/messages/*.hl7"))
 BULK = TESTDATA / "hl7v2-washu-scout" / "bulk" / "scout-all-oru.hl7"
@@ -338,20 +338,8 @@ def test_tls_client_certificate_required(serve: Any, landing: SqliteLanding, tls
     assert [r[0] for r in landing.rows()] == [message]
 
 
-class _SlowLanding:
-    def __init__(self, inner: SqliteLanding) -> None:
-        self.inner = inner
-        self.started = threading.Event()
-        self.release = threading.Event()
-
-    def land(self, payload: bytes, *, content_type: str, source: str, headers: Mapping[str, str]) -> str:
-        self.started.set()
-        assert self.release.wait(10)
-        return str(self.inner.land(payload, content_type=content_type, source=source, headers=headers))
-
-
 def test_stop_finishes_in_flight_messages(landing: SqliteLanding) -> None:
-    slow = _SlowLanding(landing)
+    slow = SlowLanding(landing)
     listener = MllpListener(MllpSettings(port=0), slow)
     listener.start()
     idle = socket.create_connection(("127.0.0.1", listener.port))  # an idle peer must not delay stop
