@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import re
 
-from engine.convert import Conversion, Output, Rejection
+from engine.outcomes import Conversion, Output, Rejection
 from pipelines.common.ids import hashed_key
 from pipelines.common.model import Report
 from pipelines.context import MappingContext

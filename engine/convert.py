@@ -11,36 +11,10 @@ produce byte-identical files for the same input.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
+from engine.outcomes import Conversion, Filtered, Output, Rejection
 from pipelines.context import MappingContext
 
-__all__ = ["Conversion", "Converter", "Output", "Rejection", "partition_key_for"]
-
-
-@dataclass(frozen=True, slots=True)
-class Output:
-    bundle_id: str  # deterministic; file name "<bundle_id>.json"
-    body: bytes  # serialized JSON (UTF-8), byte-identical for the same input
-    report_id: str  # deterministic id of the report (stable across versions of one report)
-    partition_key: str | None  # sha256 hex of issuer|accession (fallback Study UID, then patient); no PHI
-    kind: str  # "document" | "minimal" | ...: which Bundle profile
-    ids: dict[str, str] = field(default_factory=dict)  # PHI-free ids for logs: control_id, sop_uid, ...
-
-
-@dataclass(frozen=True, slots=True)
-class Rejection:
-    index: int  # 1-based message number inside the input unit
-    reason: str  # one PHI-free line
-    raw: bytes  # the original bytes of that message
-    error_class: str = "MappingError"
-
-
-@dataclass(slots=True)
-class Conversion:
-    messages: int = 0
-    outputs: list[Output] = field(default_factory=list)
-    rejections: list[Rejection] = field(default_factory=list)
+__all__ = ["Conversion", "Converter", "Filtered", "Output", "Rejection", "partition_key_for"]
 
 
 class Converter:
