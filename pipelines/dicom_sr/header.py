@@ -18,7 +18,7 @@ from pipelines.common.ids import slug, uid_ok
 from pipelines.common.model import Concept, Ident, Order, Organization, Patient, Person, Series, Study
 from pipelines.context import MappingContext, SenderProfile
 from pipelines.dicom_sr.codes import concept
-from pipelines.dicom_sr.reader import code_of, first, text
+from pipelines.dicom_sr.reader import code_of, first, full_text, text
 
 __all__ = [
     "Equipment",
@@ -214,7 +214,7 @@ def _patient(ds: Dataset, ctx: MappingContext, profile: SenderProfile, base: str
         if system is None:
             system = f"{ctx.system_base}/{slug(issuer)}/patient-id" if issuer else f"{base}/patient-id"
         idents.append(Ident(system=system, value=pid, type_code="MR"))
-    person = person_from_pn(str(ds.get("PatientName", "") or ""))
+    person = person_from_pn(full_text(ds, "PatientName"))
     return Patient(
         identifiers=idents,
         family=person.family if person else None,
@@ -252,7 +252,7 @@ def _accession_system(issuer: Dataset | None, ctx: MappingContext, profile: Send
 def _orders(ds: Dataset, ctx: MappingContext, profile: SenderProfile, base: str, tz: str) -> list[Order]:
     orders: list[Order] = []
     code = concept(code_of(first(ds, "ProcedureCodeSequence")), base)
-    requester = person_from_pn(str(ds.get("RequestingPhysician", "") or ds.get("ReferringPhysicianName", "") or ""))
+    requester = person_from_pn(full_text(ds, "RequestingPhysician") or full_text(ds, "ReferringPhysicianName"))
     reason = text(ds, "ReasonForStudy")
     acsn = text(ds, "AccessionNumber")
     if acsn:
@@ -311,7 +311,7 @@ def _study(ds: Dataset, header: Header, base: str) -> Study:
         started=header.study_at,
         description=text(ds, "StudyDescription") or None,
         procedure=concept(code_of(first(ds, "ProcedureCodeSequence")), base),
-        referrer=person_from_pn(str(ds.get("ReferringPhysicianName", "") or "")),
+        referrer=person_from_pn(full_text(ds, "ReferringPhysicianName")),
         series=[series] if uid_ok(header.series_uid) else [],
     )
 
@@ -342,7 +342,7 @@ def _observers(ds: Dataset, header: Header, base: str, tz: str) -> None:
     latest = ""
     for item in ds.get("VerifyingObserverSequence") or []:
         idents = _person_idents(first(item, "VerifyingObserverIdentificationCodeSequence"), base)
-        person = person_from_pn(str(item.get("VerifyingObserverName", "") or ""), idents)
+        person = person_from_pn(full_text(item, "VerifyingObserverName"), idents)
         if person is not None and person.key() not in {p.key() for p in header.interpreters}:
             header.interpreters.append(person)
         when = text(item, "VerificationDateTime")
@@ -353,7 +353,7 @@ def _observers(ds: Dataset, header: Header, base: str, tz: str) -> None:
         if text(item, "ObserverType").upper() not in ("PSN", ""):
             continue
         idents = _person_idents(first(item, "PersonIdentificationCodeSequence"), base)
-        person = person_from_pn(str(item.get("PersonName", "") or ""), idents)
+        person = person_from_pn(full_text(item, "PersonName"), idents)
         if person is not None:
             header.authors.append(person)
 

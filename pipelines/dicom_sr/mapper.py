@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Callable
 from dataclasses import dataclass
 
-from pydicom.charset import convert_encodings, decode_bytes
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
@@ -17,6 +15,7 @@ from pipelines.common.model import Coding, Concept, ExtraResource, Report
 from pipelines.context import MappingContext
 from pipelines.dicom_sr import dose, encapsulated, tid1500
 from pipelines.dicom_sr.build import base_report, device
+from pipelines.dicom_sr.charset import UndecodableText, charset_of
 from pipelines.dicom_sr.header import Header, read_header
 from pipelines.dicom_sr.rawtree import (
     Elements,
@@ -25,6 +24,7 @@ from pipelines.dicom_sr.rawtree import (
     cut_json,
     evidence,
     items_to_tree,
+    json_decoder,
     split_content,
     study_uids,
     walk_raw,
@@ -60,12 +60,12 @@ def parse(data: bytes, ctx: MappingContext) -> Parsed:
     mapping that follows works on typed values only, and an exception there is a bug."""
     try:
         split: tuple[bytes, dict[int, list[Elements]]] | None
-        decode: Callable[[bytes], str]
+        decode: TextDecoder
         if data[:64].lstrip()[:1] == b"{":
             doc, json_cut = _split_json(data)
             split = (b"", json_cut)
             ds = dataset_from_json(doc)
-            decode = TextDecoder(_utf8)
+            decode = json_decoder()
         else:
             split = split_content(data)
             ds = read_dataset(split[0] if split else data)
@@ -83,14 +83,12 @@ def parse(data: bytes, ctx: MappingContext) -> Parsed:
         return Parsed(kind, h, root, _root_value(ds))
     except MappingError:
         raise
+    except UndecodableText as exc:  # a header attribute (content items name themselves)
+        raise ParseError(f"SR header: {exc}") from None
     except (RawDataError, struct.error) as exc:
         raise ParseError(f"truncated or corrupt DICOM file: {exc}") from None
     except Exception as exc:  # untrusted bytes: every parse failure is a rejection
         raise ParseError(f"malformed DICOM data ({type(exc).__name__})") from None
-
-
-def _utf8(raw: bytes) -> str:
-    return raw.decode("utf-8", "replace")
 
 
 def _split_json(data: bytes) -> tuple[dict[str, object], dict[int, list[Elements]]]:
@@ -116,13 +114,9 @@ def content_tree(ds: Dataset, *, fast: bool = True) -> list[Item]:
     return walk(ds)
 
 
-def _decoder(ds: Dataset) -> Callable[[bytes], str]:
-    charset = ds.get("SpecificCharacterSet") or "ISO_IR 6"
-    encodings = convert_encodings(charset)
-    if len(encodings) == 1:
-        codec = encodings[0]
-        return TextDecoder(lambda raw: raw.decode(codec, "replace"))
-    return TextDecoder(lambda raw: decode_bytes(raw, encodings, set()))
+def _decoder(ds: Dataset) -> TextDecoder:
+    """Strict decoder of the dataset's Specific Character Set (items may switch to their own)."""
+    return TextDecoder(charset_of(ds.get("SpecificCharacterSet")))
 
 
 def map_parsed(p: Parsed) -> Report:

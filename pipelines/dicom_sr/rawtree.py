@@ -12,16 +12,19 @@ big endian) use the pydicom walker.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
 
+from pipelines.dicom_sr.charset import UTF8, Charset, UndecodableText
 from pipelines.dicom_sr.reader import Code, Graphic, Item, Num, Ref
+from pipelines.errors import ParseError
 
 __all__ = [
     "RawDataError",
     "TextDecoder",
+    "UndecodableItem",
     "cut_json",
     "evidence",
     "items_to_tree",
+    "json_decoder",
     "split_content",
     "study_uids",
     "walk_raw",
@@ -34,6 +37,7 @@ _TEXT_VRS = {b"SH", b"LO", b"UT", b"LT", b"ST", b"PN", b"UC"}
 
 # The content-item attributes read by the mapping, with their VRs (needed for Implicit VR).
 _VR = {
+    0x00080005: "CS",  # an item's own Specific Character Set (PS3.3 C.12.1.1.2)
     0x00080100: "SH", 0x00080102: "SH", 0x00080104: "LO", 0x00080119: "UC", 0x00080120: "UR",
     0x00081150: "UI", 0x00081155: "UI", 0x00081160: "IS", 0x00081199: "SQ", 0x0062000B: "US",
     0x00700022: "FL", 0x00700023: "CS", 0x30060024: "UI",
@@ -52,22 +56,30 @@ class RawDataError(ValueError):
     """The raw bytes are not a well-formed sequence."""
 
 
-def walk_raw(value: bytes, implicit: bool, decode: Callable[[bytes], str]) -> list[Item]:
+class UndecodableItem(ParseError):
+    """A content item whose text is not valid in its Specific Character Set: the reason names the item by
+    its position (PS3.3 C.17.3.2.5 numbering: the root is 1, its first child 1.1), its value type and
+    the attribute; never the text."""
+
+
+def walk_raw(value: bytes, implicit: bool, decode: TextDecoder) -> list[Item]:
     items, _ = _sequence(value, 0, len(value), implicit, False)
     return items_to_tree(items, decode)
 
 
-def items_to_tree(items: list[Elements], decode: Callable[[bytes], str]) -> list[Item]:
-    return [i for i in (_item(el, decode, 0) for el in items) if i is not None]
+def items_to_tree(items: list[Elements], decode: TextDecoder) -> list[Item]:
+    """The Content Sequence items of the document root (content item 1), decoded with ``decode``."""
+    return [i for i in (_item(el, decode, 0, f"1.{n}") for n, el in enumerate(items, 1)) if i is not None]
 
 
+_CHARSET = 0x00080005
 _SYNTAXES = {b"1.2.840.10008.1.2": True, b"1.2.840.10008.1.2.1": False}  # UID -> implicit VR
 _CONTENT = 0x0040A730
 #: Top-level sequences parsed here instead of by pydicom: the evidence lists and the content tree.
 _CUT = {0x0040A375, 0x0040A385, _CONTENT}
 
 
-def evidence(items: list[Elements], decode: Callable[[bytes], str]) -> dict[str, tuple[str, str | None]]:
+def evidence(items: list[Elements], decode: TextDecoder) -> dict[str, tuple[str, str | None]]:
     """SOP Instance UID -> (Study UID, Series UID) from a Hierarchical SOP Instance Reference sequence."""
     out: dict[str, tuple[str, str | None]] = {}
     for study in items:
@@ -79,7 +91,7 @@ def evidence(items: list[Elements], decode: Callable[[bytes], str]) -> dict[str,
     return out
 
 
-def study_uids(items: list[Elements], decode: Callable[[bytes], str]) -> list[str]:
+def study_uids(items: list[Elements], decode: TextDecoder) -> list[str]:
     return [uid for uid in (_first_text(study, 0x0020000D, decode) for study in items) if uid]
 
 
@@ -111,8 +123,8 @@ def _json_dataset(node: dict[str, object]) -> Elements:
             tag = int(key, 16)
         except ValueError:
             continue
-        if tag not in _VR_BYTES or not isinstance(attr, dict):
-            continue
+        if tag not in _VR_BYTES or tag == _CHARSET or not isinstance(attr, dict):
+            continue  # JSON text is Unicode already: an item's Specific Character Set does not apply
         vr = str(attr.get("vr", _VR[tag])).encode("ascii", "replace")
         values = attr.get("Value")
         if isinstance(values, str):
@@ -271,22 +283,29 @@ def _dataset(buf: bytes, pos: int, end: int, implicit: bool, undefined: bool) ->
     return out, pos
 
 
-def _str(el: Elements, tag: int, decode: Callable[[bytes], str]) -> str:
+def _str(el: Elements, tag: int, decode: TextDecoder) -> str:
     value = el.get(tag)
     if not isinstance(value, tuple):
         return ""
     vr, raw = value
-    text = decode(raw) if vr in _TEXT_VRS else raw.decode("ascii", "replace")
-    return str(text).rstrip(" \x00")
+    if vr not in _TEXT_VRS:
+        return str(raw.decode("ascii", "replace")).rstrip(" \x00")
+    try:
+        return decode(raw, vr).rstrip(" \x00")
+    except UndecodableText as exc:
+        raise exc.at(tag) from None
 
 
-def _first_text(el: Elements, tag: int, decode: Callable[[bytes], str]) -> str:
+def _first_text(el: Elements, tag: int, decode: TextDecoder) -> str:
     value = el.get(tag)
     if not isinstance(value, tuple):
         return ""
     vr, raw = value
     if vr in _TEXT_VRS:
-        return str(decode(raw)).rstrip(" \x00").split("\\")[0].strip()
+        try:
+            return decode(raw, vr).rstrip(" \x00").split("\\")[0].strip()
+        except UndecodableText as exc:
+            raise exc.at(tag) from None
     if vr == b"CS":  # enumerated values (CONTAINS, NUM, SEPARATE, ...): few distinct, decoded once
         known = _CS.get(raw)
         if known is not None:
@@ -306,14 +325,14 @@ def _seq(el: Elements, tag: int) -> list[Elements]:
     return value if isinstance(value, list) else []
 
 
-def _code(el: Elements | None, decode: Callable[[bytes], str]) -> Code | None:
+def _code(el: Elements | None, decode: TextDecoder) -> Code | None:
     """A code item; the same code recurs hundreds of times in a dose report, so decoded codes are
     memoised per decoder on their raw bytes."""
     if el is None:
         return None
-    cache = decode.codes if isinstance(decode, TextDecoder) else None
-    if cache is None:
-        return _decode_code(el, decode)
+    if _CHARSET in el:  # a code sequence item with its own Specific Character Set
+        decode = decode.child(el[_CHARSET])
+    cache = decode.codes
     get = el.get
     key = (get(0x00080100), get(0x00080102), get(0x00080104), get(0x00080119), get(0x00080120))
     if key in cache:
@@ -323,19 +342,40 @@ def _code(el: Elements | None, decode: Callable[[bytes], str]) -> Code | None:
 
 
 class TextDecoder:
-    """Decodes text values with the dataset's character set; remembers the codes it decoded."""
+    """Decodes text values strictly in one Specific Character Set (:mod:`pipelines.dicom_sr.charset`);
+    remembers the codes it decoded. :meth:`child` gives the decoder of a nested item that declares its own
+    set (PS3.3 C.12.1.1.2); a ``fixed`` decoder (DICOM JSON, whose text is Unicode) ignores such sets."""
 
-    __slots__ = ("_codec", "codes")
+    __slots__ = ("_children", "charset", "codes", "fixed")
 
-    def __init__(self, codec: Callable[[bytes], str]) -> None:
-        self._codec = codec
+    def __init__(self, charset: Charset, *, fixed: bool = False) -> None:
+        self.charset = charset
+        self.fixed = fixed
         self.codes: dict[tuple[object, ...], Code | None] = {}
+        self._children: dict[object, TextDecoder] = {}
 
-    def __call__(self, raw: bytes) -> str:
-        return self._codec(raw)
+    def __call__(self, raw: bytes, vr: bytes = b"UT") -> str:
+        """Raises :class:`~pipelines.dicom_sr.charset.UndecodableText` (never returns U+FFFD for bad bytes)."""
+        return self.charset.decode(raw, vr)
+
+    def child(self, value: object) -> TextDecoder:
+        """The decoder for an item whose (0008,0005) element is ``value`` ((vr, raw bytes))."""
+        if self.fixed or not isinstance(value, tuple):
+            return self
+        found = self._children.get(value)
+        if found is None:
+            charset = self.charset.child(bytes(value[1]))
+            found = self if charset is self.charset else TextDecoder(charset)
+            self._children[value] = found
+        return found
 
 
-def _decode_code(el: Elements, decode: Callable[[bytes], str]) -> Code | None:
+def json_decoder() -> TextDecoder:
+    """The decoder of DICOM JSON values (UTF-8 encoded by :func:`cut_json`)."""
+    return TextDecoder(UTF8, fixed=True)
+
+
+def _decode_code(el: Elements, decode: TextDecoder) -> Code | None:
     value = _first_text(el, 0x00080100, decode) or _first_text(el, 0x00080119, decode)
     value = value or _first_text(el, 0x00080120, decode)
     if not value:
@@ -347,10 +387,23 @@ def _one(seq: list[Elements]) -> Elements | None:
     return seq[0] if seq else None
 
 
-def _item(el: Elements, decode: Callable[[bytes], str], depth: int) -> Item | None:
+def _item(el: Elements, decode: TextDecoder, depth: int, path: str) -> Item | None:
+    if _CHARSET in el:  # the item's own set applies to it and to the items nested in it
+        decode = decode.child(el[_CHARSET])
     vtype = _first_text(el, 0x0040A040, decode)
     if not vtype:
         return None
+    try:
+        item = _values(el, vtype, decode)
+    except UndecodableText as exc:
+        raise UndecodableItem(f"SR content item {path} ({vtype}): {exc}") from None
+    if depth < 64:
+        children = (_item(x, decode, depth + 1, f"{path}.{n}") for n, x in enumerate(_seq(el, 0x0040A730), 1))
+        item.children = [c for c in children if c is not None]
+    return item
+
+
+def _values(el: Elements, vtype: str, decode: TextDecoder) -> Item:
     item = Item(
         rel=_first_text(el, 0x0040A010, decode),
         vtype=vtype,
@@ -379,8 +432,6 @@ def _item(el: Elements, decode: Callable[[bytes], str], depth: int) -> Item | No
     elif vtype == "CONTAINER":
         item.continuous = _first_text(el, 0x0040A050, decode).upper() == "CONTINUOUS"
     item.uid = _first_text(el, 0x0040A171, decode) or None
-    if depth < 64:
-        item.children = [c for c in (_item(x, decode, depth + 1) for x in _seq(el, 0x0040A730)) if c is not None]
     return item
 
 
@@ -394,9 +445,11 @@ def _number(s: str) -> float | int | None:
         return None
 
 
-def _num(mv: Elements | None, decode: Callable[[bytes], str]) -> Num:
+def _num(mv: Elements | None, decode: TextDecoder) -> Num:
     if mv is None:
         return Num(None, None)
+    if _CHARSET in mv:
+        decode = decode.child(mv[_CHARSET])
     value: float | int | None = None
     fp = mv.get(0x0040A161)
     if isinstance(fp, tuple) and len(fp[1]) >= 8:
@@ -406,7 +459,7 @@ def _num(mv: Elements | None, decode: Callable[[bytes], str]) -> Num:
     return Num(value, _code(_one(_seq(mv, 0x004008EA)), decode))
 
 
-def _ints(el: Elements, tag: int, decode: Callable[[bytes], str]) -> tuple[int, ...]:
+def _ints(el: Elements, tag: int, decode: TextDecoder) -> tuple[int, ...]:
     value = el.get(tag)
     if not isinstance(value, tuple):
         return ()
@@ -421,7 +474,7 @@ def _ints(el: Elements, tag: int, decode: Callable[[bytes], str]) -> tuple[int, 
     return tuple(out)
 
 
-def _ref(el: Elements | None, decode: Callable[[bytes], str]) -> Ref | None:
+def _ref(el: Elements | None, decode: TextDecoder) -> Ref | None:
     if el is None:
         return None
     inst = _first_text(el, 0x00081155, decode)
@@ -435,7 +488,7 @@ def _ref(el: Elements | None, decode: Callable[[bytes], str]) -> Ref | None:
     )
 
 
-def _graphic(el: Elements, decode: Callable[[bytes], str]) -> Graphic | None:
+def _graphic(el: Elements, decode: TextDecoder) -> Graphic | None:
     kind = _first_text(el, 0x00700023, decode)
     raw = el.get(0x00700022)
     if not kind or not isinstance(raw, tuple):

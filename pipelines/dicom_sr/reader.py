@@ -3,6 +3,11 @@
 Only what the mapping needs is converted: pydicom parses the file once (``stop_before_pixels``), and
 the walker touches the content-item attributes by tag, never iterating every element. Truncated or
 corrupt input becomes a :class:`~pipelines.errors.ParseError` with a one-line reason.
+
+Text values (SH, LO, ST, LT, UT, UC, PN) still in raw form are decoded here, strictly, in the Specific
+Character Set that applies to their dataset (an item's own (0008,0005), else the enclosing one:
+:mod:`pipelines.dicom_sr.charset`); bytes invalid in that set raise
+:class:`~pipelines.dicom_sr.charset.UndecodableText` instead of becoming U+FFFD.
 """
 
 from __future__ import annotations
@@ -12,13 +17,29 @@ import json
 from dataclasses import dataclass, field
 
 import pydicom
+from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
+from pipelines.dicom_sr.charset import Charset, UndecodableText, charset_from_encodings, charset_of
 from pipelines.errors import ParseError
 
-__all__ = ["Code", "Graphic", "Item", "Num", "Ref", "dataset_from_json", "first", "read_dataset", "text", "walk"]
+__all__ = [
+    "Code",
+    "Graphic",
+    "Item",
+    "Num",
+    "Ref",
+    "UndecodableContentItem",
+    "dataset_charset",
+    "dataset_from_json",
+    "first",
+    "full_text",
+    "read_dataset",
+    "text",
+    "walk",
+]
 
 pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
 
@@ -141,14 +162,49 @@ def _complete(ds: Dataset, data: bytes) -> bool:
 
 
 _ASCII_VRS = {"UI", "DA", "TM", "DT", "CS", "IS", "DS", "AS", "AE"}
+_TEXT_VRS = {"SH", "LO", "ST", "LT", "UT", "UC", "PN"}
+_MULTI_VALUED = {"SH", "LO", "UC", "PN"}
+_CHARSET_TAG = 0x00080005
 _KEYWORD_TAGS: dict[str, int] = {}
 
 
-def text(ds: Dataset, keyword: str) -> str:
+class UndecodableContentItem(ParseError):
+    """A content item whose text is not valid in its Specific Character Set (same reason as the raw reader's
+    :class:`pipelines.dicom_sr.rawtree.UndecodableItem`)."""
+
+
+def dataset_charset(ds: Dataset, inherited: Charset | None = None) -> Charset:
+    """The Specific Character Set that applies to ``ds``: its own (0008,0005), else ``inherited``, else what
+    pydicom resolved for it from the enclosing datasets (PS3.3 C.12.1.1.2)."""
+    own = ds._dict.get(_CHARSET_TAG)  # type: ignore[call-overload]
+    value = getattr(own, "value", None)
+    if value:
+        return charset_of(value if isinstance(value, (bytes, str)) else [str(v) for v in value])
+    if inherited is not None:
+        return inherited
+    return charset_from_encodings(ds._character_set)
+
+
+def _raw_text(ds: Dataset, tag: int, raw: RawDataElement, charset: Charset | None) -> str | None:
+    """Strictly decoded text of a raw text-VR element; None when it is not a raw text element."""
+    if not isinstance(raw.value, bytes):
+        return None
+    vr = raw.VR or dictionary_VR(tag)
+    if vr not in _TEXT_VRS:
+        return None
+    try:
+        return dataset_charset(ds, charset).decode(raw.value, vr.encode("ascii"))
+    except UndecodableText as exc:
+        raise exc.at(tag) from None
+
+
+def text(ds: Dataset, keyword: str, charset: Charset | None = None) -> str:
     """A string attribute's value (first value if multi-valued), stripped; '' when absent.
 
     ASCII-only VRs (UI, DA, TM, CS, IS, DS, ...) still in raw form are read straight from their bytes,
-    which skips pydicom's per-access element conversion; everything else goes through pydicom."""
+    which skips pydicom's per-access element conversion; raw text VRs are decoded strictly in the set
+    that applies (``charset`` when the caller tracks it, see :func:`dataset_charset`); values pydicom
+    already converted are used as they are. Raises UndecodableText."""
     tag = _KEYWORD_TAGS.get(keyword)
     if tag is None:
         tag = _KEYWORD_TAGS.setdefault(keyword, int(pydicom.datadict.tag_for_keyword(keyword) or 0))
@@ -158,6 +214,12 @@ def text(ds: Dataset, keyword: str) -> str:
     if isinstance(raw, RawDataElement) and raw.VR in _ASCII_VRS and isinstance(raw.value, bytes):
         first_value: bytes = raw.value.split(b"\\", 1)[0]
         return first_value.strip(b" \x00").decode("ascii", "replace").strip()
+    if isinstance(raw, RawDataElement):
+        decoded = _raw_text(ds, tag, raw, charset)
+        if decoded is not None:
+            if (raw.VR or dictionary_VR(tag)) in _MULTI_VALUED:
+                decoded = decoded.split("\\", 1)[0]
+            return decoded.strip().strip("\x00").strip()
     value = ds.get(keyword)
     if value is None:
         return ""
@@ -176,41 +238,70 @@ def first(ds: Dataset, keyword: str) -> Dataset | None:
         return None
 
 
-def code_of(item: Dataset | None) -> Code | None:
+def full_text(ds: Dataset, keyword: str, charset: Charset | None = None) -> str:
+    """A text or PN attribute's whole value (every value; PN component groups with ``^`` and ``=``), trailing
+    padding removed; '' when absent.
+    A raw value is decoded strictly (see :func:`text`). Raises UndecodableText."""
+    tag = int(pydicom.datadict.tag_for_keyword(keyword) or 0)
+    raw = ds._dict.get(tag)  # type: ignore[call-overload]
+    if raw is None:
+        return ""
+    if isinstance(raw, RawDataElement):
+        decoded = _raw_text(ds, tag, raw, charset)
+        if decoded is not None:
+            return decoded.rstrip(" \x00")
+    return str(ds.get(keyword, "") or "")
+
+
+def code_of(item: Dataset | None, charset: Charset | None = None) -> Code | None:
     if item is None:
         return None
-    value = text(item, "CodeValue") or text(item, "LongCodeValue") or text(item, "URNCodeValue")
+    value = text(item, "CodeValue", charset) or text(item, "LongCodeValue", charset)
+    value = value or text(item, "URNCodeValue", charset)
     if not value:
         return None
-    return Code(value, text(item, "CodingSchemeDesignator"), text(item, "CodeMeaning"))
+    return Code(value, text(item, "CodingSchemeDesignator", charset), text(item, "CodeMeaning", charset))
 
 
-def walk(ds: Dataset, depth: int = 0) -> list[Item]:
-    """The content items below ``ds`` (its Content Sequence), recursively."""
+def walk(ds: Dataset, depth: int = 0, charset: Charset | None = None, path: str = "1") -> list[Item]:
+    """The content items below ``ds`` (its Content Sequence), recursively; ``charset`` is the Specific
+    Character Set in force for ``ds`` (default: its own / pydicom's). Raises UndecodableContentItem naming
+    the content item (``path`` numbering of PS3.3 C.17.3.2.5, the root is 1)."""
     seq = ds.get(_CONTENT_SEQ)
     if seq is None or depth > 64:
         return []
+    charset = dataset_charset(ds, charset)
     out = []
-    for child in seq.value or []:
-        item = _item(child, depth)
+    for n, child in enumerate(seq.value or [], 1):
+        item = _item(child, depth, dataset_charset(child, charset), f"{path}.{n}")
         if item is not None:
             out.append(item)
     return out
 
 
-def _item(ds: Dataset, depth: int) -> Item | None:
+def _item(ds: Dataset, depth: int, charset: Charset, path: str) -> Item | None:
     vtype = text(ds, "ValueType")
     if not vtype:
         return None  # by-reference relationship (Referenced Content Item Identifier) or a trial item
-    item = Item(rel=text(ds, "RelationshipType"), vtype=vtype, name=code_of(first(ds, "ConceptNameCodeSequence")))
+    try:
+        item = _values(ds, vtype, charset)
+    except UndecodableText as exc:
+        raise UndecodableContentItem(f"SR content item {path} ({vtype}): {exc}") from None
+    item.children = walk(ds, depth + 1, charset, path)
+    return item
+
+
+def _values(ds: Dataset, vtype: str, charset: Charset) -> Item:
+    name = code_of(first(ds, "ConceptNameCodeSequence"), charset)
+    item = Item(rel=text(ds, "RelationshipType"), vtype=vtype, name=name)
     if vtype == "TEXT":
-        item.text = str(ds.get("TextValue", "") or "")
+        item.text = full_text(ds, "TextValue", charset)
     elif vtype == "CODE":
-        item.code = code_of(first(ds, "ConceptCodeSequence"))
+        item.code = code_of(first(ds, "ConceptCodeSequence"), charset)
     elif vtype == "NUM":
-        item.num = _num(ds)
+        item.num = _num(ds, charset)
     elif vtype == "PNAME":
-        item.text = str(ds.get("PersonName", "") or "")
+        item.text = full_text(ds, "PersonName", charset)
     elif vtype == "UIDREF":
         item.text = text(ds, "UID")
     elif vtype == "DATETIME":
@@ -226,7 +317,6 @@ def _item(ds: Dataset, depth: int) -> Item | None:
     elif vtype == "CONTAINER":
         item.continuous = text(ds, "ContinuityOfContent").upper() == "CONTINUOUS"
     item.uid = text(ds, "ObservationUID") or None
-    item.children = walk(ds, depth + 1)
     return item
 
 
@@ -242,14 +332,14 @@ def _number(raw: object) -> float | int | None:
         return None
 
 
-def _num(ds: Dataset) -> Num:
+def _num(ds: Dataset, charset: Charset) -> Num:
     mv = first(ds, "MeasuredValueSequence")
     if mv is None:
         return Num(None, None)
     value = _number(mv.get("FloatingPointValue")) if "FloatingPointValue" in mv else None
     if value is None:
         value = _number(mv.get("NumericValue"))
-    return Num(value, code_of(first(mv, "MeasurementUnitsCodeSequence")))
+    return Num(value, code_of(first(mv, "MeasurementUnitsCodeSequence"), dataset_charset(mv, charset)))
 
 
 def _ints(value: object) -> tuple[int, ...]:
