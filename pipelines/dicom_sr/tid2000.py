@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from pipelines.common import fhir
@@ -22,12 +23,12 @@ from pipelines.common.model import Concept, ExtraResource, Finding, Report, Sect
 from pipelines.common.sections import section_for_code, section_for_heading
 from pipelines.dicom_sr.build import accession_ref, study_ref
 from pipelines.dicom_sr.codes import coding, concept, ucum
-from pipelines.dicom_sr.header import Header, dt_value, person_from_pn
+from pipelines.dicom_sr.header import Header, dicom_date, person_from_pn
 from pipelines.dicom_sr.reader import Item
 from pipelines.dicom_sr.status import observation_status
 from pipelines.output.profiles import IM
 
-__all__ = ["apply_narrative", "format_num", "observer_authors"]
+__all__ = ["apply_narrative", "format_num", "narrative_when", "observer_authors"]
 
 _NARRATIVE_NAMES = {"121071", "121073", "121075", "121077", "121065", "121069", "121050", "121106"}
 _SKIP_CONTAINERS = {"126010", "126011", "111028", "113811", "113702", "113706", "113819", "113705"}
@@ -132,6 +133,8 @@ class _State:
             elif child.vtype == "NUM" and child.num and child.num.value is not None:
                 words.append(format_num(child))
                 self._finding(child, key)
+            elif child.vtype in ("DATE", "DATETIME", "TIME") and child.text:
+                words.append(narrative_when(child.vtype, child.text))
             elif child.vtype == "IMAGE":
                 self.key_image(child, key)
             elif child.vtype == "CONTAINER":
@@ -154,7 +157,7 @@ class _State:
         elif item.vtype == "PNAME" and item.text:
             line = f"{label}: {item.text.replace('^', ' ').strip()}" if label else ""
         elif item.vtype in ("DATE", "DATETIME", "TIME") and item.text:
-            line = f"{label}: {dt_value(item.text, self.h.tz) or item.text}" if label else ""
+            line = f"{label}: {narrative_when(item.vtype, item.text)}" if label else ""
         elif item.vtype == "CONTAINER":
             self.heading(item, key, 1)
         if line:
@@ -215,6 +218,49 @@ def _join(words: list[str]) -> str:
             continue
         out = w if not out else out + ("" if w[0] in ".,;:!?)" or out.endswith(("\n", "(")) else " ") + w
     return out
+
+
+_TM = re.compile(r"^(\d{2})(?::?(\d{2}))?(?::?(\d{2}))?(\.\d{1,6})?$")  # PS3.5 TM (and the ACR-NEMA hh:mm:ss)
+_DT = re.compile(r"^(\d{4}(?:\d{2}(?:\d{2})?)?)(\d{2}(?:\d{2}(?:\d{2}(?:\.\d{1,6})?)?)?)?([+-]\d{4})?$")
+
+
+def narrative_when(vtype: str, value: str) -> str:
+    """The narrative text of a DATE, TIME or DATETIME content item (PS3.5 DA, TM, DT), all three alike:
+    ISO 8601 with the precision the item has (``2026-11-30``, ``09:30``, ``09:30:00.5``,
+    ``2026-11-30 09:30:00``), and an offset only when the DT value carries one (``2026-11-30 09:30 +01:00``).
+    No time zone is assumed for narrative: a value without an offset is shown without one. A value that is
+    not valid DA/TM/DT is shown as sent."""
+    raw = value.strip()
+    if vtype == "DATE":
+        return dicom_date(raw) or raw
+    if vtype == "TIME":
+        return _time(raw) or raw
+    m = _DT.match(raw)
+    date = dicom_date(m.group(1)) if m else None
+    if m is None or date is None:
+        return raw
+    parts = [date]
+    if m.group(2):
+        clock = _time(m.group(2))
+        if clock is None or len(date) != 10:
+            return raw
+        parts.append(clock)
+    if m.group(3):
+        off = m.group(3)
+        if int(off[1:3]) > 14 or int(off[3:]) > 59:
+            return raw
+        parts.append(f"{off[:3]}:{off[3:]}")
+    return " ".join(parts)
+
+
+def _time(raw: str) -> str | None:
+    m = _TM.match(raw)
+    if m is None:
+        return None
+    hh, mm, ss, frac = m.groups()
+    if int(hh) > 23 or int(mm or 0) > 59 or int(ss or 0) > 60 or (ss is None and frac):
+        return None
+    return ":".join(p for p in (hh, mm, ss) if p) + (frac or "")
 
 
 def format_num(item: Item) -> str:
