@@ -71,3 +71,19 @@ def converter() -> Any:
     from engine.convert import Converter
 
     return Converter(load_mapping_context(None))
+
+
+@pytest.fixture(scope="session")
+def official_validation(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """One run of the official HL7 FHIR validator (one JVM) over the Bundles of every shared input and of every
+    producer registered with ``tests.conformance.official.register``. Skips locally, fails under CI=true, when
+    the validator cannot run. See tests/conformance/official.py."""
+    from tests.conformance.official import session_validation
+
+    return session_validation(tmp_path_factory.mktemp("official-validator"))
+
+
+@pytest.fixture(scope="session")
+def official_validate(official_validation: Any) -> Any:
+    """``official_validate(paths) -> {path: FileReport}``: from the session's run, else one more JVM run."""
+    return official_validation.validate

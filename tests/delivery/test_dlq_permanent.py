@@ -11,6 +11,8 @@ Real store, converter, folder sink, Kafka dead letters on a real broker (limit l
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +24,13 @@ from engine.sinks.folder import FolderSink
 from engine.sources.base import CONTENT_HL7V2
 from engine.store import MessageStore, StoreSource
 from engine.worker import RetryPolicy, Worker
+from tests.kafka.kafka_helpers import headers_of, read_topic
 from tests.runtime.conftest import SCOUT
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 
-def test_oversized_dead_letter_does_not_halt_the_engine(tmp_path: Path, make_settings: Any) -> None:
+def test_oversized_dead_letter_does_not_halt_the_engine(tmp_path: Path, make_settings: Any, bootstrap: str) -> None:
     settings = make_settings(max_request_size=4096)
     store = MessageStore(tmp_path / "m.db")
     dlq = KafkaDeadLetters(settings)
@@ -49,6 +52,16 @@ def test_oversized_dead_letter_does_not_halt_the_engine(tmp_path: Path, make_set
                 stops.append(f"{type(exc).__name__}: {exc}")
         counts = store.counts()
         assert counts["received"] + counts["mapped"] == 0, (counts, stops)
+        assert not stops
+        # both outcomes happened: the good message was published, the bad one dead-lettered (as a stub)
+        assert (counts["published"], counts["failed"]) == (1, 1), counts
+        expected = {o.bundle_id for o in Converter().convert(good).outputs}
+        assert expected and {p.stem for p in (tmp_path / "out").glob("*.json")} == expected
+        (letter,) = read_topic(bootstrap, settings.dlq_topic_for(settings.hl7_topic), expect=1)
+        stub = json.loads(letter.value)
+        assert stub["dead_letter_stub"] is True
+        assert (stub["original_sha256"], stub["original_size"]) == (hashlib.sha256(bad).hexdigest(), len(bad))
+        assert "original not stored here" in headers_of(letter)["dlq.error.message"]
     finally:
         dlq.close()
         store.close()

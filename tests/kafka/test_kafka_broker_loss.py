@@ -3,7 +3,6 @@ never PermanentError (which would dead-letter a good message), and nothing hangs
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import pytest
@@ -45,7 +44,6 @@ def test_sink_and_landing_turn_a_lost_broker_into_transient_errors(kafka_broker_
             )
             broker.stop()  # the broker goes away
 
-            started = time.monotonic()
             try:
                 sink.write(out, env)  # queued, or refused at once: both must be transient
                 sink.flush()
@@ -53,9 +51,8 @@ def test_sink_and_landing_turn_a_lost_broker_into_transient_errors(kafka_broker_
                 pass
             else:
                 pytest.fail("flush succeeded without a broker")
-            with pytest.raises(TransientError):
+            with pytest.raises(TransientError):  # returns (bounded by delivery_timeout_s); a hang hits pytest-timeout
                 landing.land(b"MSH|2", content_type=CONTENT_HL7V2, source="mllp", headers={})
-            assert time.monotonic() - started < 20, "bounded by delivery_timeout_s, not hanging"
         finally:
             sink.close()
             landing.close()

@@ -237,9 +237,7 @@ def test_idle_connection_is_closed(serve: Any, landing: SqliteLanding) -> None:
     with socket.create_connection(("127.0.0.1", listener.port)) as sock:
         sock.sendall(frame(message))
         assert field(parse_ack(recv_frame(sock)), "MSA", 1) == "AA"
-        began = time.monotonic()
-        assert recv_frame(sock, timeout=10) == b""
-        assert 0.2 < time.monotonic() - began < 5
+        assert recv_frame(sock, timeout=10) == b""  # then closed by the listener (a timeout would raise)
     assert listener.counters["idle_closed"] == 1
 
 
