@@ -107,18 +107,48 @@ def test_clean_input_exits_0(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "summary.json").read_text()) == {"inputs": 1, "bundles": 1, "rejected": []}
 
 
+def _bulk_expectations(path: Path) -> tuple[int, int, int]:
+    """Counted from the raw feed with python-hl7, independently of the engine: (messages, messages without
+    any OBX, distinct report versions). A version is what the Bundle id stands for: sender (MSH-4), report
+    (filler number ORC-3, else OBR-3, else OBR-2), status (OBR-25), time (OBR-22, else MSH-7), content (each
+    OBX's type, id, value, status) and patient (PID-2/3/4); a resend (another MSH-10 only) is the same."""
+    import hl7
+
+    def fld(seg: Any, n: int) -> str:
+        return str(seg[n]) if len(seg) > n else ""
+
+    messages = hl7.split_file(path.read_bytes().decode("latin-1"))
+    versions, empty = set(), 0
+    for text in messages:
+        segs: dict[str, list[Any]] = {}
+        for seg in hl7.parse(text):
+            segs.setdefault(str(seg[0]), []).append(seg)
+        obx = tuple((fld(s, 2), fld(s, 3), fld(s, 5), fld(s, 11)) for s in segs.get("OBX", []))
+        if not obx:
+            empty += 1
+            continue
+        msh, obr, pid = segs["MSH"][0], segs["OBR"][0], segs["PID"][0]
+        filler = (fld(segs["ORC"][0], 3) if "ORC" in segs else "") or fld(obr, 3) or fld(obr, 2)
+        patient = (fld(pid, 2), fld(pid, 3), fld(pid, 4))
+        versions.add((fld(msh, 4), filler, fld(obr, 25), fld(obr, 22) or fld(msh, 7), obx, patient))
+    return len(messages), empty, len(versions)
+
+
 def test_bulk_feed_counts(tmp_path: Path) -> None:
-    """The 900-message feed: 850 reports, 50 ORUs without any report content (status-only notifications)."""
+    """The bulk feed: every message counted, the ORUs without any report content (status-only notifications)
+    rejected, one Bundle per distinct report version (exact resends overwrite)."""
     bulk = TESTDATA / "hl7v2-washu-scout" / "bulk" / "scout-all-oru.hl7"
+    messages, empty, versions = _bulk_expectations(bulk)
+    assert (messages, empty, versions) == (900, 50, 848)  # the feed as shipped: 850 reports, 2 exact resends
     proc = subprocess.run(
         [*ENGINE, "map", "--quiet", "--out", str(tmp_path), str(bulk)], capture_output=True, timeout=120
     )
     assert proc.returncode == 1
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["inputs"] == 900
-    assert len(summary["rejected"]) == 50
+    assert summary["inputs"] == messages
+    assert len(summary["rejected"]) == empty
     assert {r["reason"] for r in summary["rejected"]} == {
         "no report content: no text, coded finding or document in any OBX"
     }
     written = [p for p in tmp_path.glob("*.json") if p.name != "summary.json"]
-    assert summary["bundles"] == len(written) == 848  # 850 reports; 2 are exact resends of the same version
+    assert summary["bundles"] == len(written) == versions
