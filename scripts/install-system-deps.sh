@@ -17,6 +17,8 @@ fi
 kneed=()
 command -v java >/dev/null 2>&1 || kneed+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null 2>&1 || kneed+=(maven)
+# the official FHIR validator (../shared/tools/fhir-validator/validate.sh, tests/conformance) compiles its wrapper
+command -v javac >/dev/null 2>&1 || kneed+=(openjdk-17-jdk-headless)
 if [ ${#kneed[@]} -gt 0 ]; then
   sudo_=""; [ "$(id -u)" = 0 ] || sudo_="sudo"
   $sudo_ apt-get update -qq >/dev/null && $sudo_ env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${kneed[@]}" >/dev/null
