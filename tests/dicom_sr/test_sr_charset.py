@@ -223,3 +223,18 @@ def test_header_in_latin2_and_no_replacement_characters(converter: Any) -> None:
     assert _note(bundle, "59776-5") == "Žlučník bez kamenů."
     assert "\ufffd" not in json.dumps(bundle, ensure_ascii=False)
     assert by_type(bundle, "Composition")
+
+
+def test_dataset_level_iso2022_japanese(converter: Any) -> None:
+    """PS3.5 Annex H style: the whole SR in ``\\ISO 2022 IR 87``; PN with alphabetic and ideographic groups."""
+    name = b"Yamada^Tarou=" + "山田^太郎".encode("iso2022_jp")
+    data = build_sr(
+        container(FINDINGS, item("TEXT", FINDING, "肝臓に異常なし。".encode("iso2022_jp"))),
+        charset="\\ISO 2022 IR 87",
+        patient_name=name,
+    )
+    bundle = _convert(converter, data)
+    assert one(bundle, "Patient")["name"][0]["family"] == "Yamada"
+    assert _note(bundle, "59776-5") == "肝臓に異常なし。"
+    tree = content_tree(read_dataset(data), fast=False)
+    assert tree == parse(data, MappingContext()).root and tree[0].children[0].text == "肝臓に異常なし。"
