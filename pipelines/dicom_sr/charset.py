@@ -29,11 +29,24 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 from pydicom.charset import CODES_TO_ENCODINGS, default_encoding, handled_encodings, python_encoding
 from pydicom.datadict import keyword_for_tag
 
-__all__ = ["DEFAULT", "UTF8", "Charset", "UndecodableText", "charset_from_encodings", "charset_of"]
+if TYPE_CHECKING:
+    from pipelines.dicom_sr.reader import Code
+
+__all__ = [
+    "DEFAULT",
+    "UTF8",
+    "Charset",
+    "TextDecoder",
+    "UndecodableText",
+    "charset_from_encodings",
+    "charset_of",
+    "json_decoder",
+]
 
 _ESC = 0x1B
 _FRAGMENTS = re.compile(rb"(^[^\x1b]+|\x1b[^\x1b]*)")
@@ -207,3 +220,37 @@ def charset_from_encodings(encodings: str | Sequence[str]) -> Charset:
 def _from_encodings(encodings: tuple[str, ...]) -> Charset:
     label = "\\".join(_TERM_OF.get(e, e) for e in encodings)
     return Charset(label, encodings, extensions=len(encodings) > 1 or "2022" in label)
+
+
+class TextDecoder:
+    """Decodes text values strictly in one Specific Character Set (:mod:`pipelines.dicom_sr.charset`);
+    remembers the codes it decoded. :meth:`child` gives the decoder of a nested item that declares its own
+    set (PS3.3 C.12.1.1.2); a ``fixed`` decoder (DICOM JSON, whose text is Unicode) ignores such sets."""
+
+    __slots__ = ("_children", "charset", "codes", "fixed")
+
+    def __init__(self, charset: Charset, *, fixed: bool = False) -> None:
+        self.charset = charset
+        self.fixed = fixed
+        self.codes: dict[tuple[object, ...], Code | None] = {}  # for the raw reader's code memo
+        self._children: dict[object, TextDecoder] = {}
+
+    def __call__(self, raw: bytes, vr: bytes = b"UT") -> str:
+        """Raises :class:`~pipelines.dicom_sr.charset.UndecodableText` (never returns U+FFFD for bad bytes)."""
+        return self.charset.decode(raw, vr)
+
+    def child(self, value: object) -> TextDecoder:
+        """The decoder for an item whose (0008,0005) element is ``value`` ((vr, raw bytes))."""
+        if self.fixed or not isinstance(value, tuple):
+            return self
+        found = self._children.get(value)
+        if found is None:
+            charset = self.charset.child(bytes(value[1]))
+            found = self if charset is self.charset else TextDecoder(charset)
+            self._children[value] = found
+        return found
+
+
+def json_decoder() -> TextDecoder:
+    """The decoder of DICOM JSON values (UTF-8 encoded by :func:`cut_json`)."""
+    return TextDecoder(UTF8, fixed=True)

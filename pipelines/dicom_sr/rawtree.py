@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import struct
 
-from pipelines.dicom_sr.charset import UTF8, Charset, UndecodableText
+from pipelines.dicom_sr.charset import TextDecoder, UndecodableText, json_decoder
 from pipelines.dicom_sr.reader import Code, Graphic, Item, Num, Ref
 from pipelines.errors import ParseError
 
@@ -339,40 +339,6 @@ def _code(el: Elements | None, decode: TextDecoder) -> Code | None:
         return cache[key]
     code = cache[key] = _decode_code(el, decode)
     return code
-
-
-class TextDecoder:
-    """Decodes text values strictly in one Specific Character Set (:mod:`pipelines.dicom_sr.charset`);
-    remembers the codes it decoded. :meth:`child` gives the decoder of a nested item that declares its own
-    set (PS3.3 C.12.1.1.2); a ``fixed`` decoder (DICOM JSON, whose text is Unicode) ignores such sets."""
-
-    __slots__ = ("_children", "charset", "codes", "fixed")
-
-    def __init__(self, charset: Charset, *, fixed: bool = False) -> None:
-        self.charset = charset
-        self.fixed = fixed
-        self.codes: dict[tuple[object, ...], Code | None] = {}
-        self._children: dict[object, TextDecoder] = {}
-
-    def __call__(self, raw: bytes, vr: bytes = b"UT") -> str:
-        """Raises :class:`~pipelines.dicom_sr.charset.UndecodableText` (never returns U+FFFD for bad bytes)."""
-        return self.charset.decode(raw, vr)
-
-    def child(self, value: object) -> TextDecoder:
-        """The decoder for an item whose (0008,0005) element is ``value`` ((vr, raw bytes))."""
-        if self.fixed or not isinstance(value, tuple):
-            return self
-        found = self._children.get(value)
-        if found is None:
-            charset = self.charset.child(bytes(value[1]))
-            found = self if charset is self.charset else TextDecoder(charset)
-            self._children[value] = found
-        return found
-
-
-def json_decoder() -> TextDecoder:
-    """The decoder of DICOM JSON values (UTF-8 encoded by :func:`cut_json`)."""
-    return TextDecoder(UTF8, fixed=True)
 
 
 def _decode_code(el: Elements, decode: TextDecoder) -> Code | None:
