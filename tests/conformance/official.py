@@ -242,7 +242,9 @@ class OfficialValidation:
         total = sum(kinds.values())
         bad = sum(1 for r in reports.values() if r.errors)
         head = [f"{total} unwaived errors in {bad} of {len(reports)} files; by kind (errors / files):"]
-        head += [f"  {n} / {len(files_by_kind[k])}  {k}" for k, n in kinds.most_common()]
+        head += [f"  {n} / {len(files_by_kind[k])}  {k}" for k, n in kinds.most_common(20)]
+        if len(kinds) > 20:
+            head.append(f"  ... {len(kinds) - 20} more kinds")
         more = f"\n  ... {total - len(lines)} more" if total > len(lines) else ""
         return "\n".join([*head, "first errors:", *lines]) + more
 
@@ -254,10 +256,10 @@ class OfficialValidation:
 
 
 def _kind(message: str) -> str:
-    """An error message without its instance-specific parts (quoted values, entry numbers), for grouping."""
-    kind = re.sub(r"'[^']*'", "'…'", message)
-    kind = re.sub(r"\[\d+\]", "[n]", kind)
-    return kind[:200]
+    """An error message without its instance-specific parts (resource ids, entry numbers), for grouping; quoted
+    codes and values stay (``Unknown code 'MRN'`` and ``'EE'`` are two kinds)."""
+    kind = re.sub(r"urn:uuid:[0-9a-fA-F-]+", "urn:uuid:…", message)
+    return re.sub(r"\[\d+\]", "[n]", kind)[:160]
 
 
 def session_validation(root: Path) -> OfficialValidation:
