@@ -43,6 +43,7 @@ __all__ = [
     "Charset",
     "TextDecoder",
     "UndecodableText",
+    "ascii_value",
     "charset_from_encodings",
     "charset_of",
     "json_decoder",
@@ -205,6 +206,16 @@ def _encoding(term: str) -> str | None:
         return codecs.lookup(term).name  # pydicom also accepts a Python codec name
     except LookupError:
         return None
+
+
+def ascii_value(raw: bytes, tag: int) -> str:
+    """The first value of an element whose VR allows the default repertoire only (DA, TM, DT, UI, ...),
+    stripped of padding; raises UndecodableText (set 'ISO_IR 6') for any other byte."""
+    first = raw.split(b"\\", 1)[0].strip(b" \x00")
+    try:
+        return first.decode("ascii").strip()
+    except UnicodeDecodeError as exc:
+        raise UndecodableText(DEFAULT.label, exc.start, tag=tag) from None
 
 
 def charset_from_encodings(encodings: str | Sequence[str]) -> Charset:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import struct
 
-from pipelines.dicom_sr.charset import TextDecoder, UndecodableText, json_decoder
+from pipelines.dicom_sr.charset import TextDecoder, UndecodableText, ascii_value, json_decoder
 from pipelines.dicom_sr.reader import Code, Graphic, Item, Num, Ref
 from pipelines.errors import ParseError
 
@@ -320,6 +320,15 @@ def _first_text(el: Elements, tag: int, decode: TextDecoder) -> str:
 _CS: dict[bytes, str] = {}  # memo of a pure function of the bytes (bounded)
 
 
+def _when(el: Elements, tag: int) -> str:
+    """A DA, TM or DT value (first value): default repertoire only (PS3.5 §6.2), whatever the Specific
+    Character Set; other bytes raise UndecodableText instead of reaching the narrative as U+FFFD."""
+    value = el.get(tag)
+    if not isinstance(value, tuple):
+        return ""
+    return ascii_value(value[1], tag)
+
+
 def _seq(el: Elements, tag: int) -> list[Elements]:
     value = el.get(tag)
     return value if isinstance(value, list) else []
@@ -386,11 +395,11 @@ def _values(el: Elements, vtype: str, decode: TextDecoder) -> Item:
     elif vtype == "UIDREF":
         item.text = _first_text(el, 0x0040A124, decode)
     elif vtype == "DATETIME":
-        item.text = _first_text(el, 0x0040A120, decode)
+        item.text = _when(el, 0x0040A120)
     elif vtype == "DATE":
-        item.text = _first_text(el, 0x0040A121, decode)
+        item.text = _when(el, 0x0040A121)
     elif vtype == "TIME":
-        item.text = _first_text(el, 0x0040A122, decode)
+        item.text = _when(el, 0x0040A122)
     elif vtype in ("IMAGE", "COMPOSITE", "WAVEFORM"):
         item.ref = _ref(_one(_seq(el, 0x00081199)), decode)
     elif vtype in ("SCOORD", "SCOORD3D"):

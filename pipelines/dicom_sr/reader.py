@@ -22,7 +22,7 @@ from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
-from pipelines.dicom_sr.charset import Charset, UndecodableText, charset_from_encodings, charset_of
+from pipelines.dicom_sr.charset import Charset, UndecodableText, ascii_value, charset_from_encodings, charset_of
 from pipelines.errors import ParseError
 
 __all__ = [
@@ -305,11 +305,11 @@ def _values(ds: Dataset, vtype: str, charset: Charset) -> Item:
     elif vtype == "UIDREF":
         item.text = text(ds, "UID")
     elif vtype == "DATETIME":
-        item.text = text(ds, "DateTime")
+        item.text = _when(ds, 0x0040A120)
     elif vtype == "DATE":
-        item.text = text(ds, "Date")
+        item.text = _when(ds, 0x0040A121)
     elif vtype == "TIME":
-        item.text = text(ds, "Time")
+        item.text = _when(ds, 0x0040A122)
     elif vtype in ("IMAGE", "COMPOSITE", "WAVEFORM"):
         item.ref = _ref(first(ds, "ReferencedSOPSequence"))
     elif vtype in ("SCOORD", "SCOORD3D"):
@@ -318,6 +318,14 @@ def _values(ds: Dataset, vtype: str, charset: Charset) -> Item:
         item.continuous = text(ds, "ContinuityOfContent").upper() == "CONTINUOUS"
     item.uid = text(ds, "ObservationUID") or None
     return item
+
+
+def _when(ds: Dataset, tag: int) -> str:
+    """A DA/TM/DT content item value, default repertoire only (see rawtree._when)."""
+    raw = ds._dict.get(tag)  # type: ignore[call-overload]
+    if isinstance(raw, RawDataElement) and isinstance(raw.value, bytes):
+        return ascii_value(raw.value, tag)
+    return text(ds, str(pydicom.datadict.keyword_for_tag(tag)))
 
 
 def _number(raw: object) -> float | int | None:

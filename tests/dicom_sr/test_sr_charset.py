@@ -238,3 +238,15 @@ def test_dataset_level_iso2022_japanese(converter: Any) -> None:
     assert _note(bundle, "59776-5") == "肝臓に異常なし。"
     tree = content_tree(read_dataset(data), fast=False)
     assert tree == parse(data, MappingContext()).root and tree[0].children[0].text == "肝臓に異常なし。"
+
+
+@pytest.mark.parametrize("reader", READERS)
+def test_date_time_values_outside_the_default_repertoire_are_rejected(reader: str) -> None:
+    """DA/TM/DT use the default repertoire whatever the Specific Character Set (PS3.5 §6.2)."""
+    data = build_sr(container(FINDINGS, item("DATE", code("111060", "DCM", "Study Date"), "20991231")))
+    data = data.replace(b"20991231", b"2099\xff231")  # pydicom will not write such a DA itself
+    assert _reason(data, reader) == (
+        "SR content item 1.1.1 (DATE): Date (0040,A121) is not valid 'ISO_IR 6' text (byte offset 4)"
+    )
+    fine = build_sr(container(FINDINGS, item("TIME", code("111061", "DCM", "Study Time"), b"093000 ")))
+    assert _tree(fine, reader)[0].children[0].text == "093000"
