@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import html
 from typing import Any
 
+from pipelines.common import primitives as prim
 from pipelines.common.model import Coding, Concept, Ident
+from pipelines.common.terminology import tho_code
 
 __all__ = [
     "ACSN_TYPE",
@@ -17,6 +18,7 @@ __all__ = [
     "codeable",
     "coding",
     "identifier",
+    "identifier_type",
     "narrative",
     "study_uid_identifier",
 ]
@@ -39,38 +41,59 @@ ACSN_TYPE: dict[str, Any] = {
 
 
 def coding(c: Coding) -> dict[str, Any]:
+    """Coding: ``system`` a uri, ``code`` a code, ``display`` a string (primitives enforced here)."""
     out: dict[str, Any] = {}
     if c.system:
-        out["system"] = c.system
-    out["code"] = c.code
+        out["system"] = prim.uri(c.system)
+    out["code"] = prim.code(c.code)
     if c.display:
-        out["display"] = c.display
+        display = prim.string(c.display)
+        if display.strip():
+            out["display"] = display
     return out
 
 
 def codeable(concept: Concept) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if concept.codings:
-        out["coding"] = [coding(c) for c in concept.codings]
+        codings = [coding(c) for c in concept.codings]
+        codings = [c for c in codings if c["code"]]
+        if codings:
+            out["coding"] = codings
     if concept.text:
-        out["text"] = concept.text
+        text = prim.string(concept.text)
+        if text.strip():
+            out["text"] = text
     return out
+
+
+def identifier_type(type_code: str) -> dict[str, Any] | None:
+    """Identifier.type from an HL7 table 0203 code: a ``v2-0203`` coding only when table 0203 has the code
+    (THO 7.0.1; ``mr`` is read as ``MR``); any other code (``MRN``, ``EE``, local codes) keeps its words in
+    ``type.text``, never under the table's system."""
+    known = tho_code("v2-0203", type_code)
+    if known is not None:
+        return {"coding": [{"system": V2_0203, "code": known}]}
+    text = prim.string(type_code).strip()
+    return {"text": text} if text else None
 
 
 def identifier(ident: Ident) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if ident.type_code:
-        out["type"] = {"coding": [{"system": V2_0203, "code": ident.type_code}]}
-    out["system"] = ident.system
-    out["value"] = ident.value
+        kind = identifier_type(ident.type_code)
+        if kind is not None:
+            out["type"] = kind
+    out["system"] = prim.uri(ident.system)
+    out["value"] = prim.string(ident.value)
     if ident.assigner:
-        out["assigner"] = {"display": ident.assigner}
+        out["assigner"] = {"display": prim.string(ident.assigner)}
     return out
 
 
 def accession_identifier(ident: Ident) -> dict[str, Any]:
     """IM:AccessionNumberIdentifierEuImaging: system, value, type v2-0203#ACSN (+ DCM 121022)."""
-    return {"type": ACSN_TYPE, "system": ident.system, "value": ident.value}
+    return {"type": ACSN_TYPE, "system": prim.uri(ident.system), "value": prim.string(ident.value)}
 
 
 def study_uid_identifier(uid: str) -> dict[str, Any]:
@@ -83,8 +106,6 @@ def study_uid_identifier(uid: str) -> dict[str, Any]:
 
 
 def narrative(text: str, *, heading: str | None = None) -> dict[str, Any]:
-    """A generated xhtml narrative; line breaks kept as <br/>."""
-    body = "<br/>".join(html.escape(line, quote=False) for line in text.split("\n"))
-    if heading:
-        body = f"<p><b>{html.escape(heading, quote=False)}</b></p><p>{body}</p>"
-    return {"status": "generated", "div": f'<div xmlns="http://www.w3.org/1999/xhtml">{body}</div>'}
+    """A generated xhtml narrative; line breaks kept as <br/>; control characters removed
+    (:func:`pipelines.common.primitives.narrative_div`)."""
+    return {"status": "generated", "div": prim.narrative_div(text, heading)}

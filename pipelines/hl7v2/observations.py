@@ -24,7 +24,7 @@ from pipelines.hl7v2.fields import field as fld
 from pipelines.hl7v2.fields import repetitions, unescape
 from pipelines.hl7v2.status import obx_status
 
-__all__ = ["GroupContent", "read_observations"]
+__all__ = ["GroupContent", "read_observations", "retracted"]
 
 _SUFFIX = {
     "GDT": "findings", "FND": "findings", "FIND": "findings", "ANT": "findings", "BODY": "findings",
@@ -50,6 +50,7 @@ class GroupContent:
     text_statuses: list[str] = field(default_factory=list)
     observations: int = 0  # OBX rows (NTE comments alone never make a report)
     invalid_uids: int = 0
+    retracted: int = 0  # OBX rows left out because OBX-11 is W (wrong patient) or D (deleted)
 
 
 def read_observations(obx_rows: list[list[str]], d: Delimiters, base: str, charset: str) -> GroupContent:
@@ -59,8 +60,11 @@ def read_observations(obx_rows: list[list[str]], d: Delimiters, base: str, chars
     current: str | None = None
     last: str | None = None  # section of the latest OBX row (where a following NTE belongs)
     kinds: dict[tuple[str, str], _Obx3] = {}  # OBX-2/OBX-3 repeat on every line of a section: classify once
+    skipping = False  # NTE comments of a retracted OBX are retracted with it
     for n, obx in enumerate(obx_rows, start=1):
         if obx[0] == "NTE":  # NTE-3 comment: narrative of the section of the row it follows
+            if skipping:
+                continue
             comment = [line for line in _text_lines(fld(obx, 3), "FT", d, charset) if line.strip()]
             if comment:
                 note_key = last or "report"
@@ -68,6 +72,10 @@ def read_observations(obx_rows: list[list[str]], d: Delimiters, base: str, chars
                     texts[note_key] = []
                     order.append(note_key)
                 texts[note_key].extend(comment)
+            continue
+        skipping = retracted(obx)
+        if skipping:
+            out.retracted += 1
             continue
         out.observations += 1
         raw2, raw3 = fld(obx, 2), fld(obx, 3)
@@ -159,6 +167,16 @@ def _result_status(obx: list[str]) -> str:
     if not status and fld(obx, 10).strip().upper() in _DRIFTED_STATUS:
         status = fld(obx, 10).strip()
     return status
+
+
+# OBX-11 (HL7 table 0085) values that withdraw a row: W "post original as wrong, e.g. transmitted for wrong
+# patient", D "delete the OBX record". Such a row never reaches text, notes, findings or narrative.
+_RETRACTED = frozenset({"W", "D"})
+
+
+def retracted(obx: list[str]) -> bool:
+    """Is this OBX withdrawn by its result status (OBX-11 ``W`` or ``D``, also when drifted to OBX-10)?"""
+    return _result_status(obx).strip().upper() in _RETRACTED
 
 
 def _uid_label(text: str) -> bool:

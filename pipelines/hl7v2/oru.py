@@ -22,11 +22,11 @@ import re
 from pipelines.common.ids import digest, slug
 from pipelines.common.model import Ident, Order, Organization, Patient, Report, Study
 from pipelines.context import MappingContext, SenderProfile
-from pipelines.errors import UnsupportedMessage
+from pipelines.errors import RetractedContent, UnsupportedMessage
 from pipelines.hl7v2 import classify
 from pipelines.hl7v2 import datatypes as dt
 from pipelines.hl7v2.er7 import Delimiters, Message
-from pipelines.hl7v2.fields import component
+from pipelines.hl7v2.fields import component, leaf
 from pipelines.hl7v2.fields import field as fld
 from pipelines.hl7v2.groups import OrderGroup, split_groups
 from pipelines.hl7v2.observations import GroupContent, read_observations
@@ -98,6 +98,8 @@ def _map_patient_result(
     if not groups:
         raise UnsupportedMessage("no OBR segment: the message carries no order/result group")
     contents = [read_observations(g.obx, d, base, msg.charset) for g in groups]
+    if not any(_has_content(c) for c in contents) and any(c.retracted for c in contents):
+        raise RetractedContent()  # every content row is OBX-11 W/D: publish nothing of it
     _check_imaging(groups, contents, d)
     patient = _patient(pid, d, ctx, profile, base)
     control_id = component(fld(msh, 10), d, 1)
@@ -205,7 +207,7 @@ def _accession(group: OrderGroup, d: Delimiters, profile: SenderProfile, base: s
     else:
         seg = next((s for s in group.extra if s[0] == seg_name), [])
     raw = fld(seg, int(num)) if seg else ""
-    value = component(raw, d, 1).split(d.subcomponent)[0].strip()
+    value = leaf(raw, d, 1, 1).strip()  # split into subcomponents first, then unescape
     if not value:
         return None
     system = profile.accession_system

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipelines.common import fhir
+from pipelines.common import primitives as prim
 from pipelines.common.ids import urn, uuid_for
 from pipelines.common.model import Report
 from pipelines.common.sections import SECTIONS
@@ -118,7 +119,7 @@ def build_parts(report: Report, *, with_studies: bool) -> Parts:
         acsn = fhir.accession_identifier(order.accession)
         parts.accession_ids.append(acsn)
         if with_studies:
-            sr = resources.service_request(order, patient_url, acsn)
+            sr = resources.service_request(order, patient_url, acsn, report.timezone)
             url = urn(sr["id"])
             if url not in parts.order_urls.values():
                 parts.orders.append((url, sr))
@@ -150,7 +151,8 @@ def build_parts(report: Report, *, with_studies: bool) -> Parts:
         parts.observations.append((url, res))
         parts.section_entries.setdefault(finding.section, []).append(url)
     for s in report.sections:
-        if s.text.strip() and s.key in SECTIONS:
+        text = prim.string(s.text)
+        if text.strip() and s.key in SECTIONS:
             code, display, _ = SECTIONS[s.key]
             parts.notes.append(
                 {
@@ -162,7 +164,7 @@ def build_parts(report: Report, *, with_studies: bool) -> Parts:
                             },
                         }
                     ],
-                    "text": s.text,
+                    "text": text,
                 }
             )
     for att in report.presented_forms:
@@ -170,8 +172,8 @@ def build_parts(report: Report, *, with_studies: bool) -> Parts:
         if att.language:
             form["language"] = att.language
         form["data"] = att.data_b64
-        if att.title:
-            form["title"] = att.title
+        if att.title and prim.string(att.title).strip():
+            form["title"] = prim.string(att.title)
         parts.presented_forms.append(form)
     return parts
 
@@ -195,6 +197,10 @@ def resolve_extras(report: Report, parts: Parts) -> None:
 
 
 def _resolve(value: Any, parts: Parts, dr_url: str, comp_url: str) -> Any:
+    """Resolve placeholders; every string of a pre-built resource is cleaned on the way (FHIR string rule,
+    :func:`pipelines.common.primitives.clean_text`), as the shapers' own builders do."""
+    if isinstance(value, str):
+        return prim.clean_text(value)
     if isinstance(value, list):
         return [_resolve(v, parts, dr_url, comp_url) for v in value]
     if not isinstance(value, dict):
@@ -259,10 +265,12 @@ def dr_header(report: Report, parts: Parts, dr: dict[str, Any]) -> None:
     dr["category"] = categories(report)
     dr["code"] = report_code(report)
     dr["subject"] = {"reference": parts.patient_url}
-    if report.effective:
-        dr["effectiveDateTime"] = report.effective
-    if report.issued:
-        dr["issued"] = report.issued
+    effective = prim.date_time(report.effective, report.timezone) if report.effective else None
+    if effective:
+        dr["effectiveDateTime"] = effective
+    issued = prim.instant(report.issued, report.timezone) if report.issued else None
+    if issued:
+        dr["issued"] = issued
     if parts.org_url:
         dr["performer"] = [{"reference": parts.org_url}]
     if parts.interpreter_urls:
@@ -273,7 +281,8 @@ def dr_narrative(report: Report, parts: Parts, dr: dict[str, Any]) -> None:
     """note (one per section, typed with the section code), conclusion and presentedForm."""
     if parts.notes:
         dr["note"] = parts.notes
-    if report.conclusion:
-        dr["conclusion"] = report.conclusion
+    conclusion = prim.markdown(report.conclusion) if report.conclusion else ""
+    if conclusion.strip():
+        dr["conclusion"] = conclusion
     if parts.presented_forms:
         dr["presentedForm"] = parts.presented_forms

@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from pipelines.common import fhir
+from pipelines.common import primitives as prim
 from pipelines.common.model import Report
-from pipelines.common.sections import MANDATORY, SECTIONS
+from pipelines.common.sections import MANDATORY, SECTIONS, entry_allowed
 from pipelines.output.parts import Parts
 
-__all__ = ["build_sections"]
+__all__ = ["build_sections", "place_entries"]
 
 _ORDER = (
     "imagingstudy", "order", "history", "procedure", "comparison", "findings", "impression", "conclusion",
@@ -24,15 +25,37 @@ _EMPTY_REASON = {
 }  # fmt: skip
 
 
+def place_entries(parts: Parts) -> dict[str, list[str]]:
+    """Section entries, each in a section whose EU slices take its resource type (``ENTRY_TYPES`` in
+    :mod:`pipelines.common.sections`). An entry a section cannot hold moves to the findings section when
+    findings takes it (an Observation found under a recommendation heading: the recommendation section takes
+    only CarePlan/ServiceRequest), else to the open ``report`` section; its words stay in the narrative of
+    the section it was written under."""
+    index = dict(parts.studies + parts.orders + parts.observations + parts.others)
+    placed: dict[str, list[str]] = {}
+    for key, urls in parts.section_entries.items():
+        for url in urls:
+            res = index.get(url)
+            target = key
+            if res is not None and not entry_allowed(key, res):
+                target = "findings" if entry_allowed("findings", res) else "report"
+            bucket = placed.setdefault(target, [])
+            if url not in bucket:
+                bucket.append(url)
+    return placed
+
+
 def build_sections(report: Report, parts: Parts) -> list[dict[str, Any]]:
     texts: dict[str, list[str]] = {}
     for s in report.sections:
-        if s.text.strip():
-            texts.setdefault(s.key, []).append(s.text)
+        clean = prim.string(s.text)
+        if clean.strip():
+            texts.setdefault(s.key, []).append(clean)
+    placed = place_entries(parts)
     out = []
     for key in _ORDER:
         text = "\n\n".join(texts.get(key, []))
-        entries = parts.section_entries.get(key, [])
+        entries = placed.get(key, [])
         if not text and not entries and key not in MANDATORY:
             continue
         out.append(_section(key, text, entries, parts))
