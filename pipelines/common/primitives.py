@@ -60,23 +60,19 @@ __all__ = [
 ]
 
 # Characters that may never appear in a FHIR string / XHTML text (TAB, LF, CR are allowed).
-_BAD = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffe\uffff]|\r\n?")
-_BREAKS = frozenset("\x0b\x0c\x85\r")
-
-
-def _fix(m: re.Match[str]) -> str:
-    ch = m.group()
-    return "\n" if ch[0] in _BREAKS else ""
+_BAD = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffe\uffff]|\r")
+_DROP = re.compile("[\x00-\x08\x0e-\x1f\x7f-\x84\x86-\x9f\ufffe\uffff]")
+_BREAK = re.compile("\r\n|[\r\x0b\x0c\x85]")
 
 
 def clean_text(value: str) -> str:
-    """``value`` with the control characters FHIR forbids removed (form feed, vertical tab, NEL, CR LF and
-    lone CR become LF; TAB and LF stay; the rest are dropped)."""
+    """``value`` with the control characters FHIR forbids removed: dropped first, then form feed, vertical
+    tab, NEL, CR LF and lone CR become LF (so CR NUL LF is one break); TAB and LF stay."""
     if value.isprintable():  # C fast path: no control character at all (the common case)
         return value
     if _BAD.search(value) is None:
         return value
-    return _BAD.sub(_fix, value)
+    return _BREAK.sub("\n", _DROP.sub("", value))
 
 
 def string(value: str) -> str:

@@ -192,10 +192,11 @@ def _leading_word(line: str) -> tuple[str, str] | None:
 
 
 def _section_of(code1_raw: str, code1: str, label: str, c3: list[str], d: Delimiters) -> str | None:
-    if d.subcomponent in code1_raw:
-        suffix = code1_raw.rsplit(d.subcomponent, 1)[1].strip().upper()
-        if suffix in _SUFFIX:
-            return _SUFFIX[suffix]
+    for sep in (d.subcomponent, "&"):  # "&GDT" is written with "&" even where MSH-2 declares no subcomponents
+        if sep in code1_raw:
+            suffix = code1_raw.rsplit(sep, 1)[1].strip().upper()
+            if suffix in _SUFFIX:
+                return _SUFFIX[suffix]
     if code1.upper() in _SUFFIX and len(code1) <= 4:
         return _SUFFIX[code1.upper()]  # a bare suffix code as the identifier ("IMP^Impression^L")
     for code in (code1, unescape(c3[3], d).strip() if len(c3) > 3 else ""):
