@@ -43,7 +43,8 @@ _SYSTEMS = {
     "CPT": "http://www.ama-assn.org/go/cpt",
     "CPT4": "http://www.ama-assn.org/go/cpt",
     "UMLS": "http://terminology.hl7.org/CodeSystem/umls",
-    "HL70078": "http://terminology.hl7.org/CodeSystem/v2-0078",
+    # Table 0078 (abnormal flags) has no THO code system of its own; v2-to-FHIR maps it to v3 interpretation.
+    "HL70078": "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation",
 }
 
 

@@ -180,14 +180,14 @@ def _escape_value(code: str, d: Delimiters, out: list[str], literal: str, value:
 def escape(value: str, d: Delimiters) -> str:
     """ER7-escape one leaf value (inverse of :func:`unescape` for clean text): the escape character first,
     then the separators, line breaks as ``\\.br\\`` and TAB as ``\\X09\\``. Raises ``ValueError`` when the value
-    holds a declared delimiter but MSH-2 declares no escape character."""
+    holds a declared delimiter or a line break but MSH-2 declares no escape character."""
     esc = d.escape
     specials = [c for c in (d.field, d.component, d.repetition, d.subcomponent) if c != NONE]
-    if esc == NONE:
-        if any(c in value for c in specials):
-            raise ValueError("the value holds a delimiter and MSH-2 declares no escape character")
-        return clean_text(value)
     value = clean_text(value)
+    if esc == NONE:
+        if "\n" in value or any(c in value for c in specials):
+            raise ValueError("the value holds a delimiter or line break and MSH-2 declares no escape character")
+        return value
     table = {esc: f"{esc}E{esc}", "\n": f"{esc}.br{esc}", "\t": f"{esc}X09{esc}"}
     for ch, letter in ((d.field, "F"), (d.component, "S"), (d.subcomponent, "T"), (d.repetition, "R")):
         if ch != NONE:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pipelines.common.ids import uid_ok
 from pipelines.common.model import Attachment, Coding, Concept, Finding, Section
 from pipelines.common.sections import section_for_code, section_for_heading
+from pipelines.common.terminology import tho_code
 from pipelines.hl7v2 import datatypes as dt
 from pipelines.hl7v2.er7 import Delimiters
 from pipelines.hl7v2.fields import field as fld
@@ -301,7 +302,11 @@ def _finding(
         raw8 = fld(obx, 9)  # field drift seen in RAD-128 samples: abnormal flag (table 0078) one field late
     flag = unescape(raw8.split(d.component)[0], d).strip()
     if flag:
-        f.interpretation = Concept(codings=(Coding(code=flag, system=_INTERPRETATION),))
+        # OBX-8 (table 0078) -> v3 ObservationInterpretation only when that code system has the flag.
+        known = tho_code("v3-ObservationInterpretation", flag)
+        f.interpretation = (
+            Concept(codings=(Coding(code=known, system=_INTERPRETATION),)) if known else Concept(text=flag)
+        )
     c15 = fld(obx, 15)
     if c15 and "RADLEX" in c15.upper():
         f.category = dt.cwe(c15, d, base)
