@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 from pipelines.common import primitives as prim
@@ -41,13 +42,16 @@ ACSN_TYPE: dict[str, Any] = {
 
 
 def coding(c: Coding) -> dict[str, Any]:
-    """Coding: ``system`` a uri, ``code`` a code, ``display`` a string (primitives enforced here)."""
+    """Coding: ``system`` a uri, ``code`` a code, ``display`` a string (primitives enforced here; the checks
+    are inlined for the common clean value, this runs for every coding of every Bundle)."""
     out: dict[str, Any] = {}
-    if c.system:
-        out["system"] = prim.uri(c.system)
-    out["code"] = prim.code(c.code)
-    if c.display:
-        display = prim.string(c.display)
+    system, code, display = c.system, c.code, c.display
+    if system:
+        out["system"] = system if system.isprintable() and " " not in system else prim.uri(system)
+    out["code"] = code if code.isprintable() and " " not in code else prim.code(code)
+    if display:
+        if not display.isprintable():
+            display = prim.string(display)
         if display.strip():
             out["display"] = display
     return out
@@ -60,17 +64,20 @@ def codeable(concept: Concept) -> dict[str, Any]:
         codings = [c for c in codings if c["code"]]
         if codings:
             out["coding"] = codings
-    if concept.text:
-        text = prim.string(concept.text)
+    text = concept.text
+    if text:
+        if not text.isprintable():
+            text = prim.string(text)
         if text.strip():
             out["text"] = text
     return out
 
 
+@lru_cache(maxsize=1024)
 def identifier_type(type_code: str) -> dict[str, Any] | None:
     """Identifier.type from an HL7 table 0203 code: a ``v2-0203`` coding only when table 0203 has the code
     (THO 7.0.1; ``mr`` is read as ``MR``); any other code (``MRN``, ``EE``, local codes) keeps its words in
-    ``type.text``, never under the table's system."""
+    ``type.text``, never under the table's system. The result is shared: callers never modify it."""
     known = tho_code("v2-0203", type_code)
     if known is not None:
         return {"coding": [{"system": V2_0203, "code": known}]}
@@ -84,8 +91,9 @@ def identifier(ident: Ident) -> dict[str, Any]:
         kind = identifier_type(ident.type_code)
         if kind is not None:
             out["type"] = kind
-    out["system"] = prim.uri(ident.system)
-    out["value"] = prim.string(ident.value)
+    system, value = ident.system, ident.value
+    out["system"] = system if system.isprintable() and " " not in system else prim.uri(system)
+    out["value"] = value if value.isprintable() else prim.string(value)
     if ident.assigner:
         out["assigner"] = {"display": prim.string(ident.assigner)}
     return out

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-__all__ = ["ENTRY_TYPES", "MANDATORY", "SECTIONS", "entry_allowed", "section_for_code", "section_for_heading"]
+__all__ = [
+    "ENTRY_TYPES",
+    "MANDATORY",
+    "SECTIONS",
+    "entry_allowed",
+    "entry_section",
+    "section_for_code",
+    "section_for_heading",
+]
 
 #: key -> (LOINC code, display, title). The first nine are EU CompositionEuImaging slices; conclusion,
 #: addendum and report have no (or a generic) slice and go in the open slicing.
@@ -95,6 +103,18 @@ _HEADINGS: dict[str, str] = {
 }  # fmt: skip
 
 
+def entry_section(section: str, resource: dict[str, object]) -> str:
+    """The section an entry goes in: ``section`` when its EU slices take the resource (:func:`entry_allowed`),
+    else ``findings`` when findings takes it (an Observation dictated under a recommendation heading: the
+    recommendation section holds only CarePlan/ServiceRequest), else the open ``report`` section."""
+    if entry_allowed(section, resource):
+        return section
+    return "findings" if entry_allowed("findings", resource) else "report"
+
+
+_LONGEST = max(len(k) for k in _HEADINGS)
+
+
 def section_for_code(code: str) -> str | None:
     return _CODES.get(code.strip())
 
@@ -104,8 +124,9 @@ def section_for_heading(line: str) -> tuple[str, str] | None:
     (section key, rest of the line)."""
     stripped = line.strip()
     head, sep, rest = stripped.partition(":")
-    key = _HEADINGS.get(head.strip().lower()) if sep and len(head) <= 40 else None
-    if key is None and not sep:
-        key = _HEADINGS.get(stripped.lower().rstrip("."))
-        rest = ""
+    if not sep:  # a heading alone on its line ("FINDINGS", "Impression."): short
+        core = stripped.rstrip(".")
+        key = _HEADINGS.get(core.lower()) if len(core) <= _LONGEST else None
+        return (key, "") if key else None
+    key = _HEADINGS.get(head.strip().lower()) if len(head) <= 40 else None
     return (key, rest.strip()) if key else None

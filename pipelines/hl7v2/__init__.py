@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from pipelines.common.model import Report
 from pipelines.context import MappingContext
 from pipelines.errors import ParseError
@@ -21,4 +23,11 @@ def map_message(raw: bytes, ctx: MappingContext) -> list[Report]:
     text, codec = decode_message(raw)
     msg = parse_message(text)
     msg.charset = codec
+    if len(raw.translate(None, _CONTROL_BYTES)) == len(raw):
+        # No control character anywhere (the usual message): decoded leaves are clean without a check.
+        msg.delimiters = replace(msg.delimiters, clean=True)
     return map_oru(msg, ctx)
+
+
+# C0 controls but TAB, LF, CR, and DEL: bytes that decode to control characters in every MSH-18 charset.
+_CONTROL_BYTES = bytes(c for c in range(0x20) if c not in (0x09, 0x0A, 0x0D)) + b"\x7f"

@@ -77,6 +77,7 @@ class Delimiters:
     repetition: str = "~"
     escape: str = "\\"
     subcomponent: str = "&"
+    clean: bool = False  # the message holds no control character but TAB/CR/LF: raw leaves need no cleaning
 
 
 @dataclass(slots=True)

@@ -86,9 +86,9 @@ def _count(arg: str, default: int) -> int:
 
 def unescape(value: str, d: Delimiters, charset: str = "latin-1") -> str:
     """Decode the HL7 escape sequences of one leaf value (see the module docstring). Returns clean text."""
+    if d.escape not in value:  # the common case (also when MSH-2 declares no escape character: NONE)
+        return value if d.clean or value.isprintable() else clean_text(value)
     esc = d.escape
-    if esc == NONE or esc not in value:
-        return clean_text(value)
     out: list[str] = []
     pending = bytearray()  # bytes of consecutive \X..\ escapes, decoded together
     i = 0

@@ -74,7 +74,8 @@ def read_observations(obx_rows: list[list[str]], d: Delimiters, base: str, chars
                     order.append(note_key)
                 texts[note_key].extend(comment)
             continue
-        skipping = retracted(obx)
+        status = _result_status(obx)
+        skipping = status in _RETRACTED or (len(status) == 1 and status.upper() in _RETRACTED)
         if skipping:
             out.retracted += 1
             continue
@@ -117,7 +118,6 @@ def read_observations(obx_rows: list[list[str]], d: Delimiters, base: str, chars
                     order.append(key)
                 texts[key].append(line)
                 last = key
-            status = _result_status(obx)
             if status:
                 out.text_statuses.append(status)
             continue
@@ -164,9 +164,9 @@ _DRIFTED_STATUS = frozenset({"F", "P", "C", "X", "D", "W", "I", "U", "V", "B", "
 
 def _result_status(obx: list[str]) -> str:
     """OBX-11, or OBX-10 when a sender shifted the status one field left (field drift, mappings.md §7.14)."""
-    status = fld(obx, 11).strip()
-    if not status and fld(obx, 10).strip().upper() in _DRIFTED_STATUS:
-        status = fld(obx, 10).strip()
+    status = obx[11].strip() if len(obx) > 11 else ""
+    if not status and len(obx) > 10 and obx[10].strip().upper() in _DRIFTED_STATUS:
+        status = obx[10].strip()
     return status
 
 
@@ -187,8 +187,10 @@ def _uid_label(text: str) -> bool:
 
 def _leading_word(line: str) -> tuple[str, str] | None:
     """IHE RAD-28 "SR Text" rows name their section by the first word of the value ("Findings The ...")."""
-    word = line.strip().split(" ", 1)[0].rstrip(":-.,").lower()
-    key = _LABEL_WORDS.get(word)
+    word = line.strip().partition(" ")[0]
+    if len(word) > 24:  # longer than any heading word and its punctuation
+        return None
+    key = _LABEL_WORDS.get(word.rstrip(":-.,").lower())
     return (key, line) if key else None
 
 
@@ -223,6 +225,8 @@ _LABEL_WORDS = {
 
 
 def _text_lines(raw5: str, vtype: str, d: Delimiters, charset: str) -> list[str]:
+    if vtype not in _CODED and d.repetition not in raw5 and d.escape not in raw5 and (d.clean or raw5.isprintable()):
+        return [raw5.rstrip()]  # the common dictated line: nothing to split, decode or clean
     lines: list[str] = []
     for rep in repetitions(raw5, d) or [""]:
         if vtype in ("CE", "CWE", "CNE", "CF"):

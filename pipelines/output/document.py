@@ -93,10 +93,10 @@ def _unique(entries: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[s
 def _anchor(report: Report, parts: Parts) -> tuple[str, dict[str, Any]]:
     """The IG's ObservationAnchor pattern (eu-imaging §2.4): DiagnosticReportEuImaging needs result 1..*;
     a narrative-only report gets one finding whose value is the findings narrative itself."""
-    text = next((s.text for s in report.sections if s.key == "findings" and s.text.strip()), None)
+    text = next((t for key, t in parts.texts if key == "findings"), None)  # clean section texts
     if text is None:
         text = (
-            "\n\n".join(f"{SECTIONS[s.key][2]}:\n{s.text}" for s in report.sections if s.text.strip())
+            "\n\n".join(f"{SECTIONS[key][2]}:\n{t}" for key, t in parts.texts)
             or "No narrative text in the source report; see the attached document."
         )
     oid = uuid_for("Observation", report.identifier.system, report.identifier.value, "anchor")
@@ -113,7 +113,7 @@ def _anchor(report: Report, parts: Parts) -> tuple[str, dict[str, Any]]:
     effective = prim.date_time(report.effective, report.timezone) if report.effective else None
     if effective:
         obs["effectiveDateTime"] = effective
-    obs["valueString"] = prim.string(text)
+    obs["valueString"] = text
     return urn(oid), obs
 
 

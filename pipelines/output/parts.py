@@ -10,7 +10,7 @@ from pipelines.common import fhir
 from pipelines.common import primitives as prim
 from pipelines.common.ids import urn, uuid_for
 from pipelines.common.model import Report
-from pipelines.common.sections import SECTIONS
+from pipelines.common.sections import SECTIONS, entry_section
 from pipelines.output import resources
 
 __all__ = [
@@ -92,6 +92,7 @@ class Parts:
     section_entries: dict[str, list[str]] = field(default_factory=dict)
     dr_extensions: dict[str, list[str]] = field(default_factory=dict)
     notes: list[dict[str, Any]] = field(default_factory=list)
+    texts: list[tuple[str, str]] = field(default_factory=list)  # (section key, clean text), report order
     presented_forms: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -149,10 +150,13 @@ def build_parts(report: Report, *, with_studies: bool) -> Parts:
         res = resources.finding_observation(finding, report, patient_url, obs_based_on, i)
         url = urn(res["id"])
         parts.observations.append((url, res))
-        parts.section_entries.setdefault(finding.section, []).append(url)
+        parts.section_entries.setdefault(entry_section(finding.section, res), []).append(url)
     for s in report.sections:
-        text = prim.string(s.text)
-        if text.strip() and s.key in SECTIONS:
+        text = prim.string(s.text)  # cleaned once here; notes, section notes and narrative share it
+        if not text.strip():
+            continue
+        parts.texts.append((s.key, text))
+        if s.key in SECTIONS:
             code, display, _ = SECTIONS[s.key]
             parts.notes.append(
                 {
@@ -191,7 +195,7 @@ def resolve_extras(report: Report, parts: Parts) -> None:
         else:
             parts.others.append((url, res))
         if extra.section:
-            parts.section_entries.setdefault(extra.section, []).append(url)
+            parts.section_entries.setdefault(entry_section(extra.section, res), []).append(url)
         if extra.dr_extension:
             parts.dr_extensions.setdefault(extra.dr_extension, []).append(url)
 

@@ -24,6 +24,8 @@ _DATA_ABSENT_UNKNOWN = {"extension": [{"url": fhir.DATA_ABSENT, "valueCode": "un
 
 
 def _strings(values: list[str]) -> list[str]:
+    if all(v.isprintable() and v.strip() for v in values):
+        return list(values)
     return [v for v in (prim.string(x) for x in values) if v.strip()]
 
 

@@ -7,10 +7,10 @@ from typing import Any
 from pipelines.common import fhir
 from pipelines.common import primitives as prim
 from pipelines.common.model import Report
-from pipelines.common.sections import MANDATORY, SECTIONS, entry_allowed
+from pipelines.common.sections import MANDATORY, SECTIONS
 from pipelines.output.parts import Parts
 
-__all__ = ["build_sections", "place_entries"]
+__all__ = ["build_sections"]
 
 _ORDER = (
     "imagingstudy", "order", "history", "procedure", "comparison", "findings", "impression", "conclusion",
@@ -25,41 +25,23 @@ _EMPTY_REASON = {
 }  # fmt: skip
 
 
-def place_entries(parts: Parts) -> dict[str, list[str]]:
-    """Section entries, each in a section whose EU slices take its resource type (``ENTRY_TYPES`` in
-    :mod:`pipelines.common.sections`). An entry a section cannot hold moves to the findings section when
-    findings takes it (an Observation found under a recommendation heading: the recommendation section takes
-    only CarePlan/ServiceRequest), else to the open ``report`` section; its words stay in the narrative of
-    the section it was written under."""
-    index = dict(parts.studies + parts.orders + parts.observations + parts.others)
-    placed: dict[str, list[str]] = {}
-    for key, urls in parts.section_entries.items():
-        for url in urls:
-            res = index.get(url)
-            target = key
-            if res is not None and not entry_allowed(key, res):
-                target = "findings" if entry_allowed("findings", res) else "report"
-            bucket = placed.setdefault(target, [])
-            if url not in bucket:
-                bucket.append(url)
-    return placed
-
-
 def build_sections(report: Report, parts: Parts) -> list[dict[str, Any]]:
+    """Sections in EU order. Texts are the clean section texts of :class:`Parts`; entries were placed in a
+    section whose slices take their resource type when they were built (``entry_section``)."""
     texts: dict[str, list[str]] = {}
-    for s in report.sections:
-        clean = prim.string(s.text)
-        if clean.strip():
-            texts.setdefault(s.key, []).append(clean)
-    placed = place_entries(parts)
+    for key, text in parts.texts:
+        texts.setdefault(key, []).append(text)
     out = []
     for key in _ORDER:
         text = "\n\n".join(texts.get(key, []))
-        entries = placed.get(key, [])
+        entries = parts.section_entries.get(key, [])
         if not text and not entries and key not in MANDATORY:
             continue
         out.append(_section(key, text, entries, parts))
     return out
+
+
+_NO_TEXT = "No information available in the source report."
 
 
 def _section(key: str, text: str, entries: list[str], parts: Parts) -> dict[str, Any]:
@@ -69,8 +51,8 @@ def _section(key: str, text: str, entries: list[str], parts: Parts) -> dict[str,
         sec["extension"] = [{"url": "http://hl7.org/fhir/StructureDefinition/note", "valueAnnotation": {"text": text}}]
     sec["title"] = title
     sec["code"] = {"coding": [{"system": fhir.LOINC, "code": code, "display": display}]}
-    rendered = text or _render_entries(key, entries, parts)
-    sec["text"] = fhir.narrative(rendered or "No information available in the source report.")
+    rendered = text or prim.string(_render_entries(key, entries, parts))
+    sec["text"] = {"status": "generated", "div": prim.narrative_div(rendered or _NO_TEXT, clean=True)}
     if entries:
         sec["entry"] = [{"reference": u} for u in entries]
     elif not text:

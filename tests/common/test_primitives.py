@@ -56,7 +56,8 @@ def test_string_and_markdown_control_characters() -> None:
     assert prim.string("page\x0cbreak\x0bvtab") == "page\nbreak\nvtab"
     assert prim.string("cr\r\nlf\rdone") == "cr\nlf\ndone"
     assert prim.string("cr\r\x00\nlf") == "cr\nlf"  # CR NUL LF: one break
-    assert prim.string("c1\x85nel\x9b") == "c1\nnel"
+    assert prim.string("c1\x85kept\ufffe\uffff") == "c1\x85kept"  # C1 is allowed; XML non-characters are not
+    assert prim.string("multi\nline\x01 text ä\n") == "multi\nline text ä\n"
     assert prim.string("Gefäßstatus") == "Gefäßstatus"
     assert prim.markdown("**x**\x07") == "**x**"
     for s in ("a\x00b", "x\x0c", "\x1b[0m"):
