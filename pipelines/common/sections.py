@@ -67,6 +67,7 @@ def entry_allowed(section: str, resource: dict[str, object]) -> bool:
         return isinstance(profiles, list) and _DOSE in profiles
     return True
 
+
 # LOINC (CID 7001) and retired DCM 1210xx heading codes -> section key.
 _CODES: dict[str, str] = {
     "11329-0": "history", "121060": "history", "55108-5": "history", "121110": "history",

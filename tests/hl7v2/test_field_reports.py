@@ -164,6 +164,15 @@ def test_control_characters_dropped_or_line_breaks(converter: Any, raw: str, rig
     assert findings(b) == right
 
 
+def test_raw_nul_bytes_are_dropped_binary_is_rejected(converter: Any) -> None:
+    data = message("OBX|2|TX|71020&GDT|1|Lungs\x00 clear.\x00||||||F", pid5="Test\x00person^Anna")
+    b = convert_one(converter, data)
+    assert findings(b) == "Lungs clear."
+    assert one(b, "Patient")["name"][0]["family"] == "Testperson"
+    result = converter.convert(message("OBX|2|TX|71020&GDT|1|" + "\x00" * 400 + "||||||F"))
+    assert not result.outputs and "binary data" in result.rejections[0].reason
+
+
 def test_control_characters_in_names_and_codes_are_removed(converter: Any) -> None:
     data = message(
         "OBX|2|TX|71020&GDT|1|Text.||||||F",
