@@ -106,6 +106,8 @@ def _map_patient_result(
     msh7 = fld(msh, 7)
     reports: list[Report] = []
     for group, content in zip(groups, contents, strict=True):
+        if _retracted_group(content):
+            continue  # its every row was withdrawn (OBX-11 W/D): not a grouped procedure of another report
         order = _order(group, d, profile, base, tz)
         if not _has_content(content):
             if reports:
@@ -118,9 +120,15 @@ def _map_patient_result(
         raise UnsupportedMessage("no report content: no text, coded finding or document in any OBX")
     # Content-less groups before the first report group: attach to it (same dictation).
     first = next(i for i, c in enumerate(contents) if _has_content(c))
-    for group in groups[:first]:
-        reports[0].orders.insert(0, _order(group, d, profile, base, tz))
+    for group, content in zip(groups[:first], contents[:first], strict=True):
+        if not _retracted_group(content):
+            reports[0].orders.insert(0, _order(group, d, profile, base, tz))
     return reports
+
+
+def _retracted_group(content: GroupContent) -> bool:
+    """A group without report content whose rows were withdrawn (OBX-11 W/D)."""
+    return bool(content.retracted) and not _has_content(content)
 
 
 def _has_content(content: GroupContent) -> bool:

@@ -345,3 +345,12 @@ def test_all_rows_retracted_is_filtered_not_published(converter: Any, status: st
     assert rej.error_class == "RetractedContent"
     assert b"wrong patient" not in rej.reason.encode()
     assert issubclass(RetractedContent, UnsupportedMessage)  # the runtime's "filtered" family
+
+
+def test_retracted_group_is_not_an_order_of_another_report(converter: Any) -> None:
+    data = message("OBX|2|TX|71020&GDT|1|Kept text.||||||F").decode()
+    data += "OBR|2|PL8|FI8|71010^CHEST 1 VIEW^CPT4|||20261130093000+0100|||||||||||ACC8||||||CR|C\r"
+    data += "OBX|1|TX|71010&GDT|1|Wrong patient text.||||||W\r"
+    b = convert_one(converter, data.encode())
+    assert [sr["identifier"][0]["value"] for sr in resources(b, "ServiceRequest")] == ["ACC9"]
+    assert findings(b) == "Kept text."
