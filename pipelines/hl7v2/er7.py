@@ -18,8 +18,9 @@ from pipelines.errors import ParseError
 
 __all__ = ["CHARSETS", "NONE", "Delimiters", "Message", "decode_message", "parse_message"]
 
-#: Stands for a delimiter that MSH-2 does not declare. NUL never occurs in a message (NUL bytes are rejected
-#: before tokenizing), so splitting on it splits nothing and no escape sequence is recognised.
+#: Stands for a delimiter that MSH-2 does not declare. NUL never occurs in tokenized text (``map_message``
+#: drops stray NUL bytes, :func:`parse_message` rejects text holding one), so splitting on it splits nothing
+#: and no escape sequence is recognised.
 NONE = "\x00"
 
 # MSH-18 values (HL7 table 0211) -> Python codecs.

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from pipelines.errors import RetractedContent, UnsupportedMessage
-from tests.conftest import TESTDATA
+from tests.conftest import TESTDATA, profile_errors
 from tests.hl7v2.helpers import bundles, one, resources, section_note
 
 REPORTS = TESTDATA / "field-reports"
@@ -81,6 +81,20 @@ def separators(data: bytes, fs: str, enc: str) -> bytes:
 
 def findings(b: dict[str, Any]) -> str:
     return section_note(b, "59776-5")
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "01-xhex-crlf-backtoback.hl7",
+        "02-xhex-4digit-cyrillic-utf8-nomsh18.hl7",
+        "03-delimiter-escapes-text-and-names.hl7",
+        "12-ft-formatting-commands.hl7",
+        "14-obx11-W-wrong-patient-corrected.hl7",
+    ],
+)
+def test_field_report_bundles_conform(converter: Any, fhir_validator: Any, name: str) -> None:
+    assert not profile_errors(fhir_validator, file_bundle(converter, name))
 
 
 # --- 01: CR and LF as two hex escapes ---------------------------------------------------------------------
