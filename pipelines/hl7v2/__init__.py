@@ -19,9 +19,9 @@ def map_message(raw: bytes, ctx: MappingContext) -> list[Report]:
     if len(raw) > ctx.max_message_bytes:
         raise ParseError(f"message is {len(raw)} bytes, over the {ctx.max_message_bytes}-byte limit")
     if b"\x00" in raw:
-        # A stray NUL (C-string padding after a field) is a control character like any other: dropped. Many
-        # NULs mean binary data (or UTF-16 without a byte-order mark), which is not a message.
-        if raw.count(b"\x00") > max(8, len(raw) // 100):
+        # A stray NUL (a C-string terminator after a field) is a control character like any other: dropped.
+        # NUL runs or many NULs mean binary data (or UTF-16 without a byte-order mark), which is not a message.
+        if b"\x00\x00" in raw or raw.count(b"\x00") > len(raw) // 100 + 1:
             raise ParseError("binary data (NUL bytes) in an HL7 v2 message")
         raw = raw.replace(b"\x00", b"")
     text, codec = decode_message(raw)

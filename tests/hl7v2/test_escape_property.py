@@ -51,7 +51,7 @@ def no_control(value: str) -> bool:
     return not (FORBIDDEN & set(value))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, database=None)
 @given(delims=delimiters(), family=content, given_name=content, text=content)
 def test_escape_then_parse_gives_the_content_back(
     delims: tuple[str, str], family: str, given_name: str, text: str
@@ -83,7 +83,7 @@ def test_escape_then_parse_gives_the_content_back(
             assert given_out[0] == clean_text(given_name).strip()
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=500, deadline=None, database=None)
 @given(raw=raw_text, esc=st.sampled_from(["\\", "!", "?"]))
 def test_decoded_values_never_hold_control_characters(raw: str, esc: str) -> None:
     d = Delimiters(escape=esc)
@@ -92,7 +92,7 @@ def test_decoded_values_never_hold_control_characters(raw: str, esc: str) -> Non
     assert "\r" not in value  # line breaks are LF only
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, database=None)
 @given(pid5=raw_text, obx5=raw_text)
 def test_tokenizer_fields_decode_clean(pid5: str, obx5: str) -> None:
     text = build("|", "^~\\&", pid5.replace("\r", ""), obx5.replace("\r", "").replace("\x00", ""))
@@ -135,7 +135,7 @@ FIELD_CHARS = [*string.ascii_letters[:8], *" .\\XZHN0AD9bcr&~\x01\x0c\x1b"]
 field_text = st.text(st.sampled_from(FIELD_CHARS), max_size=30)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     pid3=field_text, pid5=field_text, obr4=field_text, reader=field_text, text=field_text, label=field_text,
     value=field_text, unit=field_text, note=field_text,
