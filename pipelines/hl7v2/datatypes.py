@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 from pipelines.common.ids import slug
 from pipelines.common.model import Coding, Concept, Ident, Person
@@ -63,11 +64,13 @@ def coding_system(designator: str, base: str) -> str | None:
     return f"{base}/codesystem/{slug(d)}"
 
 
+@lru_cache(maxsize=8192)
 def checked_system(designator: str, code: str, base: str) -> str | None:
     """The system to write ``code`` under: the standard system of the coding-scheme designator when the code
     is valid there (:func:`pipelines.common.terminology.valid_code`: HL7 tables, LOINC check digit, SNOMED CT
     SCTID, DICOM, UCUM), else a local namespace ``<base>/codesystem/<designator>`` (legacy SNOMED-RT codes
-    such as ``T-D0050`` under ``http://snomed.info/srt``). Never a standard system for a code it lacks."""
+    such as ``T-D0050`` under ``http://snomed.info/srt``). Never a standard system for a code it lacks.
+    Pure, so cached: a feed repeats its procedure and observation codes."""
     system = coding_system(designator, base)
     if system is None or valid_code(system, code) == code:
         return system
@@ -101,8 +104,10 @@ def cwe(raw: str, d: Delimiters, base: str) -> Concept:
     return Concept(codings=tuple(codings), text=text)
 
 
+@lru_cache(maxsize=4096)
 def hd_system(raw_hd: str, d: Delimiters, base: str, sep: str) -> str | None:
-    """HD (namespace, universal id, type) -> a system URI: OID/UUID/URI when given, else base/<namespace>."""
+    """HD (namespace, universal id, type) -> a system URI: OID/UUID/URI when given, else base/<namespace>.
+    Pure, so cached: a feed repeats its assigning authorities on every message."""
     parts = [unescape(p, d).strip() for p in raw_hd.split(sep)]
     ns = parts[0] if parts else ""
     uid = parts[1] if len(parts) > 1 else ""
