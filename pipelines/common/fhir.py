@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-import html
+from functools import lru_cache
 from typing import Any
 
+from pipelines.common import primitives as prim
 from pipelines.common.model import Coding, Concept, Ident
+from pipelines.common.terminology import tho_code
 
 __all__ = [
     "ACSN_TYPE",
@@ -17,6 +19,7 @@ __all__ = [
     "codeable",
     "coding",
     "identifier",
+    "identifier_type",
     "narrative",
     "study_uid_identifier",
 ]
@@ -39,38 +42,66 @@ ACSN_TYPE: dict[str, Any] = {
 
 
 def coding(c: Coding) -> dict[str, Any]:
+    """Coding: ``system`` a uri, ``code`` a code, ``display`` a string (primitives enforced here; the checks
+    are inlined for the common clean value, this runs for every coding of every Bundle)."""
     out: dict[str, Any] = {}
-    if c.system:
-        out["system"] = c.system
-    out["code"] = c.code
-    if c.display:
-        out["display"] = c.display
+    system, code, display = c.system, c.code, c.display
+    if system:
+        out["system"] = system if system.isprintable() and " " not in system else prim.uri(system)
+    out["code"] = code if code.isprintable() and " " not in code else prim.code(code)
+    if display:
+        if not display.isprintable():
+            display = prim.string(display)
+        if display.strip():
+            out["display"] = display
     return out
 
 
 def codeable(concept: Concept) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if concept.codings:
-        out["coding"] = [coding(c) for c in concept.codings]
-    if concept.text:
-        out["text"] = concept.text
+        codings = [coding(c) for c in concept.codings]
+        codings = [c for c in codings if c["code"]]
+        if codings:
+            out["coding"] = codings
+    text = concept.text
+    if text:
+        if not text.isprintable():
+            text = prim.string(text)
+        if text.strip():
+            out["text"] = text
     return out
+
+
+@lru_cache(maxsize=1024)
+def identifier_type(type_code: str) -> dict[str, Any] | None:
+    """Identifier.type from an HL7 table 0203 code: a ``v2-0203`` coding only when table 0203 has the code
+    (THO 7.0.1; ``mr`` is read as ``MR``); any other code (``MRN``, ``EE``, local codes) keeps its words in
+    ``type.text``, never under the table's system. The result is shared: callers never modify it."""
+    known = tho_code("v2-0203", type_code)
+    if known is not None:
+        return {"coding": [{"system": V2_0203, "code": known}]}
+    text = prim.string(type_code).strip()
+    return {"text": text} if text else None
 
 
 def identifier(ident: Ident) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if ident.type_code:
-        out["type"] = {"coding": [{"system": V2_0203, "code": ident.type_code}]}
-    out["system"] = ident.system
-    out["value"] = ident.value
+        kind = identifier_type(ident.type_code)
+        if kind is not None:
+            out["type"] = kind
+    system, value = ident.system, ident.value
+    out["system"] = system if system.isprintable() and " " not in system else prim.uri(system)
+    out["value"] = value if value.isprintable() else prim.string(value)
     if ident.assigner:
-        out["assigner"] = {"display": ident.assigner}
+        out["assigner"] = {"display": prim.string(ident.assigner)}
     return out
 
 
 def accession_identifier(ident: Ident) -> dict[str, Any]:
     """IM:AccessionNumberIdentifierEuImaging: system, value, type v2-0203#ACSN (+ DCM 121022)."""
-    return {"type": ACSN_TYPE, "system": ident.system, "value": ident.value}
+    return {"type": ACSN_TYPE, "system": prim.uri(ident.system), "value": prim.string(ident.value)}
 
 
 def study_uid_identifier(uid: str) -> dict[str, Any]:
@@ -83,8 +114,6 @@ def study_uid_identifier(uid: str) -> dict[str, Any]:
 
 
 def narrative(text: str, *, heading: str | None = None) -> dict[str, Any]:
-    """A generated xhtml narrative; line breaks kept as <br/>."""
-    body = "<br/>".join(html.escape(line, quote=False) for line in text.split("\n"))
-    if heading:
-        body = f"<p><b>{html.escape(heading, quote=False)}</b></p><p>{body}</p>"
-    return {"status": "generated", "div": f'<div xmlns="http://www.w3.org/1999/xhtml">{body}</div>'}
+    """A generated xhtml narrative; line breaks kept as <br/>; control characters removed
+    (:func:`pipelines.common.primitives.narrative_div`)."""
+    return {"status": "generated", "div": prim.narrative_div(text, heading)}

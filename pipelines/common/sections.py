@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-__all__ = ["MANDATORY", "SECTIONS", "section_for_code", "section_for_heading"]
+__all__ = [
+    "ENTRY_TYPES",
+    "MANDATORY",
+    "SECTIONS",
+    "entry_allowed",
+    "entry_section",
+    "section_for_code",
+    "section_for_heading",
+]
 
 #: key -> (LOINC code, display, title). The first nine are EU CompositionEuImaging slices; conclusion,
 #: addendum and report have no (or a generic) slice and go in the open slicing.
@@ -22,6 +30,43 @@ SECTIONS: dict[str, tuple[str, str, str]] = {
 }
 
 MANDATORY = ("imagingstudy", "order", "history", "procedure")
+
+_DOSE = "http://hl7.eu/fhir/imaging-r5/StructureDefinition/ObservationRadiationDoseEuImaging"
+
+#: Resource types the entry slices of each CompositionEuImaging section take (IG 1.0.0-ballot,
+#: ``Composition.section:<slice>.entry:<entry slice>`` target profiles); ``None``: the section has no entry
+#: slices, any resource may be listed (communication, report and the extra conclusion/addendum sections).
+#: The procedure section takes an Observation only when it is an ObservationRadiationDoseEuImaging.
+ENTRY_TYPES: dict[str, frozenset[str] | None] = {
+    "imagingstudy": frozenset({"ImagingStudy"}),
+    "order": frozenset({"ServiceRequest"}),
+    "history": frozenset({"Observation", "Condition", "Device", "MedicationAdministration", "MedicationRequest"}),
+    "procedure": frozenset({"Procedure", "AdverseEvent", "Observation"}),
+    "comparison": frozenset({"ImagingStudy", "ImagingSelection"}),
+    "findings": frozenset({"Observation", "DocumentReference", "ImagingSelection"}),
+    "impression": frozenset({"Observation", "Condition", "DocumentReference", "ImagingSelection"}),
+    "recommendation": frozenset({"CarePlan", "ServiceRequest"}),
+    "communication": None,
+    "conclusion": None,
+    "addendum": None,
+    "report": None,
+}
+
+
+def entry_allowed(section: str, resource: dict[str, object]) -> bool:
+    """May ``resource`` be an entry of ``section`` (see :data:`ENTRY_TYPES`)?"""
+    allowed = ENTRY_TYPES.get(section)
+    if allowed is None:
+        return True
+    rtype = resource.get("resourceType")
+    if rtype not in allowed:
+        return False
+    if section == "procedure" and rtype == "Observation":
+        meta = resource.get("meta")
+        profiles = meta.get("profile", []) if isinstance(meta, dict) else []
+        return isinstance(profiles, list) and _DOSE in profiles
+    return True
+
 
 # LOINC (CID 7001) and retired DCM 1210xx heading codes -> section key.
 _CODES: dict[str, str] = {
@@ -59,6 +104,18 @@ _HEADINGS: dict[str, str] = {
 }  # fmt: skip
 
 
+def entry_section(section: str, resource: dict[str, object]) -> str:
+    """The section an entry goes in: ``section`` when its EU slices take the resource (:func:`entry_allowed`),
+    else ``findings`` when findings takes it (an Observation dictated under a recommendation heading: the
+    recommendation section holds only CarePlan/ServiceRequest), else the open ``report`` section."""
+    if entry_allowed(section, resource):
+        return section
+    return "findings" if entry_allowed("findings", resource) else "report"
+
+
+_LONGEST = max(len(k) for k in _HEADINGS)
+
+
 def section_for_code(code: str) -> str | None:
     return _CODES.get(code.strip())
 
@@ -68,8 +125,9 @@ def section_for_heading(line: str) -> tuple[str, str] | None:
     (section key, rest of the line)."""
     stripped = line.strip()
     head, sep, rest = stripped.partition(":")
-    key = _HEADINGS.get(head.strip().lower()) if sep and len(head) <= 40 else None
-    if key is None and not sep:
-        key = _HEADINGS.get(stripped.lower().rstrip("."))
-        rest = ""
+    if not sep:  # a heading alone on its line ("FINDINGS", "Impression."): short
+        core = stripped.rstrip(".")
+        key = _HEADINGS.get(core.lower()) if len(core) <= _LONGEST else None
+        return (key, "") if key else None
+    key = _HEADINGS.get(head.strip().lower()) if len(head) <= 40 else None
     return (key, rest.strip()) if key else None

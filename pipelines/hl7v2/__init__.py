@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from pipelines.common.model import Report
 from pipelines.context import MappingContext
 from pipelines.errors import ParseError
@@ -17,8 +19,19 @@ def map_message(raw: bytes, ctx: MappingContext) -> list[Report]:
     if len(raw) > ctx.max_message_bytes:
         raise ParseError(f"message is {len(raw)} bytes, over the {ctx.max_message_bytes}-byte limit")
     if b"\x00" in raw:
-        raise ParseError("binary data (NUL bytes) in an HL7 v2 message")
+        # A stray NUL (a C-string terminator after a field) is a control character like any other: dropped.
+        # NUL runs or many NULs mean binary data (or UTF-16 without a byte-order mark), which is not a message.
+        if b"\x00\x00" in raw or raw.count(b"\x00") > len(raw) // 100 + 1:
+            raise ParseError("binary data (NUL bytes) in an HL7 v2 message")
+        raw = raw.replace(b"\x00", b"")
     text, codec = decode_message(raw)
     msg = parse_message(text)
     msg.charset = codec
+    if len(raw.translate(None, _CONTROL_BYTES)) == len(raw):
+        # No control character anywhere (the usual message): decoded leaves are clean without a check.
+        msg.delimiters = replace(msg.delimiters, clean=True)
     return map_oru(msg, ctx)
+
+
+# C0 controls but TAB, LF, CR, and DEL: bytes that decode to control characters in every MSH-18 charset.
+_CONTROL_BYTES = bytes(c for c in range(0x20) if c not in (0x09, 0x0A, 0x0D)) + b"\x7f"

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 from pipelines.common.ids import slug
 from pipelines.common.model import Coding, Concept, Ident, Person
+from pipelines.common.terminology import valid_code
 from pipelines.hl7v2.er7 import Delimiters
 from pipelines.hl7v2.fields import components, repetitions, unescape
 
@@ -42,7 +44,8 @@ _SYSTEMS = {
     "CPT": "http://www.ama-assn.org/go/cpt",
     "CPT4": "http://www.ama-assn.org/go/cpt",
     "UMLS": "http://terminology.hl7.org/CodeSystem/umls",
-    "HL70078": "http://terminology.hl7.org/CodeSystem/v2-0078",
+    # Table 0078 (abnormal flags) has no THO code system of its own; v2-to-FHIR maps it to v3 interpretation.
+    "HL70078": "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation",
 }
 
 
@@ -61,8 +64,25 @@ def coding_system(designator: str, base: str) -> str | None:
     return f"{base}/codesystem/{slug(d)}"
 
 
+@lru_cache(maxsize=8192)
+def checked_system(designator: str, code: str, base: str) -> str | None:
+    """The system to write ``code`` under: the standard system of the coding-scheme designator when the code
+    is valid there (:func:`pipelines.common.terminology.valid_code`: HL7 tables, LOINC check digit, SNOMED CT
+    SCTID, DICOM, UCUM), else a local namespace ``<base>/codesystem/<designator>`` (legacy SNOMED-RT codes
+    such as ``T-D0050`` under ``http://snomed.info/srt``). Never a standard system for a code it lacks.
+    Pure, so cached: a feed repeats its procedure and observation codes."""
+    system = coding_system(designator, base)
+    if system is None or valid_code(system, code) == code:
+        return system
+    if system == "http://snomed.info/sct" and re.fullmatch(r"[A-Z]-[0-9A-Z]{4,6}", code):
+        return "http://snomed.info/srt"
+    return f"{base}/codesystem/{slug(designator)}"
+
+
 def cwe(raw: str, d: Delimiters, base: str) -> Concept:
-    """CWE/CE -> Concept: triplets 1 and 2 as codings, CWE.9 (or a code-less display) as text."""
+    """CWE/CE -> Concept: triplets 1 and 2 as codings, CWE.9 (or a code-less display) as text. Components are
+    split (and CWE.1 into its subcomponents) before unescaping; a code goes under the designator's standard
+    system only when valid there (:func:`checked_system`)."""
     c = components(raw, d)
 
     def part(i: int) -> str:
@@ -70,19 +90,24 @@ def cwe(raw: str, d: Delimiters, base: str) -> Concept:
 
     codings: list[Coding] = []
     for code_i, disp_i, sys_i in ((0, 1, 2), (3, 4, 5)):
-        code = part(code_i)
-        # A subcomponent separator inside CWE.1 (the v2 "71020&IMP" suffix convention) is kept as written.
-        code = code.replace(d.subcomponent, "&")
+        raw_code = c[code_i] if code_i < len(c) else ""
+        # A subcomponent separator inside CWE.1 (the v2 "71020&IMP" suffix convention) is kept as "&".
+        code = "&".join(unescape(p, d) for p in raw_code.split(d.subcomponent)).strip()
         if code:
-            codings.append(Coding(code=code, system=coding_system(part(sys_i), base), display=part(disp_i) or None))
+            display = part(disp_i) or None
+            if display and "\n" in display:
+                display = " ".join(display.split())
+            codings.append(Coding(code=code, system=checked_system(part(sys_i), code, base), display=display))
     text = part(8) or None
     if not codings and part(1):
         text = text or part(1)
     return Concept(codings=tuple(codings), text=text)
 
 
+@lru_cache(maxsize=4096)
 def hd_system(raw_hd: str, d: Delimiters, base: str, sep: str) -> str | None:
-    """HD (namespace, universal id, type) -> a system URI: OID/UUID/URI when given, else base/<namespace>."""
+    """HD (namespace, universal id, type) -> a system URI: OID/UUID/URI when given, else base/<namespace>.
+    Pure, so cached: a feed repeats its assigning authorities on every message."""
     parts = [unescape(p, d).strip() for p in raw_hd.split(sep)]
     ns = parts[0] if parts else ""
     uid = parts[1] if len(parts) > 1 else ""
@@ -114,10 +139,17 @@ def cx(raw: str, d: Delimiters, base: str, fallback_system: str) -> list[Ident]:
     return out
 
 
+def _first_sub(raw_component: str, d: Delimiters) -> str:
+    """First subcomponent of a raw component, unescaped (FN.1 surname of an XPN.1 / XCN.2)."""
+    return unescape(raw_component.split(d.subcomponent, 1)[0], d).strip()
+
+
 def xpn(raw: str, d: Delimiters) -> tuple[str | None, list[str], list[str], list[str]]:
-    """XPN (first repetition) -> (family, given, prefix, suffix)."""
-    c = [unescape(p, d).strip() for p in components(raw, d)]
-    family = c[0].split("&")[0].strip() if c and c[0] else None
+    """XPN (first repetition) -> (family, given, prefix, suffix). XPN.1 (FN) is split into subcomponents
+    before unescaping: the family name is FN.1, so ``Smith\\T\\Jones`` stays ``Smith&Jones``."""
+    raw_c = components(raw, d)
+    c = [unescape(p, d).strip() for p in raw_c]
+    family = _first_sub(raw_c[0], d) if raw_c and raw_c[0] else None
     given = [g for g in (c[1] if len(c) > 1 else "", c[2] if len(c) > 2 else "") if g]
     suffix = [s for s in (c[3] if len(c) > 3 else "", c[5] if len(c) > 5 else "") if s]
     prefix = [c[4]] if len(c) > 4 and c[4] else []
@@ -134,7 +166,7 @@ def xcn(raw: str, d: Delimiters, base: str, fallback_system: str) -> Person | No
         c = first.split(d.subcomponent)
     vals = [unescape(p, d).strip() for p in c]
     ident = vals[0] if vals else ""
-    family = vals[1] if len(vals) > 1 else ""
+    family = _first_sub(c[1], d) if len(c) > 1 else ""  # XCN.2 (FN): surname is its first subcomponent
     given = [g for g in (vals[2] if len(vals) > 2 else "", vals[3] if len(vals) > 3 else "") if g]
     suffix = [s for s in (vals[4] if len(vals) > 4 else "", vals[6] if len(vals) > 6 else "") if s]
     prefix = [vals[5]] if len(vals) > 5 and vals[5] else []
@@ -188,7 +220,7 @@ def dtm_datetime(raw: str, default_offset: str) -> str | None:
     date = "-".join(p[:3])
     if len(p) <= 3:
         return date
-    if len(p) == 4:
+    while len(p) < 6:  # FHIR dateTime: a time has hours, minutes and seconds
         p = [*p, "00"]
     time = ":".join(p[3:6])
     return f"{date}T{time}{offset or default_offset}"

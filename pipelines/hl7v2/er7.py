@@ -16,7 +16,12 @@ from dataclasses import dataclass
 
 from pipelines.errors import ParseError
 
-__all__ = ["CHARSETS", "Delimiters", "Message", "decode_message", "parse_message"]
+__all__ = ["CHARSETS", "NONE", "Delimiters", "Message", "decode_message", "parse_message"]
+
+#: Stands for a delimiter that MSH-2 does not declare. NUL never occurs in tokenized text (``map_message``
+#: drops stray NUL bytes, :func:`parse_message` rejects text holding one), so splitting on it splits nothing
+#: and no escape sequence is recognised.
+NONE = "\x00"
 
 # MSH-18 values (HL7 table 0211) -> Python codecs.
 CHARSETS: dict[str, str] = {
@@ -66,11 +71,14 @@ _KNOWN_SEGMENTS = (
 
 @dataclass(frozen=True, slots=True)
 class Delimiters:
+    """MSH-1 and the MSH-2 encoding characters (HL7 v2.5.1 2.5.4); :data:`NONE` for one MSH-2 leaves out."""
+
     field: str = "|"
     component: str = "^"
     repetition: str = "~"
     escape: str = "\\"
     subcomponent: str = "&"
+    clean: bool = False  # the message holds no control character but TAB/CR/LF: raw leaves need no cleaning
 
 
 @dataclass(slots=True)
@@ -128,6 +136,8 @@ def parse_message(text: str) -> Message:
     """Tokenize one message (text starting with ``MSH``)."""
     if not text.startswith("MSH") or len(text) < 8:
         raise ParseError("does not start with an MSH segment")
+    if NONE in text:
+        raise ParseError("binary data (NUL characters) in an HL7 v2 message")
     fs = text[3]
     if fs.isalnum() or fs in "\r\n ":
         raise ParseError("MSH-1 field separator is missing or invalid")
@@ -170,11 +180,20 @@ def _safe(name: str) -> str:
 
 
 def _delimiters(fs: str, enc: str) -> Delimiters:
-    comp = enc[0] if len(enc) > 0 else "^"
-    rep = enc[1] if len(enc) > 1 else "~"
-    esc = enc[2] if len(enc) > 2 else "\\"
-    rest = [c for c in enc[3:] if c not in (comp, rep, esc, fs)]
-    sub = rest[0] if rest else "&"
+    """MSH-2 declares, in order, the component, repetition, escape and subcomponent characters (v2.5.1
+    2.5.4; a fifth, the v2.7 truncation character, is ignored). MSH-2 may declare fewer: the missing ones
+    do not exist in the message (no escape character: nothing is an escape sequence). A character that
+    repeats an earlier delimiter, or is blank or alphanumeric, declares nothing."""
+    chars: list[str] = []
+    seen = {fs}
+    for c in enc[:4]:
+        if c in seen or c.isalnum() or c.isspace():
+            chars.append(NONE)
+        else:
+            chars.append(c)
+            seen.add(c)
+    chars += [NONE] * (4 - len(chars))
+    comp, rep, esc, sub = chars
     return Delimiters(fs, comp, rep, esc, sub)
 
 

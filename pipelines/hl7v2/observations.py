@@ -18,13 +18,14 @@ from dataclasses import dataclass, field
 from pipelines.common.ids import uid_ok
 from pipelines.common.model import Attachment, Coding, Concept, Finding, Section
 from pipelines.common.sections import section_for_code, section_for_heading
+from pipelines.common.terminology import tho_code
 from pipelines.hl7v2 import datatypes as dt
 from pipelines.hl7v2.er7 import Delimiters
 from pipelines.hl7v2.fields import field as fld
 from pipelines.hl7v2.fields import repetitions, unescape
 from pipelines.hl7v2.status import obx_status
 
-__all__ = ["GroupContent", "read_observations"]
+__all__ = ["GroupContent", "read_observations", "retracted"]
 
 _SUFFIX = {
     "GDT": "findings", "FND": "findings", "FIND": "findings", "ANT": "findings", "BODY": "findings",
@@ -50,6 +51,7 @@ class GroupContent:
     text_statuses: list[str] = field(default_factory=list)
     observations: int = 0  # OBX rows (NTE comments alone never make a report)
     invalid_uids: int = 0
+    retracted: int = 0  # OBX rows left out because OBX-11 is W (wrong patient) or D (deleted)
 
 
 def read_observations(obx_rows: list[list[str]], d: Delimiters, base: str, charset: str) -> GroupContent:
@@ -59,8 +61,11 @@ def read_observations(obx_rows: list[list[str]], d: Delimiters, base: str, chars
     current: str | None = None
     last: str | None = None  # section of the latest OBX row (where a following NTE belongs)
     kinds: dict[tuple[str, str], _Obx3] = {}  # OBX-2/OBX-3 repeat on every line of a section: classify once
+    skipping = False  # NTE comments of a retracted OBX are retracted with it
     for n, obx in enumerate(obx_rows, start=1):
         if obx[0] == "NTE":  # NTE-3 comment: narrative of the section of the row it follows
+            if skipping:
+                continue
             comment = [line for line in _text_lines(fld(obx, 3), "FT", d, charset) if line.strip()]
             if comment:
                 note_key = last or "report"
@@ -68,6 +73,11 @@ def read_observations(obx_rows: list[list[str]], d: Delimiters, base: str, chars
                     texts[note_key] = []
                     order.append(note_key)
                 texts[note_key].extend(comment)
+            continue
+        status = _result_status(obx)
+        skipping = status in _RETRACTED or (len(status) == 1 and status.upper() in _RETRACTED)
+        if skipping:
+            out.retracted += 1
             continue
         out.observations += 1
         raw2, raw3 = fld(obx, 2), fld(obx, 3)
@@ -108,7 +118,6 @@ def read_observations(obx_rows: list[list[str]], d: Delimiters, base: str, chars
                     order.append(key)
                 texts[key].append(line)
                 last = key
-            status = _result_status(obx)
             if status:
                 out.text_statuses.append(status)
             continue
@@ -155,10 +164,20 @@ _DRIFTED_STATUS = frozenset({"F", "P", "C", "X", "D", "W", "I", "U", "V", "B", "
 
 def _result_status(obx: list[str]) -> str:
     """OBX-11, or OBX-10 when a sender shifted the status one field left (field drift, mappings.md §7.14)."""
-    status = fld(obx, 11).strip()
-    if not status and fld(obx, 10).strip().upper() in _DRIFTED_STATUS:
-        status = fld(obx, 10).strip()
+    status = obx[11].strip() if len(obx) > 11 else ""
+    if not status and len(obx) > 10 and obx[10].strip().upper() in _DRIFTED_STATUS:
+        status = obx[10].strip()
     return status
+
+
+# OBX-11 (HL7 table 0085) values that withdraw a row: W "post original as wrong, e.g. transmitted for wrong
+# patient", D "delete the OBX record". Such a row never reaches text, notes, findings or narrative.
+_RETRACTED = frozenset({"W", "D"})
+
+
+def retracted(obx: list[str]) -> bool:
+    """Is this OBX withdrawn by its result status (OBX-11 ``W`` or ``D``, also when drifted to OBX-10)?"""
+    return _result_status(obx).strip().upper() in _RETRACTED
 
 
 def _uid_label(text: str) -> bool:
@@ -168,16 +187,19 @@ def _uid_label(text: str) -> bool:
 
 def _leading_word(line: str) -> tuple[str, str] | None:
     """IHE RAD-28 "SR Text" rows name their section by the first word of the value ("Findings The ...")."""
-    word = line.strip().split(" ", 1)[0].rstrip(":-.,").lower()
-    key = _LABEL_WORDS.get(word)
+    word = line.strip().partition(" ")[0]
+    if len(word) > 24:  # longer than any heading word and its punctuation
+        return None
+    key = _LABEL_WORDS.get(word.rstrip(":-.,").lower())
     return (key, line) if key else None
 
 
 def _section_of(code1_raw: str, code1: str, label: str, c3: list[str], d: Delimiters) -> str | None:
-    if d.subcomponent in code1_raw:
-        suffix = code1_raw.rsplit(d.subcomponent, 1)[1].strip().upper()
-        if suffix in _SUFFIX:
-            return _SUFFIX[suffix]
+    for sep in (d.subcomponent, "&"):  # "&GDT" is written with "&" even where MSH-2 declares no subcomponents
+        if sep in code1_raw:
+            suffix = code1_raw.rsplit(sep, 1)[1].strip().upper()
+            if suffix in _SUFFIX:
+                return _SUFFIX[suffix]
     if code1.upper() in _SUFFIX and len(code1) <= 4:
         return _SUFFIX[code1.upper()]  # a bare suffix code as the identifier ("IMP^Impression^L")
     for code in (code1, unescape(c3[3], d).strip() if len(c3) > 3 else ""):
@@ -203,6 +225,8 @@ _LABEL_WORDS = {
 
 
 def _text_lines(raw5: str, vtype: str, d: Delimiters, charset: str) -> list[str]:
+    if vtype not in _CODED and d.repetition not in raw5 and d.escape not in raw5 and (d.clean or raw5.isprintable()):
+        return [raw5.rstrip()]  # the common dictated line: nothing to split, decode or clean
     lines: list[str] = []
     for rep in repetitions(raw5, d) or [""]:
         if vtype in ("CE", "CWE", "CNE", "CF"):
@@ -282,7 +306,11 @@ def _finding(
         raw8 = fld(obx, 9)  # field drift seen in RAD-128 samples: abnormal flag (table 0078) one field late
     flag = unescape(raw8.split(d.component)[0], d).strip()
     if flag:
-        f.interpretation = Concept(codings=(Coding(code=flag, system=_INTERPRETATION),))
+        # OBX-8 (table 0078) -> v3 ObservationInterpretation only when that code system has the flag.
+        known = tho_code("v3-ObservationInterpretation", flag)
+        f.interpretation = (
+            Concept(codings=(Coding(code=known, system=_INTERPRETATION),)) if known else Concept(text=flag)
+        )
     c15 = fld(obx, 15)
     if c15 and "RADLEX" in c15.upper():
         f.category = dt.cwe(c15, d, base)

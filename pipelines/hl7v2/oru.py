@@ -22,11 +22,11 @@ import re
 from pipelines.common.ids import digest, slug
 from pipelines.common.model import Ident, Order, Organization, Patient, Report, Study
 from pipelines.context import MappingContext, SenderProfile
-from pipelines.errors import UnsupportedMessage
+from pipelines.errors import RetractedContent, UnsupportedMessage
 from pipelines.hl7v2 import classify
 from pipelines.hl7v2 import datatypes as dt
 from pipelines.hl7v2.er7 import Delimiters, Message
-from pipelines.hl7v2.fields import component
+from pipelines.hl7v2.fields import component, leaf
 from pipelines.hl7v2.fields import field as fld
 from pipelines.hl7v2.groups import OrderGroup, split_groups
 from pipelines.hl7v2.observations import GroupContent, read_observations
@@ -98,12 +98,16 @@ def _map_patient_result(
     if not groups:
         raise UnsupportedMessage("no OBR segment: the message carries no order/result group")
     contents = [read_observations(g.obx, d, base, msg.charset) for g in groups]
+    if not any(_has_content(c) for c in contents) and any(c.retracted for c in contents):
+        raise RetractedContent()  # every content row is OBX-11 W/D: publish nothing of it
     _check_imaging(groups, contents, d)
     patient = _patient(pid, d, ctx, profile, base)
     control_id = component(fld(msh, 10), d, 1)
     msh7 = fld(msh, 7)
     reports: list[Report] = []
     for group, content in zip(groups, contents, strict=True):
+        if _retracted_group(content):
+            continue  # its every row was withdrawn (OBX-11 W/D): not a grouped procedure of another report
         order = _order(group, d, profile, base, tz)
         if not _has_content(content):
             if reports:
@@ -116,9 +120,15 @@ def _map_patient_result(
         raise UnsupportedMessage("no report content: no text, coded finding or document in any OBX")
     # Content-less groups before the first report group: attach to it (same dictation).
     first = next(i for i, c in enumerate(contents) if _has_content(c))
-    for group in groups[:first]:
-        reports[0].orders.insert(0, _order(group, d, profile, base, tz))
+    for group, content in zip(groups[:first], contents[:first], strict=True):
+        if not _retracted_group(content):
+            reports[0].orders.insert(0, _order(group, d, profile, base, tz))
     return reports
+
+
+def _retracted_group(content: GroupContent) -> bool:
+    """A group without report content whose rows were withdrawn (OBX-11 W/D)."""
+    return bool(content.retracted) and not _has_content(content)
 
 
 def _has_content(content: GroupContent) -> bool:
@@ -205,7 +215,7 @@ def _accession(group: OrderGroup, d: Delimiters, profile: SenderProfile, base: s
     else:
         seg = next((s for s in group.extra if s[0] == seg_name), [])
     raw = fld(seg, int(num)) if seg else ""
-    value = component(raw, d, 1).split(d.subcomponent)[0].strip()
+    value = leaf(raw, d, 1, 1).strip()  # split into subcomponents first, then unescape
     if not value:
         return None
     system = profile.accession_system

@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from pipelines.common import fhir
+from pipelines.common import primitives as prim
 from pipelines.common.ids import urn, uuid_for
 from pipelines.common.model import Report
 from pipelines.common.sections import SECTIONS
@@ -65,15 +66,18 @@ def shape_document(report: Report) -> dict[str, Any]:
     comp = _composition(report, parts, comp_id)
     entries: list[tuple[str, dict[str, Any]]] = [(comp_url, comp), (dr_url, dr), (parts.patient_url, parts.patient)]
     entries += parts.studies + parts.orders + parts.observations + parts.others + parts.people + parts.orgs
-    return {
+    bundle: dict[str, Any] = {
         "resourceType": "Bundle",
         "id": bundle_id(report),
         "meta": profiles.profile_meta(profiles.BUNDLE),
         "identifier": {"system": "urn:ietf:rfc:3986", "value": urn(bundle_id(report))},
         "type": "document",
-        "timestamp": report.issued,
-        "entry": [{"fullUrl": url, "resource": res} for url, res in _unique(entries)],
     }
+    timestamp = prim.instant(report.issued, report.timezone) if report.issued else None
+    if timestamp:
+        bundle["timestamp"] = timestamp
+    bundle["entry"] = [{"fullUrl": url, "resource": res} for url, res in _unique(entries)]
+    return bundle
 
 
 def _unique(entries: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
@@ -89,10 +93,10 @@ def _unique(entries: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[s
 def _anchor(report: Report, parts: Parts) -> tuple[str, dict[str, Any]]:
     """The IG's ObservationAnchor pattern (eu-imaging §2.4): DiagnosticReportEuImaging needs result 1..*;
     a narrative-only report gets one finding whose value is the findings narrative itself."""
-    text = next((s.text for s in report.sections if s.key == "findings" and s.text.strip()), None)
+    text = next((t for key, t in parts.texts if key == "findings"), None)  # clean section texts
     if text is None:
         text = (
-            "\n\n".join(f"{SECTIONS[s.key][2]}:\n{s.text}" for s in report.sections if s.text.strip())
+            "\n\n".join(f"{SECTIONS[key][2]}:\n{t}" for key, t in parts.texts)
             or "No narrative text in the source report; see the attached document."
         )
     oid = uuid_for("Observation", report.identifier.system, report.identifier.value, "anchor")
@@ -106,8 +110,9 @@ def _anchor(report: Report, parts: Parts) -> tuple[str, dict[str, Any]]:
     obs["status"] = _obs_status(report.status)
     obs["code"] = {"coding": [{"system": fhir.LOINC, "code": "59776-5", "display": "Procedure findings Narrative"}]}
     obs["subject"] = {"reference": parts.patient_url}
-    if report.effective:
-        obs["effectiveDateTime"] = report.effective
+    effective = prim.date_time(report.effective, report.timezone) if report.effective else None
+    if effective:
+        obs["effectiveDateTime"] = effective
     obs["valueString"] = text
     return urn(oid), obs
 
@@ -155,6 +160,15 @@ _DR_EXT = {
 }
 
 
+def _composition_date(report: Report) -> str | None:
+    for value in (report.date, report.effective, report.issued):
+        if value:
+            valid = prim.date_time(value, report.timezone)
+            if valid:
+                return valid
+    return None
+
+
 def _composition(report: Report, parts: Parts, comp_id: str) -> dict[str, Any]:
     comp: dict[str, Any] = {
         "resourceType": "Composition",
@@ -171,19 +185,20 @@ def _composition(report: Report, parts: Parts, comp_id: str) -> dict[str, Any]:
     comp["type"] = report_code(report)
     comp["category"] = categories(report)
     comp["subject"] = [{"reference": parts.patient_url}]
-    comp["date"] = report.date or report.effective or report.issued
+    comp["date"] = _composition_date(report)
     authors = [{"reference": u} for u in parts.author_urls]
     if parts.org_url:
         authors.append({"reference": parts.org_url})
     if not authors:  # authoringDevice slice: e.g. an RDSR written by the modality names no person or org
         authors = [{"reference": u} for u, r in parts.others if r.get("resourceType") == "Device"][:1]
     comp["author"] = authors
-    comp["title"] = report.title
-    if parts.interpreter_urls and report.attested and report.status in ("final", "corrected", "amended", "appended"):
+    comp["title"] = prim.string(report.title).strip() or "Imaging report"
+    attested = prim.date_time(report.attested, report.timezone) if report.attested else None
+    if parts.interpreter_urls and attested and report.status in ("final", "corrected", "amended", "appended"):
         comp["attester"] = [
             {
                 "mode": {"coding": [{"system": "http://hl7.org/fhir/composition-attestation-mode", "code": "legal"}]},
-                "time": report.attested,
+                "time": attested,
                 "party": {"reference": parts.interpreter_urls[0]},
             }
         ]

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from pipelines.common import fhir
+from pipelines.common import primitives as prim
 from pipelines.common.ids import urn, uuid_for
 from pipelines.common.model import Report
 from pipelines.output import profiles
@@ -40,7 +41,8 @@ def shape_minimal(report: Report) -> dict[str, Any]:
         "identifier": {"system": "urn:ietf:rfc:3986", "value": urn(bid)},
         "type": "collection",
     }
-    if report.issued:
-        out["timestamp"] = report.issued
+    timestamp = prim.instant(report.issued, report.timezone) if report.issued else None
+    if timestamp:
+        out["timestamp"] = timestamp
     out["entry"] = [{"fullUrl": url, "resource": res} for url, res in entries]
     return out

@@ -7,9 +7,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipelines.common import fhir
+from pipelines.common import primitives as prim
 from pipelines.common.ids import urn, uuid_for
 from pipelines.common.model import Report
-from pipelines.common.sections import SECTIONS
+from pipelines.common.sections import SECTIONS, entry_section
 from pipelines.output import resources
 
 __all__ = [
@@ -91,6 +92,7 @@ class Parts:
     section_entries: dict[str, list[str]] = field(default_factory=dict)
     dr_extensions: dict[str, list[str]] = field(default_factory=dict)
     notes: list[dict[str, Any]] = field(default_factory=list)
+    texts: list[tuple[str, str]] = field(default_factory=list)  # (section key, clean text), report order
     presented_forms: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -118,7 +120,7 @@ def build_parts(report: Report, *, with_studies: bool) -> Parts:
         acsn = fhir.accession_identifier(order.accession)
         parts.accession_ids.append(acsn)
         if with_studies:
-            sr = resources.service_request(order, patient_url, acsn)
+            sr = resources.service_request(order, patient_url, acsn, report.timezone)
             url = urn(sr["id"])
             if url not in parts.order_urls.values():
                 parts.orders.append((url, sr))
@@ -148,9 +150,13 @@ def build_parts(report: Report, *, with_studies: bool) -> Parts:
         res = resources.finding_observation(finding, report, patient_url, obs_based_on, i)
         url = urn(res["id"])
         parts.observations.append((url, res))
-        parts.section_entries.setdefault(finding.section, []).append(url)
+        parts.section_entries.setdefault(entry_section(finding.section, res), []).append(url)
     for s in report.sections:
-        if s.text.strip() and s.key in SECTIONS:
+        text = prim.string(s.text)  # cleaned once here; notes, section notes and narrative share it
+        if not text.strip():
+            continue
+        parts.texts.append((s.key, text))
+        if s.key in SECTIONS:
             code, display, _ = SECTIONS[s.key]
             parts.notes.append(
                 {
@@ -162,7 +168,7 @@ def build_parts(report: Report, *, with_studies: bool) -> Parts:
                             },
                         }
                     ],
-                    "text": s.text,
+                    "text": text,
                 }
             )
     for att in report.presented_forms:
@@ -170,8 +176,8 @@ def build_parts(report: Report, *, with_studies: bool) -> Parts:
         if att.language:
             form["language"] = att.language
         form["data"] = att.data_b64
-        if att.title:
-            form["title"] = att.title
+        if att.title and prim.string(att.title).strip():
+            form["title"] = prim.string(att.title)
         parts.presented_forms.append(form)
     return parts
 
@@ -189,12 +195,16 @@ def resolve_extras(report: Report, parts: Parts) -> None:
         else:
             parts.others.append((url, res))
         if extra.section:
-            parts.section_entries.setdefault(extra.section, []).append(url)
+            parts.section_entries.setdefault(entry_section(extra.section, res), []).append(url)
         if extra.dr_extension:
             parts.dr_extensions.setdefault(extra.dr_extension, []).append(url)
 
 
 def _resolve(value: Any, parts: Parts, dr_url: str, comp_url: str) -> Any:
+    """Resolve placeholders; every string of a pre-built resource is cleaned on the way (FHIR string rule,
+    :func:`pipelines.common.primitives.clean_text`), as the shapers' own builders do."""
+    if isinstance(value, str):
+        return prim.clean_text(value)
     if isinstance(value, list):
         return [_resolve(v, parts, dr_url, comp_url) for v in value]
     if not isinstance(value, dict):
@@ -259,10 +269,12 @@ def dr_header(report: Report, parts: Parts, dr: dict[str, Any]) -> None:
     dr["category"] = categories(report)
     dr["code"] = report_code(report)
     dr["subject"] = {"reference": parts.patient_url}
-    if report.effective:
-        dr["effectiveDateTime"] = report.effective
-    if report.issued:
-        dr["issued"] = report.issued
+    effective = prim.date_time(report.effective, report.timezone) if report.effective else None
+    if effective:
+        dr["effectiveDateTime"] = effective
+    issued = prim.instant(report.issued, report.timezone) if report.issued else None
+    if issued:
+        dr["issued"] = issued
     if parts.org_url:
         dr["performer"] = [{"reference": parts.org_url}]
     if parts.interpreter_urls:
@@ -273,7 +285,8 @@ def dr_narrative(report: Report, parts: Parts, dr: dict[str, Any]) -> None:
     """note (one per section, typed with the section code), conclusion and presentedForm."""
     if parts.notes:
         dr["note"] = parts.notes
-    if report.conclusion:
-        dr["conclusion"] = report.conclusion
+    conclusion = prim.markdown(report.conclusion) if report.conclusion else ""
+    if conclusion.strip():
+        dr["conclusion"] = conclusion
     if parts.presented_forms:
         dr["presentedForm"] = parts.presented_forms

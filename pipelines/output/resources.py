@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from pipelines.common import fhir
+from pipelines.common import primitives as prim
 from pipelines.common.ids import urn, uuid_for
 from pipelines.common.model import Finding, Order, Organization, Patient, Person, Report, Study
 from pipelines.output import profiles
@@ -22,18 +23,25 @@ __all__ = [
 _DATA_ABSENT_UNKNOWN = {"extension": [{"url": fhir.DATA_ABSENT, "valueCode": "unknown"}]}
 
 
+def _strings(values: list[str]) -> list[str]:
+    if all(v.isprintable() and v.strip() for v in values):
+        return list(values)
+    return [v for v in (prim.string(x) for x in values) if v.strip()]
+
+
 def human_name(p: Patient | Person, text: str | None = None) -> dict[str, Any]:
     name: dict[str, Any] = {}
-    if p.family:
-        name["family"] = p.family
-    if p.given:
-        name["given"] = list(p.given)
-    if p.prefix:
-        name["prefix"] = list(p.prefix)
-    if p.suffix:
-        name["suffix"] = list(p.suffix)
+    family = prim.string(p.family) if p.family else ""
+    if family.strip():
+        name["family"] = family
+    for key, values in (("given", p.given), ("prefix", p.prefix), ("suffix", p.suffix)):
+        parts = _strings(values)
+        if parts:
+            name[key] = parts
     if text and not name:
-        name["text"] = text
+        text = prim.string(text)
+        if text.strip():
+            name["text"] = text
     return name
 
 
@@ -47,8 +55,9 @@ def patient(report: Report) -> tuple[str, dict[str, Any]]:
     res["name"] = [name] if name else [_DATA_ABSENT_UNKNOWN]  # eu-pat-1 accepts a data-absent-reason
     if p.gender:
         res["gender"] = p.gender
-    if p.birth_date:
-        res["birthDate"] = p.birth_date
+    birth = prim.date(p.birth_date) if p.birth_date else None
+    if birth:
+        res["birthDate"] = birth
     else:
         res["_birthDate"] = _DATA_ABSENT_UNKNOWN  # birthDate is 1..1 in patient-eu-core
     return urn(pid), res
@@ -71,7 +80,7 @@ def organization(org: Organization) -> tuple[str, dict[str, Any]]:
     }
     if org.identifiers:
         res["identifier"] = [fhir.identifier(i) for i in org.identifiers]
-    res["name"] = org.name
+    res["name"] = prim.string(org.name)
     return urn(oid), res
 
 
@@ -110,8 +119,9 @@ def imaging_study(study: Study, report: Report, patient_url: str, accession: dic
     if study.modalities:
         res["modality"] = [{"coding": [{"system": fhir.DCM, "code": m}]} for m in study.modalities]
     res["subject"] = {"reference": patient_url}
-    if study.started:
-        res["started"] = study.started
+    started = prim.date_time(study.started, report.timezone) if study.started else None
+    if started:
+        res["started"] = started
     if accession:
         res["basedOn"] = [{"identifier": accession}]
     if study.referrer is not None and study.referrer.has_name():
@@ -120,8 +130,8 @@ def imaging_study(study: Study, report: Report, patient_url: str, accession: dic
         res["numberOfSeries"] = study.number_of_series
     if study.number_of_instances is not None:
         res["numberOfInstances"] = study.number_of_instances
-    if study.description:
-        res["description"] = study.description
+    if study.description and prim.string(study.description).strip():
+        res["description"] = prim.string(study.description)
     series = [s for s in study.series if s.modality]
     if series:
         res["series"] = []
@@ -130,8 +140,8 @@ def imaging_study(study: Study, report: Report, patient_url: str, accession: dic
             if s.number is not None:
                 entry["number"] = s.number
             entry["modality"] = {"coding": [{"system": fhir.DCM, "code": s.modality}]}
-            if s.description:
-                entry["description"] = s.description
+            if s.description and prim.string(s.description).strip():
+                entry["description"] = prim.string(s.description)
             if s.instances:
                 entry["instance"] = [_instance(uid, cls, num) for uid, cls, num in s.instances]
             res["series"].append(entry)
@@ -147,10 +157,12 @@ def _instance(uid: str, sop_class: str, number: int | None) -> dict[str, Any]:
 
 def _display(person: Person) -> str:
     parts = [*person.prefix, *person.given, person.family or "", *person.suffix]
-    return " ".join(p for p in parts if p) or person.text or ""
+    return prim.string(" ".join(p for p in parts if p) or person.text or "") or "unnamed"
 
 
-def service_request(order: Order, patient_url: str, accession: dict[str, Any]) -> dict[str, Any]:
+def service_request(
+    order: Order, patient_url: str, accession: dict[str, Any], timezone: str = "+00:00"
+) -> dict[str, Any]:
     assert order.accession is not None
     res: dict[str, Any] = {
         "resourceType": "ServiceRequest",
@@ -164,8 +176,9 @@ def service_request(order: Order, patient_url: str, accession: dict[str, Any]) -
     if order.code:
         res["code"] = {"concept": fhir.codeable(order.code)}
     res["subject"] = {"reference": patient_url}
-    if order.authored:
-        res["authoredOn"] = order.authored
+    authored = prim.date_time(order.authored, timezone) if order.authored else None
+    if authored:
+        res["authoredOn"] = authored
     if order.requester is not None and order.requester.has_name():
         res["requester"] = {"display": _display(order.requester)}
     if order.reason:
@@ -204,21 +217,24 @@ def finding_observation(
         res["category"] = [fhir.codeable(finding.category)]
     res["code"] = fhir.codeable(finding.code)
     res["subject"] = {"reference": patient_url}
-    if report.effective:
-        res["effectiveDateTime"] = report.effective
-    if finding.value_quantity is not None:
-        value, unit, ucum = finding.value_quantity
-        q: dict[str, Any] = {"value": value}
-        if unit:
-            q["unit"] = unit
+    effective = prim.date_time(report.effective, report.timezone) if report.effective else None
+    if effective:
+        res["effectiveDateTime"] = effective
+    value_string = prim.string(finding.value_string) if finding.value_string is not None else ""
+    quantity = prim.decimal(finding.value_quantity[0]) if finding.value_quantity is not None else None
+    if finding.value_quantity is not None and quantity is not None:
+        _, unit, ucum = finding.value_quantity
+        q: dict[str, Any] = {"value": quantity}
+        if unit and prim.string(unit).strip():
+            q["unit"] = prim.string(unit)
         if ucum:
             q["system"] = fhir.UCUM
-            q["code"] = ucum
+            q["code"] = prim.code(ucum)
         res["valueQuantity"] = q
     elif finding.value_concept:
         res["valueCodeableConcept"] = fhir.codeable(finding.value_concept)
-    elif finding.value_string is not None:
-        res["valueString"] = finding.value_string
+    elif value_string.strip():
+        res["valueString"] = value_string
     if finding.interpretation:
         res["interpretation"] = [fhir.codeable(finding.interpretation)]
     if finding.body_site:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from pipelines.common import fhir
+from pipelines.common import primitives as prim
 from pipelines.common.model import Report
 from pipelines.common.sections import MANDATORY, SECTIONS
 from pipelines.output.parts import Parts
@@ -25,10 +26,11 @@ _EMPTY_REASON = {
 
 
 def build_sections(report: Report, parts: Parts) -> list[dict[str, Any]]:
+    """Sections in EU order. Texts are the clean section texts of :class:`Parts`; entries were placed in a
+    section whose slices take their resource type when they were built (``entry_section``)."""
     texts: dict[str, list[str]] = {}
-    for s in report.sections:
-        if s.text.strip():
-            texts.setdefault(s.key, []).append(s.text)
+    for key, text in parts.texts:
+        texts.setdefault(key, []).append(text)
     out = []
     for key in _ORDER:
         text = "\n\n".join(texts.get(key, []))
@@ -39,6 +41,9 @@ def build_sections(report: Report, parts: Parts) -> list[dict[str, Any]]:
     return out
 
 
+_NO_TEXT = "No information available in the source report."
+
+
 def _section(key: str, text: str, entries: list[str], parts: Parts) -> dict[str, Any]:
     code, display, title = SECTIONS[key]
     sec: dict[str, Any] = {}
@@ -46,8 +51,8 @@ def _section(key: str, text: str, entries: list[str], parts: Parts) -> dict[str,
         sec["extension"] = [{"url": "http://hl7.org/fhir/StructureDefinition/note", "valueAnnotation": {"text": text}}]
     sec["title"] = title
     sec["code"] = {"coding": [{"system": fhir.LOINC, "code": code, "display": display}]}
-    rendered = text or _render_entries(key, entries, parts)
-    sec["text"] = fhir.narrative(rendered or "No information available in the source report.")
+    rendered = text or prim.string(_render_entries(key, entries, parts))
+    sec["text"] = {"status": "generated", "div": prim.narrative_div(rendered or _NO_TEXT, clean=True)}
     if entries:
         sec["entry"] = [{"reference": u} for u in entries]
     elif not text:

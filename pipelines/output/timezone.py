@@ -5,6 +5,7 @@ does not configure one, the value keeps the default offset and every ``dateTime`
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 __all__ = ["mark_uncertain"]
@@ -35,12 +36,17 @@ def _mark(holder: dict[str, Any], name: str) -> None:
     value = holder.get(name)
     if not isinstance(value, str) or "T" not in value:
         return
+    span = _span(value)
+    if span is None:
+        return
+    holder[f"_{name}"] = {"extension": [{"url": URL, "valuePeriod": {"start": span[0], "end": span[1]}}]}
+
+
+@lru_cache(maxsize=4096)
+def _span(value: str) -> tuple[str, str] | None:
+    """(start, end) of the ±12 h uncertainty around a dateTime (pure; one report repeats its times)."""
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
-        return
-    period = {
-        "start": (moment - timedelta(hours=12)).isoformat(),
-        "end": (moment + timedelta(hours=12)).isoformat(),
-    }
-    holder[f"_{name}"] = {"extension": [{"url": URL, "valuePeriod": period}]}
+        return None
+    return (moment - timedelta(hours=12)).isoformat(), (moment + timedelta(hours=12)).isoformat()
