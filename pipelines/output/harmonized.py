@@ -48,19 +48,24 @@ the dead letter keeps the OperationOutcome); nothing is invented from a status m
 ``Bundle.identifier`` that the document model publishes, and for DICOM SR the SOP Instance UID);
 ``agent`` the performing organisation. A resend of the same version puts identical Provenances (no change).
 
-Addenda are their own report (own identifier) whose Composition ``relatesTo`` the original, exactly as in
-the document model (eu-imaging.md §2.6). Findings of a corrected version that no longer occur stay on the
+**Addenda** are their own report (eu-imaging.md §2.6): a version with status ``appended`` (OBR-25 ``B``,
+"ADDENDUM"; an SR with an addendum) becomes a separate DiagnosticReport/Composition whose identifier is the
+original's value plus ``/addendum/<digest of the version>``, with ``Composition.relatesTo`` ``appends`` the
+original report identifier and the same ``basedOn`` order; its status is ``final``. The original report
+keeps its last version (a document consumer still sees the ``appended`` document in the document model).
+
+Findings of a corrected version that no longer occur stay on the
 server (they keep their own history); the DiagnosticReport's ``result`` lists the current ones.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from pipelines.common import fhir
-from pipelines.common.ids import urn, uuid_for
-from pipelines.common.model import Patient, Report, StatusUpdate
+from pipelines.common.ids import digest, urn, uuid_for
+from pipelines.common.model import Ident, Patient, Report, StatusUpdate
 from pipelines.output import transaction as tx
 
 __all__ = ["HarmonizedOptions", "is_complete", "order_statuses", "shape_harmonized", "shape_status_update"]
@@ -111,6 +116,8 @@ def shape_harmonized(report: Report, options: HarmonizedOptions | None = None) -
     Bundle.id is uuid5 of the source document id, so a resend is byte-identical.
     """
     options = options or HarmonizedOptions()
+    if report.status == "appended":
+        report = _addendum(report)
     source = _document(report)
     bid = uuid_for("HarmonizedTransaction", source["id"])
     if report.status_only:
@@ -147,6 +154,20 @@ def shape_harmonized(report: Report, options: HarmonizedOptions | None = None) -
     for url, rtype in derived:
         entries.append(tx.put_by_id(*_provenance(report, source["id"], url, rtype, what, org_url, patient_url)))
     return tx.transaction(bid, entries, report.issued)
+
+
+def _addendum(report: Report) -> Report:
+    """The addendum as its own report, linked to the original (module docstring)."""
+    original = report.identifier
+    ident = Ident(system=original.system, value=f"{original.value}/addendum/{digest(report.version_key, length=12)}")
+    addendum_only = [s for s in report.sections if s.key == "addendum"]
+    return replace(
+        report,
+        identifier=ident,
+        status="final",
+        sections=addendum_only or report.sections,
+        relates_to=[*report.relates_to, ("appends", Ident(system=original.system, value=original.value))],
+    )
 
 
 def _source_entities(report: Report, source: dict[str, Any]) -> list[dict[str, Any]]:
