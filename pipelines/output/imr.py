@@ -40,7 +40,7 @@ from typing import Any
 
 from pipelines.common import fhir
 from pipelines.common.ids import urn, uuid_for
-from pipelines.common.model import Ident, Report
+from pipelines.common.model import Ident, Report, Study
 from pipelines.errors import ModelRequirement
 from pipelines.output import imr_render, resources
 from pipelines.output import transaction as tx
@@ -128,9 +128,11 @@ def shape_imr(report: Report, options: ImrOptions | None = None) -> dict[str, An
     study_urls = []
     for url, study in parts.studies:
         src = next(s for s in report.studies if uuid_for("ImagingStudy", s.uid) == study["id"])
-        if not src.modalities or not src.started:
+        modalities = _modalities(report, src)
+        if not modalities or not src.started:
             raise ModelRequirement("IMR ImagingStudy needs modality and started (study date)")
         study = _swap(study, swap)
+        study["modality"] = [{"coding": [{"system": fhir.DCM, "code": m}]} for m in modalities]
         study["meta"] = {"profile": [_STUDY]}
         study["endpoint"] = [{"reference": endpoint_url}]
         entries.append(_post(url, study, study["identifier"][0]))
@@ -156,6 +158,15 @@ def shape_imr(report: Report, options: ImrOptions | None = None) -> dict[str, An
     entries.insert(0, _post(dr_url, dr, dr["identifier"][1]))
     bid = uuid_for("ImrTransaction", bundle_id(report))
     return tx.transaction(bid, entries, report.issued, meta={"profile": [_BUNDLE]})
+
+
+def _modalities(report: Report, study: Study) -> list[str]:
+    """ImagingStudy.modality (1..* in IMR): the study's modalities, else its series' modalities, else for a
+    DICOM SR source ``SR``: the study holds at least the SR series itself (DICOM CID 33)."""
+    found = list(study.modalities) or sorted({s.modality for s in study.series if s.modality})
+    if not found and report.source == "dicom-sr":
+        found = ["SR"]
+    return found
 
 
 def _post(url: str, res: dict[str, Any], ident: dict[str, Any]) -> dict[str, Any]:
