@@ -29,6 +29,7 @@ def oru(
     impression: str | None = "Normal chest CT.",
     obr22: str = "20250101120000+0100",
     filler: str = "FI-9001",
+    accession: str = ACCESSION,
     patient: str = "PID-11235",
     name: str = "EXAMPLE^MEASUREMENT",
     birth: str = "19670701",
@@ -41,7 +42,7 @@ def oru(
         f"MSH|^~\\&|RIS|Test Hospital|ENGINE|HUB|{obr22}||ORU^R01|CTRL-{control}|P|2.5.1",
         f"PID|1||{patient}||{name}||{birth}|{sex}",
         f"ORC|RE|PL-1|{filler}",
-        f"OBR|1|PL-1|{filler}|71250^CT CHEST^CPT|||20250101100000+0100|||||||||||{ACCESSION}||||{obr22}||CT|{obr25}"
+        f"OBR|1|PL-1|{filler}|71250^CT CHEST^CPT|||20250101100000+0100|||||||||||{accession}||||{obr22}||CT|{obr25}"
         f"|||||||{interpreter}",
     ]
     if study_uid:
