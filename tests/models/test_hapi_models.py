@@ -61,10 +61,8 @@ def test_oru_and_its_sr_share_study_and_order(fhir: Any) -> None:
     assert len(search(fhir, by_ident("ImagingStudy", f"urn:dicom:uid|urn:oid:{STUDY_UID}"))) == 1
     assert len(search(fhir, by_ident("ServiceRequest", f"http://test-hospital.org/acsn|{ACCESSION}"))) == 1
     assert count(fhir, "ImagingStudy") == 1 and count(fhir, "ServiceRequest") == 1 and count(fhir, "Patient") == 1
-    reports = search(
-        fhir,
-        f"DiagnosticReport?based-on:ServiceRequest.identifier={quote('http://test-hospital.org/acsn', safe=':/')}%7C{ACCESSION}",
-    )
+    chain = "based-on:ServiceRequest.identifier"
+    reports = search(fhir, f"DiagnosticReport?{chain}={quote('http://test-hospital.org/acsn', safe=':/')}%7C{ACCESSION}")
     assert len(reports) == 2  # the ORU's and the SR's report, on the one order
 
 
@@ -164,8 +162,8 @@ def _precreate_participants(fhir: Any, bundle: dict[str, Any]) -> dict[str, str]
 
 
 def test_rc01_imr_bundle_accepted_by_the_server(fhir: Any) -> None:
-    from tests.models.test_imr import WADO, sr_report
     from pipelines.output.imr import ImrOptions, shape_imr
+    from tests.models.test_imr import WADO, sr_report
 
     bundle = shape_imr(sr_report(), ImrOptions(wado_rs={"TH": WADO}))
     ids = _precreate_participants(fhir, bundle)
