@@ -61,8 +61,8 @@ def test_oru_and_its_sr_share_study_and_order(fhir: Any) -> None:
     assert len(search(fhir, by_ident("ImagingStudy", f"urn:dicom:uid|urn:oid:{STUDY_UID}"))) == 1
     assert len(search(fhir, by_ident("ServiceRequest", f"http://test-hospital.org/acsn|{ACCESSION}"))) == 1
     assert count(fhir, "ImagingStudy") == 1 and count(fhir, "ServiceRequest") == 1 and count(fhir, "Patient") == 1
-    chain = "based-on:ServiceRequest.identifier"
-    reports = search(fhir, f"DiagnosticReport?{chain}={quote('http://test-hospital.org/acsn', safe=':/')}%7C{ACCESSION}")
+    acsn = by_ident("ServiceRequest", f"http://test-hospital.org/acsn|{ACCESSION}").split("=", 1)[1]
+    reports = search(fhir, f"DiagnosticReport?based-on:ServiceRequest.identifier={acsn}")
     assert len(reports) == 2  # the ORU's and the SR's report, on the one order
 
 
