@@ -5,7 +5,8 @@ imr-store-multimedia-report-bundle) holding
 
 * exactly one IMR DiagnosticReport: ``text`` = the report narrative with an
   ``imr-ref-ImagingSelection`` span per image reference; ``presentedForm`` = the HTML rendition (every span
-  an ``<a href>`` to WADO-RS *rendered* content) with ``size`` and base64 SHA-1 ``hash``; ``subject``,
+  an ``<a href>`` to WADO-RS *rendered* content) with ``size`` and base64 SHA-1 ``hash``, and with the PDF
+  Report option (``ImrOptions.pdf``) the same rendition as ``application/pdf`` (links kept); ``subject``,
   ``performer`` and ``resultsInterpreter`` as conditional references (below); ``study`` (R5 name of R4
   ``imagingStudy``) the IMR ImagingStudy; ``basedOn`` the IMR ServiceRequest (accession, ACSN);
 * IMR ImagingStudy (Study Instance UID, modality, started, Endpoint), IMR ServiceRequest (when an
@@ -34,6 +35,7 @@ finds it (``ImagingSelection?identifier=``).
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,6 +68,7 @@ class ImrOptions:
     configured URL the links point at ``https://wado-rs.invalid/dicom-web`` (inspection output only)."""
 
     wado_rs: Mapping[str, str] = field(default_factory=dict)
+    pdf: bool = False  # PDF Report option: also an application/pdf rendition (needs the ``pdf`` extra)
 
     def base_for(self, report: Report) -> str:
         keys = []
@@ -155,6 +158,10 @@ def shape_imr(report: Report, options: ImrOptions | None = None) -> dict[str, An
         entries.append(_post(url, sel, ident))
         refs.append((sections.get(url, "findings"), sel["id"], _label(sel, n), sel))
     dr_url, dr = _diagnostic_report(report, parts, refs, patient_ref, org_ref, interp_ref, study_urls, base)
+    if options.pdf:
+        html_doc = base64.b64decode(dr["presentedForm"][0]["data"])
+        pdf = imr_render.attachment("application/pdf", imr_render.pdf_rendition(html_doc), report.title)
+        dr["presentedForm"].append(pdf)
     entries.insert(0, _post(dr_url, dr, dr["identifier"][1]))
     bid = uuid_for("ImrTransaction", bundle_id(report))
     return tx.transaction(bid, entries, report.issued, meta={"profile": [_BUNDLE]})

@@ -22,7 +22,7 @@ from typing import Any
 from pipelines.common.model import Report
 from pipelines.common.sections import SECTIONS
 
-__all__ = ["Ref", "attachment", "html_rendition", "narrative_div", "wado_rendered_url"]
+__all__ = ["Ref", "attachment", "html_rendition", "narrative_div", "pdf_rendition", "wado_rendered_url"]
 
 _ORDER = (
     "history", "order", "procedure", "comparison", "findings", "impression", "conclusion", "recommendation",
@@ -119,3 +119,24 @@ def attachment(content_type: str, raw: bytes, title: str | None = None) -> dict[
     if title:
         out["title"] = title
     return out
+
+
+def pdf_rendition(html_doc: bytes) -> bytes:
+    """The IMR PDF Report option (ihe-imr.md §1.3, RC-16): the HTML rendition laid out as PDF by xhtml2pdf
+    (pure Python on ReportLab; optional dependency ``pdf``), links kept as URI link annotations. ReportLab's
+    ``invariant`` mode fixes the creation date and document id, so the bytes are deterministic (no clock).
+    The standard PDF fonts cover Latin-1 only: other scripts need a TTF font configured in the HTML (not done).
+    xhtml2pdf's own logger is silenced (its messages can quote report text)."""
+    import io
+    import logging
+
+    from reportlab import rl_config
+    from xhtml2pdf import pisa
+
+    rl_config.invariant = 1
+    logging.getLogger("xhtml2pdf").disabled = True
+    out = io.BytesIO()
+    status = pisa.CreatePDF(io.BytesIO(html_doc), dest=out, encoding="utf-8")
+    if status.err:
+        raise ValueError("PDF rendition failed")
+    return out.getvalue()

@@ -229,3 +229,16 @@ def test_engine_map_imr_of_an_oru() -> None:
     dr = _dr(bundle)
     assert dr["resultsInterpreter"][0]["reference"].startswith("Practitioner?identifier=")
     assert "Lungs are clear." in _html(bundle) and "Lungs are clear." in dr["text"]["div"]
+
+
+def test_rc16_pdf_option_same_links_deterministic() -> None:
+    pytest.importorskip("xhtml2pdf")
+    a = shape_imr(sr_report(), ImrOptions(wado_rs={"TH": WADO}, pdf=True))
+    forms = _dr(a)["presentedForm"]
+    assert [f["contentType"] for f in forms] == ["text/html", "application/pdf"]
+    raw = base64.b64decode(forms[1]["data"])
+    assert raw.startswith(b"%PDF-") and forms[1]["size"] == str(len(raw))
+    assert forms[1]["hash"] == base64.b64encode(hashlib.sha1(raw).digest()).decode()
+    for href in re.findall(r'<a href="([^"]+)">', _html(a)):
+        assert f"/URI ({href})".encode() in raw
+    assert shape_imr(sr_report(), ImrOptions(wado_rs={"TH": WADO}, pdf=True)) == a
