@@ -40,8 +40,10 @@ one alone. ``patient_update="never"`` (deployments with a master patient index) 
 A status change (OBX-11 ``U`` or OBR-25 ``X``, ``Report.status_only``) patches the status of the
 DiagnosticReport and Composition (JSON Patch, ``PATCH Type?identifier=``) and of the ServiceRequest, so the
 earlier text stays; a status-only ORU (:func:`shape_status_update`) patches its ServiceRequest and
-ImagingStudy and nothing else. A patch for a resource the server does not hold fails with 404 (permanent:
-the dead letter keeps the OperationOutcome); nothing is invented from a status message.
+ImagingStudy and nothing else, as a ``batch`` whose entries may answer 404 when the server does not hold the
+order or study yet (nothing is invented from a status message; the later report creates them). A status
+*change* of a report patches in a ``transaction``: a 404 there (a cancel of a report never sent) fails the
+message (dead letter with the OperationOutcome).
 
 **Provenance** (eu-imaging.md §1.7): one per derived resource of the version, ``target`` the resource,
 ``entity.role = source`` with ``what`` the source document by identifier (the EU document Bundle's
@@ -269,11 +271,14 @@ def _unique(idents: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def shape_status_update(update: StatusUpdate) -> dict[str, Any] | None:
     """A status-only ORU: JSON patches of its ServiceRequest(s) (by accession) and ImagingStudy(ies) (by
-    Study Instance UID) and nothing else. None when OBR-25 says nothing about order or study status."""
+    Study Instance UID) and nothing else, as a ``batch``: status notifications often precede the report that
+    creates those resources, so an entry answered 404 (nothing to update yet) is the expected outcome for an
+    order the server does not know, not a failure, and does not stop the other entries. None when OBR-25
+    says nothing about order or study status."""
     accessions = _unique([fhir.identifier(o.accession) for o in update.orders if o.accession is not None])
     entries = _order_patches(accessions, [s.uid for s in update.studies], update.order_status)
     if not entries:
         return None
     keys = [f"{a['system']}|{a['value']}" for a in accessions] + [s.uid for s in update.studies]
     bid = uuid_for("HarmonizedStatus", update.order_status, update.issued or "", *keys)
-    return tx.transaction(bid, entries, update.issued)
+    return tx.transaction(bid, entries, update.issued, batch=True)

@@ -89,12 +89,15 @@ def conditional_patch(resource_type: str, ident: dict[str, Any], operations: lis
     return {"resource": json_patch(operations), "request": {"method": "PATCH", "url": match_url(resource_type, ident)}}
 
 
-def transaction(bundle_id: str, entries: list[dict[str, Any]], timestamp: str | None, **extra: Any) -> dict[str, Any]:
-    """The ``transaction`` Bundle (type 1..1; ids and order deterministic)."""
+def transaction(
+    bundle_id: str, entries: list[dict[str, Any]], timestamp: str | None, *, batch: bool = False, **extra: Any
+) -> dict[str, Any]:
+    """The ``transaction`` Bundle (or ``batch``: entries succeed or fail one by one); ids and order
+    deterministic."""
     out: dict[str, Any] = {"resourceType": "Bundle", "id": bundle_id}
     out.update(extra)
     out["identifier"] = {"system": "urn:ietf:rfc:3986", "value": f"urn:uuid:{bundle_id}"}
-    out["type"] = "transaction"
+    out["type"] = "batch" if batch else "transaction"
     if timestamp:
         out["timestamp"] = timestamp
     out["entry"] = entries

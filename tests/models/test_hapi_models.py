@@ -17,11 +17,11 @@ _PATIENT = "urn:imaging-engine:sid/Test-Hospital/patient-id|PID-11235"
 
 
 def post(fhir: Any, bundle: dict[str, Any]) -> list[str]:
-    """POST a transaction to [base] (not [base]/Bundle) as application/fhir+json; the entry statuses."""
+    """POST a transaction or batch to [base] (not [base]/Bundle) as application/fhir+json; the entry statuses."""
     r = fhir.post(str(fhir.base_url).rstrip("/"), content=json.dumps(bundle), headers={"Content-Type": FHIR_JSON})
     assert r.status_code == 200, r.text[:2000]
     out = r.json()
-    assert out["type"] == "transaction-response"
+    assert out["type"] == f"{bundle['type']}-response"
     return [e["response"]["status"] for e in out["entry"]]
 
 
@@ -119,6 +119,12 @@ def test_status_only_oru_updates_order_and_study_only(fhir: Any) -> None:
     assert after == before
     dr = search(fhir, "DiagnosticReport")[0]
     assert dr["status"] == "final" and "Lungs are clear." in json.dumps(dr["note"])
+
+
+def test_status_only_oru_for_an_unknown_order_creates_nothing(fhir: Any) -> None:
+    statuses = post(fhir, one_bundle(oru(text=None, impression=None, obr25="S"), "harmonized"))
+    assert statuses and all(s.startswith("404") for s in statuses)  # batch: nothing to update yet
+    assert count(fhir, "ServiceRequest") == 0 and count(fhir, "Patient") == 0
 
 
 def test_addendum_is_a_second_report_linked_to_the_first(fhir: Any) -> None:

@@ -135,6 +135,7 @@ def test_status_change_patches_status_only(obr25: str, obx11: str, status: str, 
 
 def test_status_only_oru_updates_order_and_study_only() -> None:
     bundle = one_bundle(oru(text=None, impression=None, obr25="X"), "harmonized")
+    assert bundle["type"] == "batch"
     urls = sorted(e["request"]["url"] for e in bundle["entry"])
     assert urls == [
         f"ImagingStudy?identifier=urn:dicom:uid%7Curn:oid:{STUDY_UID}",
