@@ -35,8 +35,10 @@ otherwise left as they are (``ifNoneExist``): an ORU cannot wipe the series an S
 thin an order. The Patient is the only shared resource a message may *replace*, and only when it is
 *complete*: it carries a name (family or text) with a given name, the gender and the full birth date, i.e.
 every demographic element the engine maps; then ``PUT Patient?identifier=`` writes it (the latest complete
-message wins, e.g. a corrected name). Any other message creates the Patient if absent and leaves an existing
-one alone. ``patient_update="never"`` (deployments with a master patient index) never replaces a Patient.
+message wins, e.g. a corrected name). The replacement carries the message's identifiers: identifiers that
+only another source put on that Patient are dropped, so where another system owns the Patient (a master
+patient index), use ``patient_update="never"``, which never replaces one. Any other message creates the
+Patient if absent and leaves an existing one alone.
 A status change (OBX-11 ``U`` or OBR-25 ``X``, ``Report.status_only``) patches the status of the
 DiagnosticReport and Composition (JSON Patch, ``PATCH Type?identifier=``) and of the ServiceRequest, so the
 earlier text stays; a status-only ORU (:func:`shape_status_update`) patches its ServiceRequest and
