@@ -6,10 +6,10 @@ import contextlib
 import re
 
 from engine.outcomes import Conversion, Output, Rejection
-from pipelines.common.ids import hashed_key
+from pipelines.common.ids import hashed_key, uuid_for
 from pipelines.common.model import Report
 from pipelines.context import MappingContext
-from pipelines.errors import MappingError
+from pipelines.errors import MappingError, StatusOnly
 from pipelines.hl7v2 import map_message, split_stream
 from pipelines.output import serialize, shape
 
@@ -73,6 +73,11 @@ def convert_bytes(data: bytes, ctx: MappingContext, model: str) -> Conversion:
         try:
             reports = map_message(chunk.data, ctx)
             outputs = [_output(r, model) for r in reports]
+        except StatusOnly as exc:
+            outputs = _status_outputs(exc, model)  # harmonized model only; else as UnsupportedMessage
+            if not outputs:
+                result.rejections.append(Rejection(n, one_line(str(exc)), chunk.raw, "UnsupportedMessage"))
+                continue
         except MappingError as exc:
             result.rejections.append(Rejection(n, one_line(str(exc)), chunk.raw, type(exc).__name__))
             continue
@@ -110,13 +115,34 @@ def partition_key(report: Report) -> str | None:
     return None
 
 
+def _status_outputs(exc: StatusOnly, model: str) -> list[Output]:
+    """A status-only ORU: status patches in the harmonized model (pipelines.output.harmonized)."""
+    if model != "harmonized":
+        return []
+    from pipelines.output.harmonized import shape_status_update
+
+    outputs = []
+    for update in exc.updates:
+        bundle = shape_status_update(update)
+        if bundle is None:
+            continue
+        acsn = next((o.accession for o in update.orders if o.accession is not None), None)
+        key = hashed_key(acsn.system, acsn.value) if acsn else hashed_key("urn:dicom:uid", update.studies[0].uid)
+        body = serialize(bundle)
+        outputs.append(Output(bundle["id"], body, bundle["id"], key, "harmonized-status", dict(update.ids)))
+    return outputs
+
+
 def _output(report: Report, model: str) -> Output:
     bundle, kind = shape(report, model)
-    dr = bundle["entry"][1 if kind == "document" else 0]["resource"]
+    if kind in ("document", "minimal"):
+        report_id = bundle["entry"][1 if kind == "document" else 0]["resource"]["id"]
+    else:  # transaction Bundles: the id every model gives the DiagnosticReport
+        report_id = uuid_for("DiagnosticReport", report.identifier.system, report.identifier.value)
     return Output(
         bundle_id=bundle["id"],
         body=serialize(bundle),
-        report_id=dr["id"],
+        report_id=report_id,
         partition_key=partition_key(report),
         kind=kind,
         ids=dict(report.ids),

@@ -21,8 +21,8 @@ class Converter:
     """Stateless apart from its immutable context; safe to share between threads."""
 
     def __init__(self, context: MappingContext | None = None, model: str = "document") -> None:
-        if model != "document":
-            raise ValueError(f"unknown output model {model!r} (available: document)")
+        if model not in ("document", "harmonized", "imr"):
+            raise ValueError(f"unknown output model {model!r} (available: document, harmonized, imr)")
         self.context = context or MappingContext()
         self.model = model
 

@@ -4,8 +4,12 @@
 
     MappingError                 the message cannot be converted; ``reason`` is one line, PHI-free
     ├── ParseError               not well-formed HL7 v2 / DICOM (truncated, binary, empty, oversized)
+    ├── ModelRequirement         a report, but without what the chosen output model needs (IMR: identifiers
+    │                            of patient/organisation/interpreter, Study UID, modality, sign-off time)
     └── UnsupportedMessage       well-formed but not a radiology report (lab ORU, order, other type)
-        └── RetractedContent     a report whose every content row is withdrawn (HL7 OBX-11 W/D)
+        ├── RetractedContent     a report whose every content row is withdrawn (HL7 OBX-11 W/D)
+        └── StatusOnly           an ORU without report content whose OBR groups carry a status (OBR-25) for
+                                 orders/studies; ``updates`` holds them for the harmonized model
 
 ``UnsupportedMessage`` and its subclasses are "filtered" outcomes (nothing to convert, with the reason), the
 other ``MappingError`` classes are rejections (dead letter).
@@ -13,7 +17,12 @@ other ``MappingError`` classes are rejections (dead letter).
 
 from __future__ import annotations
 
-__all__ = ["MappingError", "ParseError", "RetractedContent", "UnsupportedMessage"]
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pipelines.common.model import StatusUpdate
+
+__all__ = ["MappingError", "ModelRequirement", "ParseError", "RetractedContent", "StatusOnly", "UnsupportedMessage"]
 
 
 class MappingError(Exception):
@@ -22,6 +31,11 @@ class MappingError(Exception):
 
 class ParseError(MappingError):
     """The bytes are not a well-formed message of the expected kind."""
+
+
+class ModelRequirement(MappingError):
+    """A report that the chosen output model cannot express (e.g. IMR references an existing Patient by
+    identifier: no patient identifier, no IMR report). Permanent: dead letter with the reason."""
 
 
 class UnsupportedMessage(MappingError):
@@ -37,3 +51,13 @@ class RetractedContent(UnsupportedMessage):
 
     def __init__(self, reason: str = REASON) -> None:
         super().__init__(reason)
+class StatusOnly(UnsupportedMessage):
+    """No report content, but order status notifications (:class:`~pipelines.common.model.StatusUpdate`).
+
+    Every model but ``harmonized`` treats it as the UnsupportedMessage it is (same reason); the harmonized
+    model turns ``updates`` into status patches of the ServiceRequest and ImagingStudy.
+    """
+
+    def __init__(self, reason: str, updates: list[StatusUpdate]) -> None:
+        super().__init__(reason)
+        self.updates = updates

@@ -27,6 +27,7 @@ __all__ = [
     "Report",
     "Section",
     "Series",
+    "StatusUpdate",
     "Study",
 ]
 
@@ -208,3 +209,23 @@ class Report:
     extras: list[ExtraResource] = field(default_factory=list)
     device_name: str | None = None
     ids: dict[str, str] = field(default_factory=dict)  # PHI-free log ids (control_id, sop_uid)
+    # This version changes the status only (OBX-11 ``U``, table 0085: "status change to final without
+    # retransmitting results"; OBR-25 ``X`` cancel): models that update resources in place (harmonized) must
+    # patch the status and keep the earlier text. The document model ignores it.
+    status_only: bool = False
+
+
+@dataclass(slots=True)
+class StatusUpdate:
+    """An ORU^R01 order group without report content (no OBX): an order/study status notification.
+
+    Only the harmonized model converts it (status of its ServiceRequest and ImagingStudy); for every other
+    model the message stays filtered as "no report content" (:class:`pipelines.errors.StatusOnly`).
+    """
+
+    order_status: str  # OBR-25 as sent, normalised upper-case (HL7 table 0123: O, I, S, A, P, R, F, C, X, ...)
+    patient: Patient
+    orders: list[Order] = field(default_factory=list)  # only orders with an accession
+    studies: list[Study] = field(default_factory=list)
+    issued: str | None = None  # instant: OBR-22, else MSH-7
+    ids: dict[str, str] = field(default_factory=dict)

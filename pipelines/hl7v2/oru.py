@@ -20,9 +20,9 @@ from __future__ import annotations
 import re
 
 from pipelines.common.ids import digest, slug
-from pipelines.common.model import Ident, Order, Organization, Patient, Report, Study
+from pipelines.common.model import Ident, Order, Organization, Patient, Report, StatusUpdate, Study
 from pipelines.context import MappingContext, SenderProfile
-from pipelines.errors import RetractedContent, UnsupportedMessage
+from pipelines.errors import RetractedContent, StatusOnly, UnsupportedMessage
 from pipelines.hl7v2 import classify
 from pipelines.hl7v2 import datatypes as dt
 from pipelines.hl7v2.er7 import Delimiters, Message
@@ -59,13 +59,19 @@ def map_oru(msg: Message, ctx: MappingContext) -> list[Report]:
     performer = _organization(msh, d, profile, base, ctx)
     reports: list[Report] = []
     failure: UnsupportedMessage | None = None
+    updates: list[StatusUpdate] = []
     for block in blocks:
         try:
             reports.extend(_map_patient_result(msg, block, ctx, profile, base, tz, performer))
+        except StatusOnly as exc:
+            updates.extend(exc.updates)
+            failure = failure or exc
         except UnsupportedMessage as exc:
             failure = failure or exc
     if not reports:
         assert failure is not None
+        if isinstance(failure, StatusOnly):  # every status-only block of the message, in order
+            raise StatusOnly(str(failure), updates)
         raise failure
     return reports
 
@@ -117,7 +123,12 @@ def _map_patient_result(
                 continue  # orders listed before the report group are attached below
         reports.append(_report(group, content, order, d, patient, performer, profile, base, tz, msh7, control_id))
     if not reports or not any(_has_content(c) for c in contents):
-        raise UnsupportedMessage("no report content: no text, coded finding or document in any OBX")
+        reason = "no report content: no text, coded finding or document in any OBX"
+        updates = [_status_update(g, d, patient, profile, base, tz, msh7, control_id) for g in groups]
+        kept = [u for u in updates if u.order_status and (u.orders or u.studies)]
+        if kept:
+            raise StatusOnly(reason, kept)
+        raise UnsupportedMessage(reason)
     # Content-less groups before the first report group: attach to it (same dictation).
     first = next(i for i, c in enumerate(contents) if _has_content(c))
     for group, content in zip(groups[:first], contents[:first], strict=True):
@@ -129,6 +140,34 @@ def _map_patient_result(
 def _retracted_group(content: GroupContent) -> bool:
     """A group without report content whose rows were withdrawn (OBX-11 W/D)."""
     return bool(content.retracted) and not _has_content(content)
+
+
+def _status_update(
+    group: OrderGroup,
+    d: Delimiters,
+    patient: Patient,
+    profile: SenderProfile,
+    base: str,
+    tz: str,
+    msh7: str,
+    control_id: str,
+) -> StatusUpdate:
+    """A content-less ORC/OBR group as a status notification: OBR-25 plus the order (accession) and the
+    studies (ZDS/IPC Study Instance UIDs) it is about. Nothing else of the message is used."""
+    order = _order(group, d, profile, base, tz)
+    studies: list[Study] = []
+    for seg in group.extra:
+        uid = _extra_study_uid(seg, d)
+        if uid and uid not in {s.uid for s in studies}:
+            studies.append(Study(uid=uid))
+    return StatusUpdate(
+        order_status=" ".join(fld(group.obr, 25).upper().split()),
+        patient=patient,
+        orders=[order] if order.accession is not None else [],
+        studies=studies,
+        issued=dt.dtm_instant(fld(group.obr, 22), tz) or dt.dtm_instant(msh7, tz),
+        ids={"control_id": control_id},
+    )
 
 
 def _has_content(content: GroupContent) -> bool:
@@ -312,7 +351,16 @@ def _report(
         conclusion=conclusion,
         presented_forms=content.forms,
         ids={"control_id": control_id},
+        status_only=_status_change_only(fld(obr, 25), content.text_statuses),
     )
+
+
+def _status_change_only(obr25: str, obx11: list[str]) -> bool:
+    """OBR-25 ``X`` (order cancelled) or every text row OBX-11 ``U`` (table 0085: status change to final
+    without retransmitting results): a status change, not new content (harmonized model patches status)."""
+    if obr25.strip().upper() in ("X", "CANCELLED", "CANCELED"):
+        return True
+    return bool(obx11) and all(v.strip().upper() == "U" for v in obx11)
 
 
 def _has_offset(raw: str) -> bool:
