@@ -112,7 +112,11 @@ def partition_key(report: Report) -> str | None:
 
 def _output(report: Report, model: str) -> Output:
     bundle, kind = shape(report, model)
-    dr = bundle["entry"][1 if kind == "document" else 0]["resource"]
+    if kind in ("document", "minimal"):
+        dr = bundle["entry"][1 if kind == "document" else 0]["resource"]
+    else:  # transaction / batch models: the report's DiagnosticReport wherever it sits
+        dr = next((e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "DiagnosticReport"),
+                  bundle)
     return Output(
         bundle_id=bundle["id"],
         body=serialize(bundle),

@@ -22,7 +22,9 @@ class Converter:
 
     def __init__(self, context: MappingContext | None = None, model: str = "document") -> None:
         if model != "document":
-            raise ValueError(f"unknown output model {model!r} (available: document)")
+            from pipelines.output.models import shaper_for
+
+            shaper_for(model)  # ValueError naming the available models
         self.context = context or MappingContext()
         self.model = model
 

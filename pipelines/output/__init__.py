@@ -1,4 +1,8 @@
-"""Output shapers: pure functions from the neutral report model to FHIR Bundles, and the serializer."""
+"""Output shapers: pure functions from the neutral report model to FHIR Bundles, and the serializer.
+
+The deployment models (``document``, ``rest``, and those other modules register) are listed in
+:mod:`pipelines.output.models`; :func:`shape` dispatches on the model name.
+"""
 
 from __future__ import annotations
 
@@ -7,22 +11,28 @@ from typing import Any
 
 from pipelines.common.model import Report
 
-__all__ = ["serialize", "shape"]
+__all__ = ["serialize", "shape", "shape_document_model"]
 
 
-def shape(report: Report, model: str = "document") -> tuple[dict[str, Any], str]:
-    """Return (Bundle, kind) for a report; kind is "document" or "minimal"."""
+def shape_document_model(report: Report) -> tuple[dict[str, Any], str]:
+    """The ``document`` model: (Bundle, kind) with kind "document" or "minimal"."""
     from pipelines.output.document import shape_document, wants_minimal
     from pipelines.output.minimal import shape_minimal
-
-    if model != "document":
-        raise ValueError(f"unknown output model {model!r}")
     from pipelines.output.timezone import mark_uncertain
 
     bundle, kind = (shape_minimal(report), "minimal") if wants_minimal(report) else (shape_document(report), "document")
     if report.timezone_assumed:
         mark_uncertain(bundle)
     return bundle, kind
+
+
+def shape(report: Report, model: str = "document") -> tuple[dict[str, Any], str]:
+    """Return (Bundle, kind) for a report in the given output model (ValueError for an unknown model)."""
+    if model == "document":
+        return shape_document_model(report)
+    from pipelines.output.models import shaper_for
+
+    return shaper_for(model)(report)
 
 
 def serialize(resource: dict[str, Any]) -> bytes:
