@@ -1,0 +1,99 @@
+"""Version chains of DocumentReferenceImagingReport on the server (eu-imaging.md §1.4, §2.6; MHD ``replaces``).
+
+Before a transaction that carries a report version's DocumentReference is sent, the server is asked for every
+DocumentReference with the same report identifier (``use=usual``, shared by all versions; see
+:mod:`pipelines.output.docref`). The versions are ordered by ``date`` (the document's timestamp), then by
+``docStatus`` (preliminary < final < amended/corrected) and id; then
+
+* the newest is ``current``, every other one ``superseded`` (``entered-in-error`` is left alone);
+* the new DocumentReference gets ``relatesTo`` ``replaces`` -> the version just before it;
+* each earlier version whose status must change is added to the same transaction as a ``PUT`` of the server's copy
+  with only ``status`` changed (all in one transaction: the chain never shows two current versions).
+
+A resend finds the same set and computes the same result, so the update is identical (a no-op on the server). A
+version that arrives late (older than what the server holds) is stored ``superseded`` and the current one stays.
+Versions of one report are sent in order by the sink (grouped by report id), never concurrently.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Protocol
+from urllib.parse import quote
+
+__all__ = ["apply_supersede"]
+
+_RANK = {"registered": 0, "partial": 1, "preliminary": 2, "final": 3, "appended": 4, "amended": 5, "corrected": 6}
+
+
+class _Requester(Protocol):
+    def request(self, method: str, url: str, body: dict[str, Any] | None = None,
+                params: dict[str, str] | None = None) -> dict[str, Any]: ...
+
+
+def _when(doc: dict[str, Any]) -> float:
+    try:
+        return datetime.fromisoformat(str(doc.get("date", "")).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return 0.0
+
+
+def _order(doc: dict[str, Any]) -> tuple[float, int, str]:
+    return _when(doc), _RANK.get(str(doc.get("docStatus")), 0), str(doc.get("id"))
+
+
+def _usual(doc: dict[str, Any]) -> dict[str, Any] | None:
+    return next((i for i in doc.get("identifier", []) if i.get("use") == "usual" and i.get("system")), None)
+
+
+def _search_all(client: _Requester, ident: dict[str, Any]) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+    page = client.request("GET", "DocumentReference", params={
+        "identifier": f"{ident['system']}|{ident['value']}", "_count": "100"})
+    while True:
+        found += [e["resource"] for e in page.get("entry", []) if e.get("resource", {}).get("resourceType")
+                  == "DocumentReference"]
+        nxt = next((link["url"] for link in page.get("link", []) if link.get("relation") == "next"), None)
+        if not nxt:
+            return found
+        page = client.request("GET", nxt)
+
+
+def apply_supersede(client: _Requester, transaction: dict[str, Any]) -> dict[str, Any]:
+    """Return ``transaction`` with version-chain updates applied (the input is not modified)."""
+    entries = transaction.get("entry", [])
+    positions = [n for n, e in enumerate(entries) if e.get("resource", {}).get("resourceType") == "DocumentReference"
+                 and _usual(e["resource"]) is not None]
+    if not positions:
+        return transaction
+    out = dict(transaction)
+    out_entries = list(entries)
+    for n in positions:
+        new = dict(out_entries[n]["resource"])
+        ident = _usual(new)
+        assert ident is not None
+        existing = [d for d in _search_all(client, ident) if d.get("id") != new["id"]]
+        if not existing:
+            continue
+        chain = sorted([*existing, new], key=_order)
+        latest = chain[-1]
+        position = next(i for i, d in enumerate(chain) if d is new)
+        if position > 0:
+            new["relatesTo"] = [{"code": {"coding": [{
+                "system": "http://hl7.org/fhir/document-relationship-type", "code": "replaces"}]},
+                "target": {"reference": f"DocumentReference/{chain[position - 1]['id']}"}}]
+        if latest is not new:
+            new["status"] = "superseded"
+        out_entries[n] = {**out_entries[n], "resource": new}
+        for doc in existing:
+            want = "current" if doc is latest else "superseded"
+            if doc.get("status") in (want, "entered-in-error"):
+                continue
+            updated = {k: v for k, v in doc.items() if k != "meta"}
+            if "profile" in doc.get("meta", {}):
+                updated["meta"] = {"profile": doc["meta"]["profile"]}
+            updated["status"] = want
+            out_entries.append({"fullUrl": f"urn:uuid:{doc['id']}", "resource": updated,
+                                "request": {"method": "PUT", "url": f"DocumentReference/{quote(doc['id'])}"}})
+    out["entry"] = out_entries
+    return out
