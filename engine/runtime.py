@@ -93,13 +93,17 @@ class Runtime:
             self.sinks.append(FolderSink(s.folder_sink.path))
         if s.kafka_sink is not None:
             self.sinks.append(_kafka("KafkaSink")(s.kafka_sink))
+        if s.fhir_sink is not None:
+            from engine.publishers.fhir import FhirSink
+
+            self.sinks.append(FhirSink(s.fhir_sink))
         if s.dlq_folder is not None:
             self.dead_letters = FolderDeadLetters(s.dlq_folder.path)
         else:
             self.dead_letters = _kafka("KafkaDeadLetters")(s.dlq_kafka)
         self.worker = Worker(
             self.source,
-            Converter(s.mapping),
+            Converter(s.mapping, model=s.model),
             self.sinks,
             self.dead_letters,
             policy=s.worker.retry,

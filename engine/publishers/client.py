@@ -93,7 +93,8 @@ class FhirClient:
         kwargs: dict[str, Any] = {
             "base_url": self.base,
             "timeout": httpx.Timeout(settings.timeout),
-            "limits": httpx.Limits(max_connections=settings.concurrency, max_keepalive_connections=settings.concurrency),
+            "limits": httpx.Limits(max_connections=settings.concurrency,
+                                   max_keepalive_connections=settings.concurrency),
             "follow_redirects": True,
             "verify": verify,
             "cert": cert,

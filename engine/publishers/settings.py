@@ -153,7 +153,14 @@ class FhirSettings:
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> FhirSettings:
-        env = os.environ if environ is None else environ
+        """Parse ``sinks.fhir`` (ConfigError naming the key; engine.settings prefixes ``sinks.fhir: ``)."""
+        try:
+            return cls._parse(raw, os.environ if environ is None else environ)
+        except ConfigError as exc:
+            raise ConfigError(str(exc).removeprefix("sinks.fhir").lstrip(".: ") or "invalid") from exc
+
+    @classmethod
+    def _parse(cls, raw: Mapping[str, Any], env: Mapping[str, str]) -> FhirSettings:
         where = "sinks.fhir"
         _keys(raw, {"model", "base_url", "concurrency", "timeout", "validate", "supersede", "max_retry_after",
                     "tls", "auth"}, where)

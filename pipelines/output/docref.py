@@ -32,9 +32,9 @@ from pipelines.output import profiles
 
 __all__ = [
     "DOCREF_PROFILE",
+    "docref_id",
     "document_reference",
     "document_transaction",
-    "docref_id",
     "entry",
     "logical_subject",
     "report_identifier",
@@ -86,7 +86,8 @@ def logical_subject(bundle: dict[str, Any]) -> dict[str, Any]:
     for patient in _resources(bundle, "Patient"):
         for ident in patient.get("identifier", []):
             if ident.get("system") and ident.get("value"):
-                return {"type": "Patient", "identifier": {k: ident[k] for k in ("type", "system", "value") if k in ident}}
+                kept = {k: ident[k] for k in ("type", "system", "value") if k in ident}
+                return {"type": "Patient", "identifier": kept}
     raise MappingError("DocumentReference.subject: the report's patient has no identifier with system and value")
 
 
@@ -96,7 +97,8 @@ def _secondary(bundle: dict[str, Any]) -> list[dict[str, Any]]:
     def add(ident: dict[str, Any] | None) -> None:
         if not ident or not ident.get("system") or not ident.get("value"):
             return
-        item = {"use": "secondary", **{k: ident[k] for k in ("type", "system", "value") if k in ident}}
+        item: dict[str, Any] = {"use": "secondary"}
+        item.update({k: ident[k] for k in ("type", "system", "value") if k in ident})
         if all((i["system"], i["value"]) != (item["system"], item["value"]) for i in found):
             found.append(item)
 
