@@ -8,6 +8,13 @@ What is sent for an :class:`engine.convert.Output` (by the Bundle type of ``Outp
   DocumentReferenceImagingReport;
 * any other resource: ``PUT <Type>/<id>`` (``POST <Type>`` without an id).
 
+On the wire, a document (or collection) Bundle entry of a transaction is sent on its own first (``PUT Bundle/<id>``)
+and the transaction without it right after: the official validator (org.hl7.fhir.validation 6.10.4) resolves the
+``urn:uuid`` references and entry slices of a Bundle nested in a transaction against the outer Bundle, so every
+nested document fails validation although it is valid on its own; both requests are idempotent PUTs, so a retry
+after a failure between them converges (a consumer may briefly see the Bundle before its DocumentReference, which
+is the entry point of document access).
+
 Before a transaction that carries a DocumentReference with a report identifier is sent, earlier versions of the
 report are superseded in the same transaction (:mod:`engine.publishers.supersede`; ``supersede: false`` turns it
 off). With ``validate: true`` each unit first passes :mod:`engine.publishers.gate` (PermanentError otherwise).
@@ -105,6 +112,7 @@ class FhirSink:
     def send(self, unit: dict[str, Any]) -> dict[str, Any]:
         """Send one unit now (supersede step included); returns the server's response body."""
         if unit.get("resourceType") == "Bundle" and unit.get("type") in ("transaction", "batch"):
+            unit = self._documents_first(unit)
             if self.settings.supersede:
                 unit = apply_supersede(self.client, unit)
             response = self.client.request("POST", "", unit)
@@ -116,6 +124,17 @@ class FhirSink:
             response = self.client.request("POST", str(unit["resourceType"]), unit)
         self.sent += 1
         return response
+
+    def _documents_first(self, unit: dict[str, Any]) -> dict[str, Any]:
+        """PUT every document/collection Bundle entry on its own, then return the transaction without them."""
+        kept = []
+        for entry in unit.get("entry", []):
+            res = entry.get("resource", {})
+            if res.get("resourceType") == "Bundle" and res.get("type") in ("document", "collection") and res.get("id"):
+                self.client.request("PUT", f"Bundle/{res['id']}", res)
+            else:
+                kept.append(entry)
+        return {**unit, "entry": kept} if len(kept) != len(unit.get("entry", [])) else unit
 
     def healthy(self) -> bool:
         """False while the server's last answer was a transient failure (``/readyz`` shows it)."""

@@ -7,8 +7,11 @@ DocumentReference with the same report identifier (``use=usual``, shared by all 
 
 * the newest is ``current``, every other one ``superseded`` (``entered-in-error`` is left alone);
 * the new DocumentReference gets ``relatesTo`` ``replaces`` -> the version just before it;
-* each earlier version whose status must change is added to the same transaction as a ``PUT`` of the server's copy
-  with only ``status`` changed (all in one transaction: the chain never shows two current versions).
+* every earlier version is added to the same transaction as a ``PUT`` of the server's copy with only ``status``
+  set (all in one transaction: the chain never shows two current versions; an unchanged copy is an identical
+  update, a no-op). The whole chain travels along so that every ``relatesTo`` and ``subject`` reference resolves
+  inside the transaction (``urn:uuid:`` fullUrls; the official validator refuses references to resources outside
+  the Bundle); a report has a handful of versions, so this stays small.
 
 A resend finds the same set and computes the same result, so the update is identical (a no-op on the server). A
 version that arrives late (older than what the server holds) is stored ``superseded`` and the current one stays.
@@ -59,6 +62,25 @@ def _search_all(client: _Requester, ident: dict[str, Any]) -> list[dict[str, Any
         page = client.request("GET", nxt)
 
 
+def _as_sent(doc: dict[str, Any], status: str) -> dict[str, Any]:
+    """The server's copy with ``status`` set, server-managed ``meta`` dropped and R5 JSON restored (servers may
+    render ``integer64`` ``attachment.size`` as a number; R5 JSON requires a string)."""
+    updated = {k: v for k, v in doc.items() if k != "meta"}
+    if "profile" in doc.get("meta", {}):
+        updated = {"resourceType": doc["resourceType"], "id": doc["id"], "meta": {"profile": doc["meta"]["profile"]},
+                   **{k: v for k, v in updated.items() if k not in ("resourceType", "id")}}
+    updated["status"] = status
+    content = []
+    for item in updated.get("content", []):
+        attachment = item.get("attachment", {})
+        if isinstance(attachment.get("size"), int):
+            item = {**item, "attachment": {**attachment, "size": str(attachment["size"])}}
+        content.append(item)
+    if content:
+        updated["content"] = content
+    return updated
+
+
 def apply_supersede(client: _Requester, transaction: dict[str, Any]) -> dict[str, Any]:
     """Return ``transaction`` with version-chain updates applied (the input is not modified)."""
     entries = transaction.get("entry", [])
@@ -81,19 +103,36 @@ def apply_supersede(client: _Requester, transaction: dict[str, Any]) -> dict[str
         if position > 0:
             new["relatesTo"] = [{"code": {"coding": [{
                 "system": "http://hl7.org/fhir/document-relationship-type", "code": "replaces"}]},
-                "target": {"reference": f"DocumentReference/{chain[position - 1]['id']}"}}]
+                "target": {"reference": f"urn:uuid:{chain[position - 1]['id']}"}}]
         if latest is not new:
             new["status"] = "superseded"
         out_entries[n] = {**out_entries[n], "resource": new}
         for doc in existing:
             want = "current" if doc is latest else "superseded"
-            if doc.get("status") in (want, "entered-in-error"):
-                continue
-            updated = {k: v for k, v in doc.items() if k != "meta"}
-            if "profile" in doc.get("meta", {}):
-                updated["meta"] = {"profile": doc["meta"]["profile"]}
-            updated["status"] = want
-            out_entries.append({"fullUrl": f"urn:uuid:{doc['id']}", "resource": updated,
-                                "request": {"method": "PUT", "url": f"DocumentReference/{quote(doc['id'])}"}})
-    out["entry"] = out_entries
+            if doc.get("status") == "entered-in-error":
+                want = "entered-in-error"
+            out_entries.append({
+                "fullUrl": f"urn:uuid:{doc['id']}",
+                "resource": _as_sent(doc, want),
+                "request": {"method": "PUT", "url": f"DocumentReference/{quote(doc['id'])}"},
+                "_server_copy": True,
+            })
+    # references of the server copies ("Patient/x", "DocumentReference/y") to resources this transaction also
+    # writes point at those entries (the server turns them back into the same "Type/id": an identical update)
+    urls = {e["request"]["url"]: e["fullUrl"] for e in out_entries
+            if e.get("request", {}).get("method") == "PUT" and str(e.get("fullUrl", "")).startswith("urn:uuid:")}
+    out["entry"] = [
+        {k: v for k, v in e.items() if k != "_server_copy"} | {"resource": _rewrite(e["resource"], urls)}
+        if e.get("_server_copy") else e
+        for e in out_entries
+    ]
     return out
+
+
+def _rewrite(node: Any, urls: dict[str, str]) -> Any:
+    if isinstance(node, dict):
+        return {k: (urls.get(v, v) if k == "reference" and isinstance(v, str) else _rewrite(v, urls))
+                for k, v in node.items()}
+    if isinstance(node, list):
+        return [_rewrite(item, urls) for item in node]
+    return node
