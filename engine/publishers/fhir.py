@@ -37,7 +37,7 @@ from engine.convert import Output
 from engine.errors import PermanentError, TransientError
 from engine.publishers.client import FhirClient, FhirRejected, outcome_reason
 from engine.publishers.settings import FhirSettings
-from engine.publishers.supersede import apply_supersede
+from engine.publishers.supersede import apply_supersede, documents_only
 from engine.sources.base import Envelope
 from pipelines.output.docref import document_transaction
 
@@ -114,7 +114,9 @@ class FhirSink:
         if unit.get("resourceType") == "Bundle" and unit.get("type") in ("transaction", "batch"):
             unit = self._documents_first(unit)
             if self.settings.supersede:
-                unit = apply_supersede(self.client, unit)
+                unit, stale = apply_supersede(self.client, unit)
+                if stale:
+                    unit = documents_only(unit)
             response = self.client.request("POST", "", unit)
             if unit["type"] == "batch":
                 _check_batch(response)

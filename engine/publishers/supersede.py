@@ -14,7 +14,9 @@ DocumentReference with the same report identifier (``use=usual``, shared by all 
   the Bundle); a report has a handful of versions, so this stays small.
 
 A resend finds the same set and computes the same result, so the update is identical (a no-op on the server). A
-version that arrives late (older than what the server holds) is stored ``superseded`` and the current one stays.
+version that arrives late (older than what the server holds) is *stale*: its DocumentReference is stored
+``superseded`` and nothing else of the transaction is sent (the document Bundle is), so the newer Composition,
+DiagnosticReport and copies stay (:func:`documents_only`).
 Versions of one report are sent in order by the sink (grouped by report id), never concurrently.
 """
 
@@ -24,7 +26,7 @@ from datetime import datetime
 from typing import Any, Protocol
 from urllib.parse import quote
 
-__all__ = ["apply_supersede"]
+__all__ = ["apply_supersede", "documents_only"]
 
 _RANK = {"registered": 0, "partial": 1, "preliminary": 2, "final": 3, "appended": 4, "amended": 5, "corrected": 6}
 
@@ -81,13 +83,16 @@ def _as_sent(doc: dict[str, Any], status: str) -> dict[str, Any]:
     return updated
 
 
-def apply_supersede(client: _Requester, transaction: dict[str, Any]) -> dict[str, Any]:
-    """Return ``transaction`` with version-chain updates applied (the input is not modified)."""
+def apply_supersede(client: _Requester, transaction: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """Return ``(transaction with version-chain updates, stale)`` (the input is not modified); ``stale`` is True
+    when the server already holds a newer version of the report (this one arrived late or is a resend of an
+    old version): see :func:`documents_only`."""
     entries = transaction.get("entry", [])
     positions = [n for n, e in enumerate(entries) if e.get("resource", {}).get("resourceType") == "DocumentReference"
                  and _usual(e["resource"]) is not None]
+    stale = False
     if not positions:
-        return transaction
+        return transaction, stale
     out = dict(transaction)
     out_entries = list(entries)
     for n in positions:
@@ -106,6 +111,7 @@ def apply_supersede(client: _Requester, transaction: dict[str, Any]) -> dict[str
                 "target": {"reference": f"urn:uuid:{chain[position - 1]['id']}"}}]
         if latest is not new:
             new["status"] = "superseded"
+            stale = True
         out_entries[n] = {**out_entries[n], "resource": new}
         for doc in existing:
             want = "current" if doc is latest else "superseded"
@@ -126,7 +132,21 @@ def apply_supersede(client: _Requester, transaction: dict[str, Any]) -> dict[str
         if e.get("_server_copy") else e
         for e in out_entries
     ]
-    return out
+    return out, stale
+
+
+def documents_only(transaction: dict[str, Any]) -> dict[str, Any]:
+    """For a stale version: keep only the DocumentReference entries (its own, stored ``superseded``, and the chain),
+    so that an old version arriving late never overwrites the newer Composition, DiagnosticReport and copies
+    (``rest``: one logical resource per report). References to dropped entries become ``Type/id`` (the newer
+    version wrote those resources)."""
+    kept, urls = [], {}
+    for e in transaction.get("entry", []):
+        if e.get("resource", {}).get("resourceType") == "DocumentReference":
+            kept.append(e)
+        elif e.get("fullUrl") and e.get("request", {}).get("method") == "PUT":
+            urls[e["fullUrl"]] = e["request"]["url"]
+    return {**transaction, "entry": [{**e, "resource": _rewrite(e["resource"], urls)} for e in kept]}
 
 
 def _rewrite(node: Any, urls: dict[str, str]) -> Any:
