@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from tests.fhir_server import HapiServer, ServerUnavailable
+from tests.runtime.runtime_harness import EngineConfig, EngineProcess, MllpClient, ack_code
 
 
 @pytest.fixture(scope="session")
@@ -78,3 +79,28 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 60.0, what: str = "
             return
         time.sleep(0.2)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def engine_for(tmp_path: Path, url: str, model: str, monkeypatch: pytest.MonkeyPatch) -> EngineProcess:
+    monkeypatch.setenv("FHIR_BASE_URL", url)
+    config = EngineConfig(tmp_path, extra={
+        "sinks": {"fhir": {"model": model, "validate": True, "concurrency": 2},
+                  "folder": {"path": str(tmp_path / "outbox")}},
+        "worker": {"poll_timeout": 0.2, "drain_timeout": 10,
+                   "retry": {"attempts": 2, "initial": 0.05, "maximum": 0.2, "jitter": 0.01, "backpressure": 0.5}},
+    })
+    return EngineProcess(config)
+
+
+def send_mllp(engine: EngineProcess, messages: list[bytes]) -> None:
+    client = MllpClient(engine.config.mllp_port)
+    try:
+        for message in messages:
+            assert ack_code(client.send(message)) in ("AA", "CA")
+    finally:
+        client.close()
+
+
+def finished(root: Path) -> int:
+    counts = store_counts(root)
+    return counts.get("published", 0) + counts.get("failed", 0)

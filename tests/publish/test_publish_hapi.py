@@ -25,38 +25,22 @@ from engine.store import MessageStore, StoreSource
 from engine.worker import RetryPolicy, Worker
 from pipelines.output.models import TRANSACTION, Model, register
 from tests.fhir_server import HapiServer
-from tests.publish.conftest import history_total, search, snapshot, store_counts, wait_for
+from tests.publish.conftest import (
+    engine_for,
+    finished,
+    history_total,
+    search,
+    send_mllp,
+    snapshot,
+    store_counts,
+    wait_for,
+)
 from tests.publish.messages import oru, version_sequence
-from tests.runtime.runtime_harness import REPO, EngineConfig, EngineProcess, MllpClient, ack_code
+from tests.runtime.runtime_harness import REPO
 
 pytestmark = pytest.mark.integration
 
 VALIDATOR = REPO.parent / "shared" / "tools" / "fhir-validator" / "validate.sh"
-
-
-def _engine(tmp_path: Path, url: str, model: str, monkeypatch: pytest.MonkeyPatch) -> EngineProcess:
-    monkeypatch.setenv("FHIR_BASE_URL", url)
-    config = EngineConfig(tmp_path, extra={
-        "sinks": {"fhir": {"model": model, "validate": True, "concurrency": 2},
-                  "folder": {"path": str(tmp_path / "outbox")}},
-        "worker": {"poll_timeout": 0.2, "drain_timeout": 10,
-                   "retry": {"attempts": 2, "initial": 0.05, "maximum": 0.2, "jitter": 0.01, "backpressure": 0.5}},
-    })
-    return EngineProcess(config)
-
-
-def _send(engine: EngineProcess, messages: list[bytes]) -> None:
-    client = MllpClient(engine.config.mllp_port)
-    try:
-        for message in messages:
-            assert ack_code(client.send(message)) in ("AA", "CA")
-    finally:
-        client.close()
-
-
-def _finished(root: Path) -> int:
-    counts = store_counts(root)
-    return counts.get("published", 0) + counts.get("failed", 0)
 
 
 def _chain(base: str) -> list[dict[str, Any]]:
@@ -68,11 +52,11 @@ def _chain(base: str) -> list[dict[str, Any]]:
 def test_engine_run_versions_and_resends(fhir: HapiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                          model: str) -> None:
     versions = version_sequence(filler=f"R{model}")
-    engine = _engine(tmp_path, fhir.url, model, monkeypatch)
+    engine = engine_for(tmp_path, fhir.url, model, monkeypatch)
     engine.start()
     try:
-        _send(engine, versions)
-        wait_for(lambda: _finished(tmp_path) == 4, 90, "4 versions published")
+        send_mllp(engine, versions)
+        wait_for(lambda: finished(tmp_path) == 4, 90, "4 versions published")
         assert store_counts(tmp_path) == {"published": 4}, engine.log_tail()
 
         # approach 1/2: one Bundle and one DocumentReference per version; P, F, C superseded, the addendum current
@@ -102,8 +86,8 @@ def test_engine_run_versions_and_resends(fhir: HapiServer, tmp_path: Path, monke
             assert chain[-1]["subject"]["identifier"]["value"] == "PAT0001"
 
         before = snapshot(fhir.url)
-        _send(engine, versions[::-1] + versions)  # resends, the old versions late
-        wait_for(lambda: _finished(tmp_path) == 12, 120, "resends published")
+        send_mllp(engine, versions[::-1] + versions)  # resends, the old versions late
+        wait_for(lambda: finished(tmp_path) == 12, 120, "resends published")
         assert store_counts(tmp_path) == {"published": 12}, engine.log_tail()
         assert snapshot(fhir.url) == before  # nothing changed: no new resource, no new version
         assert list((tmp_path / "dlq").glob("*.json")) == []
