@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from engine.convert import Converter, Output  # noqa: E402
+from engine.errors import TransientError  # noqa: E402
 from engine.publishers.client import FhirClient  # noqa: E402
 from engine.publishers.fhir import FhirSink  # noqa: E402
 from engine.publishers.settings import FhirSettings  # noqa: E402
@@ -98,14 +99,22 @@ def one_run(base: str, model: str, outputs: list[Output], concurrency: int, batc
     client = TimedClient(settings)
     sink = FhirSink(settings, client)
     envelope = Envelope("bench", b"", CONTENT_HL7V2, "bench", 0.0)
+    retries = 0
     t0 = time.perf_counter()
     for start in range(0, len(outputs), batch):
-        for output in outputs[start:start + batch]:
-            sink.write(output, envelope)
-        sink.flush()
+        while True:  # as the worker does: a transient failure retries the batch (idempotent PUTs)
+            for output in outputs[start:start + batch]:
+                sink.write(output, envelope)
+            try:
+                sink.flush()
+                break
+            except TransientError:
+                retries += 1
     elapsed = time.perf_counter() - t0
     sink.close()
-    return len(outputs) / elapsed, dict(client.spent)
+    spent = dict(client.spent)
+    spent["retried batches"] = retries
+    return len(outputs) / elapsed, spent
 
 
 def main() -> None:
@@ -129,16 +138,18 @@ def main() -> None:
         print(f"model {args.model}: {len(outputs)} reports, conversion {convert_rate:,.0f} reports/s "
               f"(not included below); server {base}")
         for concurrency in args.concurrency:
-            rates, shares = [], defaultdict(list)
+            rates, shares, retried = [], defaultdict(list), []
             for _ in range(args.runs):
                 rate, spent = one_run(base, args.model, outputs, concurrency, args.batch, args.validate)
                 rates.append(rate)
+                retried.append(int(spent.pop("retried batches")))
                 total = sum(spent.values()) or 1.0
                 for kind, seconds in spent.items():
                     shares[kind].append(100 * seconds / total)
             share = ", ".join(f"{k} {statistics.median(v):.0f}%" for k, v in sorted(shares.items()))
             print(f"concurrency {concurrency}: median {statistics.median(rates):.1f} reports/s "
-                  f"(runs {', '.join(f'{r:.1f}' for r in rates)}); request time: {share}")
+                  f"(runs {', '.join(f'{r:.1f}' for r in rates)}); request time: {share}; "
+                  f"batches retried after a transient error: {retried}")
     finally:
         if proc is not None:
             proc.send_signal(signal.SIGTERM)

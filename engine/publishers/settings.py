@@ -182,12 +182,17 @@ class FhirSettings:
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or not 1 <= concurrency <= 64:
             raise ConfigError(f"{where}.concurrency: expected an integer between 1 and 64, got {concurrency!r}")
         auth_raw = _mapping(raw, "auth", where)
+        validate = _bool(raw, "validate", False, where)
+        if validate:
+            from engine.publishers.gate import require_library
+
+            require_library()
         return cls(
             base_url=base.rstrip("/"),
             model=model,
             concurrency=concurrency,
             timeout=_num(raw, "timeout", 30.0, where, 0.1, 3600.0),
-            validate=_bool(raw, "validate", False, where),
+            validate=validate,
             supersede=_bool(raw, "supersede", True, where),
             max_retry_after=_num(raw, "max_retry_after", 300.0, where, 0.0, 86400.0),
             tls=tls,

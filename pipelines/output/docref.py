@@ -11,12 +11,14 @@
   ``relatesTo`` ``replaces``; that needs the server's state, so it is not done here), ``docStatus`` from the
   Composition (or DiagnosticReport) status;
 * ``type`` LOINC 85430-7 plus the report's own code, ``category`` ``Medical-Imaging``, ``modality`` from the
-  ImagingStudy, ``date`` = ``Bundle.timestamp`` (an instant, as R5 ``DocumentReference.date`` requires);
+  ImagingStudy, ``date`` = ``Bundle.timestamp``, else ``DiagnosticReport.issued`` (an instant, as R5
+  ``DocumentReference.date`` requires; neither: :class:`~pipelines.errors.MappingError`);
 * ``content.attachment``: ``application/fhir+json``, ``url`` ``Bundle/<id>`` (the Bundle is stored beside it),
   ``size`` and SHA-1 ``hash`` of the serialized Bundle, ``content.profile`` = the Bundle's profile.
 
 ``subject`` is given by the caller: a logical reference by the patient's first identifier in approach 1 (the
-document server holds no Patient of ours; MHD allows that), a reference to the transaction's own Patient copy in
+document server holds no Patient of ours; MHD allows that; a patient without any identifier is written as its own
+``PUT Patient/<id>`` in the same transaction and referenced literally), a reference to the transaction's own Patient copy in
 approach 2. Pure: no I/O, no clock.
 """
 
@@ -124,6 +126,16 @@ def _doc_status(bundle: dict[str, Any]) -> str:
     return status if status in _DOC_STATUS else "unknown"
 
 
+def _instant(bundle: dict[str, Any]) -> str:
+    """``Bundle.timestamp``, else ``DiagnosticReport.issued`` (both instants); R5 ``DocumentReference.date`` is one."""
+    if bundle.get("timestamp"):
+        return str(bundle["timestamp"])
+    for dr in _resources(bundle, "DiagnosticReport"):
+        if dr.get("issued"):
+            return str(dr["issued"])
+    raise MappingError("DocumentReference.date: the report has no issue time (no Bundle.timestamp, no issued)")
+
+
 def document_reference(bundle: dict[str, Any], body: bytes, subject: dict[str, Any]) -> dict[str, Any]:
     """DocumentReferenceImagingReport for ``bundle`` whose serialized bytes are ``body`` (size and SHA-1 hash)."""
     bundle_id = bundle["id"]
@@ -161,7 +173,7 @@ def document_reference(bundle: dict[str, Any], body: bytes, subject: dict[str, A
     doc["type"] = {"coding": codings}
     doc["category"] = [{"coding": [dict(MEDICAL_IMAGING)]}]
     doc["subject"] = subject
-    doc["date"] = bundle["timestamp"]
+    doc["date"] = _instant(bundle)
     attachment: dict[str, Any] = {
         "contentType": "application/fhir+json",
         "url": f"Bundle/{bundle_id}",
@@ -183,10 +195,19 @@ def document_transaction(bundle: dict[str, Any], body: bytes) -> dict[str, Any]:
     is a no-op update. ``id`` of the returned Bundle is the document's id (file name in ``engine map``)."""
     if bundle.get("type") not in ("document", "collection"):
         raise MappingError(f"approach 1 publishes document or collection Bundles, not {bundle.get('type')!r}")
-    doc = document_reference(bundle, body, logical_subject(bundle))
+    extra: list[dict[str, Any]] = []
+    try:
+        subject = logical_subject(bundle)
+    except MappingError:  # no usable patient identifier: a literal reference to the document's own Patient
+        patients = _resources(bundle, "Patient")
+        if not patients:
+            raise
+        extra.append(entry(patients[0]))
+        subject = {"reference": f"urn:uuid:{patients[0]['id']}"}
+    doc = document_reference(bundle, body, subject)
     return {
         "resourceType": "Bundle",
         "id": bundle["id"],
         "type": "transaction",
-        "entry": [entry(bundle), entry(doc)],
+        "entry": [entry(bundle), *extra, entry(doc)],
     }

@@ -98,10 +98,14 @@ def test_document_reference_and_approach_1_transaction() -> None:
     assert doc["date"] == document["timestamp"]
 
 
-def test_approach_1_needs_a_patient_identifier() -> None:
+def test_approach_1_without_a_patient_identifier_sends_the_patient() -> None:
     _, document = _one("document")
-    for e in document["entry"]:
-        e["resource"].pop("identifier", None) if e["resource"]["resourceType"] == "Patient" else None
+    patient = next(e["resource"] for e in document["entry"] if e["resource"]["resourceType"] == "Patient")
+    del patient["identifier"]
+    tx = document_transaction(document, b"{}")
+    assert [e["request"]["url"].split("/")[0] for e in tx["entry"]] == ["Bundle", "Patient", "DocumentReference"]
+    assert tx["entry"][2]["resource"]["subject"] == {"reference": f"urn:uuid:{patient['id']}"}
+    document["entry"] = [e for e in document["entry"] if e["resource"]["resourceType"] != "Patient"]
     with pytest.raises(MappingError, match="no identifier"):
         document_transaction(document, b"{}")
 
