@@ -18,8 +18,8 @@
 
 ``subject`` is given by the caller: a logical reference by the patient's first identifier in approach 1 (the
 document server holds no Patient of ours; MHD allows that; a patient without any identifier is written as its own
-``PUT Patient/<id>`` in the same transaction and referenced literally), a reference to the transaction's own Patient copy in
-approach 2. Pure: no I/O, no clock.
+``PUT Patient/<id>`` in the same transaction and referenced literally), a reference to the transaction's own
+Patient copy in approach 2. Pure: no I/O, no clock.
 """
 
 from __future__ import annotations
