@@ -12,7 +12,8 @@ the expensive case for the server).
                                             [--batch 50] [--validate]
 
 Prints per concurrency the median over the runs of: reports/s (conversion excluded, measured separately),
-and the client-side share of time per request kind (supersede search GET, document PUT, transaction POST).
+the share of request wall time per request kind (supersede search GET, document PUT, transaction POST: mostly
+the server's own work) and the engine's CPU time per report (JSON, httpx, supersede logic).
 Timing lives here, never in tests.
 """
 
@@ -100,6 +101,7 @@ def one_run(base: str, model: str, outputs: list[Output], concurrency: int, batc
     sink = FhirSink(settings, client)
     envelope = Envelope("bench", b"", CONTENT_HL7V2, "bench", 0.0)
     retries = 0
+    cpu0 = time.process_time()
     t0 = time.perf_counter()
     for start in range(0, len(outputs), batch):
         while True:  # as the worker does: a transient failure retries the batch (idempotent PUTs)
@@ -111,9 +113,11 @@ def one_run(base: str, model: str, outputs: list[Output], concurrency: int, batc
             except TransientError:
                 retries += 1
     elapsed = time.perf_counter() - t0
+    cpu = time.process_time() - cpu0
     sink.close()
     spent = dict(client.spent)
     spent["retried batches"] = retries
+    spent["client cpu ms/report"] = 1000 * cpu / len(outputs)
     return len(outputs) / elapsed, spent
 
 
@@ -138,17 +142,19 @@ def main() -> None:
         print(f"model {args.model}: {len(outputs)} reports, conversion {convert_rate:,.0f} reports/s "
               f"(not included below); server {base}")
         for concurrency in args.concurrency:
-            rates, shares, retried = [], defaultdict(list), []
+            rates, shares, retried, cpu = [], defaultdict(list), [], []
             for _ in range(args.runs):
                 rate, spent = one_run(base, args.model, outputs, concurrency, args.batch, args.validate)
                 rates.append(rate)
                 retried.append(int(spent.pop("retried batches")))
+                cpu.append(spent.pop("client cpu ms/report"))
                 total = sum(spent.values()) or 1.0
                 for kind, seconds in spent.items():
                     shares[kind].append(100 * seconds / total)
             share = ", ".join(f"{k} {statistics.median(v):.0f}%" for k, v in sorted(shares.items()))
             print(f"concurrency {concurrency}: median {statistics.median(rates):.1f} reports/s "
                   f"(runs {', '.join(f'{r:.1f}' for r in rates)}); request time: {share}; "
+                  f"engine CPU {statistics.median(cpu):.1f} ms/report; "
                   f"batches retried after a transient error: {retried}")
     finally:
         if proc is not None:

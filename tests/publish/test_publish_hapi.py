@@ -41,6 +41,7 @@ from tests.runtime.runtime_harness import REPO
 pytestmark = pytest.mark.integration
 
 VALIDATOR = REPO.parent / "shared" / "tools" / "fhir-validator" / "validate.sh"
+SR_SAMPLE = REPO.parent / "shared" / "testdata" / "dicom-sr-hl7-ig" / "Example-MeasurementReport.json"
 
 
 def _chain(base: str) -> list[dict[str, Any]]:
@@ -182,7 +183,8 @@ def test_every_unit_sent_passes_the_official_validator(fhir: HapiServer, tmp_pat
     sent.mkdir()
     reports = [*version_sequence(filler="VAL1"),
                oru(filler="VAL2", status="F", when="20260108100000+0100", text="Second report, same patient.",
-                   study_uid="2.25.1000002")]
+                   study_uid="2.25.1000002"),
+               SR_SAMPLE.read_bytes()]  # a TID 1500 measurement report: ImagingSelections, measurement groups
     for model in ("document", "rest"):
         fhir.expunge()  # one model per server, as deployed
         settings = FhirSettings.from_mapping({"model": model, "validate": True}, {"FHIR_BASE_URL": fhir.url})
@@ -190,11 +192,11 @@ def test_every_unit_sent_passes_the_official_validator(fhir: HapiServer, tmp_pat
         converter = Converter(model=model)
         for message in reports:
             for output in converter.convert(message).outputs:
-                sink.write(output, Envelope("t", message, CONTENT_HL7V2, "test", 0.0))
+                sink.write(output, Envelope("t", message, CONTENT_HL7V2, "test", 0.0))  # the envelope is not sent
                 sink.flush()
         sink.close()
     files = sorted(sent.iterdir())
-    assert len(files) == 20  # per model and version: the document Bundle, then the transaction
+    assert len(files) == 24  # per model and report version: the document Bundle, then the transaction
     run = subprocess.run([str(VALIDATOR), str(sent)], capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
     assert f"{len(files)} files, 0 with unwaived errors" in run.stdout + run.stderr
