@@ -20,6 +20,7 @@ from __future__ import annotations
 import email.utils
 import json
 import re
+import ssl
 import threading
 import time
 from typing import Any
@@ -79,25 +80,31 @@ def _retry_after(header: str | None, cap: float) -> float | None:
     return min(max(0.0, when.timestamp() - time.time()), cap)
 
 
+def tls_context(settings: FhirSettings) -> ssl.SSLContext:
+    """TLS 1.2 or higher (SMART Backend Services); the CA file replaces the system CAs when given (a private PKI is
+    pinned); the client certificate (and key) for mutual TLS; ``verify: false`` only when configured."""
+    tls = settings.tls
+    context = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if tls.client_cert is not None:
+        context.load_cert_chain(str(tls.client_cert), str(tls.client_key) if tls.client_key else None)
+    if not tls.verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
 class FhirClient:
     def __init__(self, settings: FhirSettings, transport: httpx.BaseTransport | None = None) -> None:
         self.settings = settings
         self.base = settings.base_url + "/"
-        tls = settings.tls
-        verify: Any = tls.verify
-        if tls.verify and tls.ca_file is not None:
-            verify = str(tls.ca_file)
-        cert: Any = None
-        if tls.client_cert is not None:
-            cert = (str(tls.client_cert), str(tls.client_key)) if tls.client_key else str(tls.client_cert)
         kwargs: dict[str, Any] = {
             "base_url": self.base,
             "timeout": httpx.Timeout(settings.timeout),
             "limits": httpx.Limits(max_connections=settings.concurrency,
                                    max_keepalive_connections=settings.concurrency),
             "follow_redirects": True,
-            "verify": verify,
-            "cert": cert,
+            "verify": tls_context(settings),
             "headers": {"Accept": FHIR_JSON, "User-Agent": "imaging-report-engine"},
         }
         if transport is not None:
