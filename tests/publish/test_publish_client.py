@@ -209,3 +209,22 @@ def test_base_url_comes_from_the_environment() -> None:
     assert "s3cret" not in repr(FhirSettings.from_mapping(
         {"auth": {"type": "client_credentials", "token_url": TOKEN_URL, "client_id": "x"}},
         {"FHIR_BASE_URL": BASE, "FHIR_CLIENT_SECRET": "s3cret"}))
+
+
+def test_engine_validate_without_a_reachable_server_exits_2(tmp_path: Any, monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    import yaml
+
+    from engine.cli import main as engine_main
+    from tests.runtime.runtime_harness import REPO
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("FHIR_BASE_URL", f"http://127.0.0.1:{port}/fhir")
+    config = yaml.safe_load((REPO / "config" / "document-fhir.yaml").read_text())
+    config["store"]["path"] = str(tmp_path / "store")
+    path = tmp_path / "document-fhir.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert engine_main(["validate", "--config", str(path)]) == 2
+    assert "cannot read the FHIR server's CapabilityStatement" in capsys.readouterr().err
