@@ -116,6 +116,8 @@ class FhirSink:
             if self.settings.supersede:
                 unit, stale = apply_supersede(self.client, unit)
                 if stale:
+                    log.info("stale report version: only its DocumentReference and Bundle are written",
+                             extra={"bundle_id": unit.get("id")})
                     unit = documents_only(unit)
             response = self.client.request("POST", "", unit)
             if unit["type"] == "batch":
