@@ -136,13 +136,15 @@ def _status_outputs(exc: StatusOnly, model: str) -> list[Output]:
 def _output(report: Report, model: str) -> Output:
     bundle, kind = shape(report, model)
     if kind in ("document", "minimal"):
-        report_id = bundle["entry"][1 if kind == "document" else 0]["resource"]["id"]
-    else:  # transaction Bundles: the id every model gives the DiagnosticReport
-        report_id = uuid_for("DiagnosticReport", report.identifier.system, report.identifier.value)
+        dr = bundle["entry"][1 if kind == "document" else 0]["resource"]
+    else:  # transaction / batch models: the report's DiagnosticReport wherever it sits
+        dr = next((e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "DiagnosticReport"),
+                  bundle)
     return Output(
         bundle_id=bundle["id"],
         body=serialize(bundle),
-        report_id=report_id,
+        # harmonized transactions update the DiagnosticReport by identifier (no id in the resource)
+        report_id=dr.get("id") or uuid_for("DiagnosticReport", report.identifier.system, report.identifier.value),
         partition_key=partition_key(report),
         kind=kind,
         ids=dict(report.ids),

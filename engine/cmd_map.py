@@ -18,13 +18,14 @@ __all__ = ["register"]
 DEFAULT_MAPPING = Path(__file__).resolve().parent.parent / "config" / "mapping-senders.yaml"
 
 
-MODELS = ["document", "harmonized", "imr"]
 
 
 def register(sub: Any) -> None:
     p = sub.add_parser("map", help="convert HL7 v2 / DICOM SR files or directories to FHIR Bundles")
     p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="files or directories (recursive)")
-    p.add_argument("--model", default="document", choices=MODELS, help="output model (default: document)")
+    from pipelines.output.models import model_names
+
+    p.add_argument("--model", default="document", choices=model_names(), help="output model (default: document)")
     p.add_argument("--out", type=Path, help="output directory (default: Bundles to stdout, one per line)")
     p.add_argument("--config", type=Path, help="YAML with a `mapping:` section (sender profiles)")
     p.add_argument("--quiet", action="store_true", help="do not list rejected messages on stderr")

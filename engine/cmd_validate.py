@@ -1,6 +1,8 @@
 """``engine validate --config FILE``: check a deployment config without starting anything.
 
-Prints a PHI-free JSON summary and exits 0, or prints one line naming the problem and exits 2.
+Prints a PHI-free JSON summary and exits 0, or prints one line naming the problem and exits 2. With a FHIR sink
+(``sinks.fhir``) the server's CapabilityStatement is read and every interaction the chosen model needs and the
+server lacks is one line (exit 2).
 """
 
 from __future__ import annotations
@@ -22,6 +24,15 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=validate)
 
 
+def _server_gaps(settings: Any) -> list[str]:
+    """With a FHIR sink: the interactions the model needs and the server's CapabilityStatement lacks."""
+    if getattr(settings, "fhir_sink", None) is None:
+        return []
+    from engine.publishers.capability import check_server
+
+    return check_server(settings.fhir_sink)
+
+
 def validate(args: argparse.Namespace) -> int:
     from engine.settings import load_settings
 
@@ -31,8 +42,13 @@ def validate(args: argparse.Namespace) -> int:
             importlib.import_module("engine._dispatch")  # the mapping pipelines import cleanly
         except ImportError as exc:
             raise ConfigError(f"the mapping pipelines cannot be imported: {exc}") from exc
+        gaps = _server_gaps(settings)
     except ConfigError as exc:
         print(f"engine validate: {exc}", file=sys.stderr)
+        return 2
+    if gaps:
+        for gap in gaps:
+            print(f"engine validate: FHIR server lacks {gap} (model {settings.model})", file=sys.stderr)
         return 2
     print(json.dumps({"config": str(args.config), "valid": True, **settings.summary()}, sort_keys=True))
     return 0

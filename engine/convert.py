@@ -21,8 +21,10 @@ class Converter:
     """Stateless apart from its immutable context; safe to share between threads."""
 
     def __init__(self, context: MappingContext | None = None, model: str = "document") -> None:
-        if model not in ("document", "harmonized", "imr"):
-            raise ValueError(f"unknown output model {model!r} (available: document, harmonized, imr)")
+        if model != "document":
+            from pipelines.output.models import shaper_for
+
+            shaper_for(model)  # ValueError naming the available models
         self.context = context or MappingContext()
         self.model = model
 

@@ -72,6 +72,7 @@ class Runtime:
         self.intake: list[tuple[str, Any]] = []  # (name, listener with stop())
         self.worker: Worker | None = None
         self._intake_stopped = False
+        self._intake_started = False  # /readyz stays 503 until every listener is bound
         self._store_lock: BinaryIO | None = None
 
     # -- construction -------------------------------------------------------------------------------
@@ -93,13 +94,17 @@ class Runtime:
             self.sinks.append(FolderSink(s.folder_sink.path))
         if s.kafka_sink is not None:
             self.sinks.append(_kafka("KafkaSink")(s.kafka_sink))
+        if s.fhir_sink is not None:
+            from engine.publishers.fhir import FhirSink
+
+            self.sinks.append(FhirSink(s.fhir_sink))
         if s.dlq_folder is not None:
             self.dead_letters = FolderDeadLetters(s.dlq_folder.path)
         else:
             self.dead_letters = _kafka("KafkaDeadLetters")(s.dlq_kafka)
         self.worker = Worker(
             self.source,
-            Converter(s.mapping),
+            Converter(s.mapping, model=s.model),
             self.sinks,
             self.dead_letters,
             policy=s.worker.retry,
@@ -125,7 +130,10 @@ class Runtime:
         h = self.settings.health
         if h is None:
             return
-        checks: dict[str, Callable[[], bool]] = {"worker": lambda: self.worker is not None and not self.worker.paused}
+        checks: dict[str, Callable[[], bool]] = {
+            "worker": lambda: self.worker is not None and not self.worker.paused,
+            "intake": lambda: self._intake_started,
+        }
         if self.store is not None:
             store = self.store
             checks["store"] = store.healthy
@@ -205,6 +213,7 @@ class Runtime:
                 if resumed:
                     log.info("resuming unfinished messages", extra={"count": resumed})
             self._start_intake()
+            self._intake_started = True
         except Exception as exc:  # port in use, unusable directory, broker unreachable, ...
             log.error("cannot start", extra={"error_class": type(exc).__name__, "reason": str(exc)[:300]})
             self.close()

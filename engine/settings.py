@@ -9,6 +9,7 @@ Sections (unknown keys are errors)::
                dicom: engine.sources.dicom_scp.ScpSettings.from_mapping
                kafka: engine.kafka.settings.KafkaSettings.from_mapping (raw topics; the raw topic is the store)
     sinks:     folder: {path}   kafka: KafkaSettings.from_mapping
+               fhir: engine.publishers.settings.FhirSettings.from_mapping (model, FHIR_BASE_URL, auth, TLS, ...)
     dlq:       folder: {path}   kafka: KafkaSettings.from_mapping      (one of them is required)
     worker:    {batch_size, poll_timeout, drain_timeout, retry: {attempts, initial, maximum, jitter, backpressure}}
     health:    {host, port, live_timeout}
@@ -57,6 +58,7 @@ EXTERNAL = {
     "mllp": ("engine.sources.mllp", "MllpSettings"),
     "dicom": ("engine.sources.dicom_scp", "ScpSettings"),
     "kafka": ("engine.kafka.settings", "KafkaSettings"),
+    "fhir": ("engine.publishers.settings", "FhirSettings"),
 }
 
 #: environment variable -> (section path, key, converter)
@@ -114,12 +116,18 @@ class Settings:
     kafka_source: Any = None  # engine.kafka.settings.KafkaSettings
     folder_sink: FolderSettings | None = None
     kafka_sink: Any = None
+    fhir_sink: Any = None  # engine.publishers.settings.FhirSettings
     dlq_folder: FolderSettings | None = None
     dlq_kafka: Any = None
     worker: WorkerSettings = field(default_factory=WorkerSettings)
     health: HealthSettings | None = None
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     source_file: Path | None = None
+
+    @property
+    def model(self) -> str:
+        """The output model (pipelines.output.models): ``sinks.fhir.model``, else ``document``."""
+        return str(self.fhir_sink.model) if self.fhir_sink is not None else "document"
 
     def summary(self) -> dict[str, Any]:
         """A PHI-free description for ``engine validate`` and the start-up log line."""
@@ -128,7 +136,9 @@ class Settings:
         return {
             "sources": sources,
             "store": str(self.store.path) if self.store else None,
-            "sinks": [n for n, v in (("folder", self.folder_sink), ("kafka", self.kafka_sink)) if v is not None],
+            "sinks": [n for n, v in (("folder", self.folder_sink), ("kafka", self.kafka_sink),
+                                     ("fhir", self.fhir_sink)) if v is not None],
+            "model": self.model,
             "dlq": "folder" if self.dlq_folder else "kafka",
             "health": f"{self.health.host}:{self.health.port}" if self.health else None,
             "senders": len(self.mapping.senders),
@@ -259,11 +269,12 @@ def parse_settings(data: Any, environ: Mapping[str, str] | None = None, source_f
         raise ConfigError("sources: configure at least one of inbox, mllp, dicom, kafka")
 
     sinks = _section(data, "sinks", "")
-    _keys(sinks, {"folder", "kafka"}, "sinks")
+    _keys(sinks, {"folder", "kafka", "fhir"}, "sinks")
     folder_sink = _folder(_section(sinks, "folder", "sinks."), "sinks.folder") if "folder" in sinks else None
     kafka_sink = _kafka_section(data, sinks, "sinks.kafka") if "kafka" in sinks else None
-    if not (folder_sink or kafka_sink):
-        raise ConfigError("sinks: configure at least one of folder, kafka")
+    fhir_sink = _external("fhir", _section(sinks, "fhir", "sinks."), "sinks.fhir") if "fhir" in sinks else None
+    if not (folder_sink or kafka_sink or fhir_sink):
+        raise ConfigError("sinks: configure at least one of folder, kafka, fhir")
 
     dlq = _section(data, "dlq", "")
     _keys(dlq, {"folder", "kafka"}, "dlq")
@@ -326,6 +337,7 @@ def parse_settings(data: Any, environ: Mapping[str, str] | None = None, source_f
         kafka_source=kafka_source,
         folder_sink=folder_sink,
         kafka_sink=kafka_sink,
+        fhir_sink=fhir_sink,
         dlq_folder=dlq_folder,
         dlq_kafka=dlq_kafka,
         worker=worker,

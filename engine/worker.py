@@ -80,6 +80,7 @@ class _Plan:
     envelope: Envelope
     outputs: list[Output] = field(default_factory=list)
     dead: list[tuple[bytes, str, str]] = field(default_factory=list)  # (raw, reason, error_class)
+    details: dict[str, Any] | None = None  # what a sink's PermanentError adds (e.g. the server's OperationOutcome)
 
 
 def _reason(exc: BaseException) -> str:
@@ -159,7 +160,7 @@ class Worker:
         self._deliver([p for p in plans if p.outputs])
         for plan in plans:
             for raw, reason, error_class in plan.dead:
-                self._dead_letter(plan.envelope, raw, reason, error_class)
+                self._dead_letter(plan.envelope, raw, reason, error_class, plan.details)
                 self.metrics.dead_letters.labels(error_class=error_class).inc()
                 log.warning(
                     "dead-lettered",
@@ -230,13 +231,16 @@ class Worker:
             except PERMANENT as exc:
                 self._reject_whole(plan, exc)
 
-    def _dead_letter(self, envelope: Envelope, raw: bytes, reason: str, error_class: str) -> None:
+    def _dead_letter(
+        self, envelope: Envelope, raw: bytes, reason: str, error_class: str, details: dict[str, Any] | None = None
+    ) -> None:
         """Store a dead letter. If the destination refuses the original bytes for good (e.g. larger than the
         dead-letter topic accepts), store a stub that names the envelope, the SHA-256 and size of the
         original and the reason instead: the original stays at its landing position (message store row or
         raw-topic record), and one message can never halt the engine in a crash loop."""
+        extra = {"details": details} if details else {}  # only sinks that know it get the keyword
         try:
-            self._transient(lambda: self.dead_letters.put(envelope, raw, reason, error_class), "dead letters")
+            self._transient(lambda: self.dead_letters.put(envelope, raw, reason, error_class, **extra), "dead letters")
         except PermanentError as exc:
             stub = json.dumps(
                 {
@@ -258,6 +262,8 @@ class Worker:
     def _reject_whole(self, plan: _Plan, exc: BaseException) -> None:
         plan.outputs.clear()
         plan.dead[:] = [(plan.envelope.payload, _reason(exc), type(exc).__name__)]
+        details = getattr(exc, "details", None)
+        plan.details = details if isinstance(details, dict) else None
 
     def _acknowledge(self, plans: Sequence[_Plan]) -> None:
         source = self.source

@@ -10,7 +10,9 @@ provenance headers. ``put`` returns only after the broker acknowledged the recor
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
+from typing import Any
 
 from kafka import KafkaProducer
 
@@ -46,7 +48,9 @@ class KafkaDeadLetters:
             return self.settings.dlq_topic_for(pos.topic)
         return self.settings.dlq_topic_for(self.settings.raw_topic_for(envelope.content_type))
 
-    def put(self, envelope: Envelope, payload: bytes, reason: str, error_class: str) -> None:
+    def put(
+        self, envelope: Envelope, payload: bytes, reason: str, error_class: str, details: dict[str, Any] | None = None
+    ) -> None:
         pos = envelope.position
         items: list[tuple[str, str | None]] = [
             (k, v) for k, v in envelope.headers.items() if not k.startswith(_DLQ_PREFIXES)
@@ -66,6 +70,8 @@ class KafkaDeadLetters:
             ("engine.envelope-id", envelope.id),
             ("engine.pipeline.version", self._version),
         ]
+        if details:  # e.g. the FHIR server's OperationOutcome
+            items.append(("dlq.error.details", json.dumps(details, sort_keys=True)[:16000]))
         topic = self.topic_for(envelope)
         send_and_wait(self._holder, topic, payload, key, encode_headers(items), f"kafka dlq {topic}")
 

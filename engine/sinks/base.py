@@ -36,7 +36,9 @@ class DeadLetterSink(Protocol):
 
     def put(self, envelope: Envelope, payload: bytes, reason: str, error_class: str) -> None:
         """Store durably before returning. ``payload`` is the failed message's original bytes (for a
-        multi-message inbox file, only the failed message); ``reason`` is one PHI-free line."""
+        multi-message inbox file, only the failed message); ``reason`` is one PHI-free line. The worker passes
+        ``details=`` (a JSON-able dict, e.g. a FHIR OperationOutcome) only when a sink's error carries it; the
+        folder and Kafka dead letters keep it."""
         ...
 
     def close(self) -> None: ...

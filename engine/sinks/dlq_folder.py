@@ -3,7 +3,9 @@
 File names are the SHA-256 of the dead-lettered bytes (``<sha256>.hl7`` / ``.dcm`` / ``.bin`` and
 ``<sha256>.json``), so a message dead-lettered again after a crash or a replay overwrites its own entry
 instead of duplicating it. The sidecar holds the reason (one PHI-free line from the mapper), error
-class, source, envelope id, content type, PHI-free headers and times. Both files are written
+class, source, envelope id, content type, PHI-free headers and times; when a FHIR server refused the output,
+also ``details`` with the HTTP status and the server's OperationOutcome (whose diagnostics may quote values: the
+folder holds the original message anyway and is protected like the message store). Both files are written
 atomically and the directory is fsynced before ``put`` returns.
 """
 
@@ -14,6 +16,7 @@ import json
 import os
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from engine.sinks.folder import atomic_write, fsync_dir, remove_stale_tmp
 from engine.sources.base import CONTENT_DICOM, CONTENT_HL7V2, Envelope
@@ -41,7 +44,10 @@ class FolderDeadLetters:
         self.path.mkdir(parents=True, exist_ok=True)
         remove_stale_tmp(self.path)
 
-    def put(self, envelope: Envelope, payload: bytes, reason: str, error_class: str) -> None:
+    def put(
+        self, envelope: Envelope, payload: bytes, reason: str, error_class: str, details: dict[str, Any] | None = None
+    ) -> None:
+        """``details``: what the failing sink adds (the FHIR server's OperationOutcome), kept in the sidecar."""
         digest = hashlib.sha256(payload).hexdigest()
         data_name = digest + _extension(payload, envelope.content_type)
         sidecar = {
@@ -57,6 +63,8 @@ class FolderDeadLetters:
             "failed_at": _iso(datetime.now(UTC).timestamp()),
             "headers": dict(envelope.headers),
         }
+        if details:
+            sidecar["details"] = details
         atomic_write(self.path, data_name, payload, sync_dir=False)
         body = json.dumps(sidecar, indent=2, sort_keys=True).encode() + b"\n"
         atomic_write(self.path, f"{digest}.json", body, sync_dir=False)

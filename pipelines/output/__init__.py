@@ -1,4 +1,8 @@
-"""Output shapers: pure functions from the neutral report model to FHIR Bundles, and the serializer."""
+"""Output shapers: pure functions from the neutral report model to FHIR Bundles, and the serializer.
+
+The deployment models (``document``, ``rest``, and those other modules register) are listed in
+:mod:`pipelines.output.models`; :func:`shape` dispatches on the model name.
+"""
 
 from __future__ import annotations
 
@@ -7,31 +11,42 @@ from typing import Any
 
 from pipelines.common.model import Report
 
-__all__ = ["serialize", "shape"]
+__all__ = ["serialize", "shape", "shape_document_model", "shape_harmonized_model", "shape_imr_model"]
 
 
-def shape(report: Report, model: str = "document") -> tuple[dict[str, Any], str]:
-    """Return (Bundle, kind) for a report; kind is "document" or "minimal" (document model), "harmonized"
-    or "imr" (transaction Bundles: :mod:`pipelines.output.harmonized`, :mod:`pipelines.output.imr`)."""
+def shape_document_model(report: Report) -> tuple[dict[str, Any], str]:
+    """The ``document`` model: (Bundle, kind) with kind "document" or "minimal"."""
     from pipelines.output.document import shape_document, wants_minimal
     from pipelines.output.minimal import shape_minimal
-
-    if model == "harmonized":
-        from pipelines.output.harmonized import shape_harmonized
-
-        return shape_harmonized(report), "harmonized"
-    if model == "imr":
-        from pipelines.output.imr import shape_imr
-
-        return shape_imr(report), "imr"
-    if model != "document":
-        raise ValueError(f"unknown output model {model!r}")
     from pipelines.output.timezone import mark_uncertain
 
     bundle, kind = (shape_minimal(report), "minimal") if wants_minimal(report) else (shape_document(report), "document")
     if report.timezone_assumed:
         mark_uncertain(bundle)
     return bundle, kind
+
+
+def shape_harmonized_model(report: Report) -> tuple[dict[str, Any], str]:
+    """The ``harmonized`` model (approach 3): a transaction Bundle, kind "harmonized"."""
+    from pipelines.output.harmonized import shape_harmonized
+
+    return shape_harmonized(report), "harmonized"
+
+
+def shape_imr_model(report: Report) -> tuple[dict[str, Any], str]:
+    """The ``imr`` model (IHE IMR Report Creator, RAD-141): a transaction Bundle, kind "imr"."""
+    from pipelines.output.imr import shape_imr
+
+    return shape_imr(report), "imr"
+
+
+def shape(report: Report, model: str = "document") -> tuple[dict[str, Any], str]:
+    """Return (Bundle, kind) for a report in the given output model (ValueError for an unknown model)."""
+    if model == "document":
+        return shape_document_model(report)
+    from pipelines.output.models import shaper_for
+
+    return shaper_for(model)(report)
 
 
 def serialize(resource: dict[str, Any]) -> bytes:
