@@ -35,7 +35,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from engine.errors import PermanentError, TransientError
 from engine.sources.base import CONTENT_DICOM, Landing
-from engine.sources.mllp import TlsSettings
+from engine.sources.listener_settings import TlsSettings
 
 __all__ = [
     "STATUS_CANNOT_UNDERSTAND",
