@@ -162,6 +162,11 @@ class MllpDecoder:
 
     # -- helpers ---------------------------------------------------------------------------------
     def _add_junk(self, chunk: memoryview) -> None:
+        if not self._junk_size:  # noise before a junk run (a LF after <EB><CR>) is not part of it
+            lead = bytes(chunk[:64])
+            strip = len(lead) - len(lead.lstrip(_NOISE))
+            self.skipped += strip
+            chunk = chunk[strip:]
         room = self.keep_bytes - len(self._junk)
         if room > 0:
             self._junk += chunk[:room]

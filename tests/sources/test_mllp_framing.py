@@ -9,27 +9,33 @@ import hl7
 import pytest
 
 from engine.sources.hl7_ack import build_ack, python_codec, read_msh
-from engine.sources.mllp_framing import FrameTooLarge, MllpDecoder, frame
+from engine.sources.mllp_framing import FrameTooLarge, Garbage, MllpDecoder, frame
 
 MSG = b"MSH|^~\\&|RIS|HOSP|ENGINE|HUB|20250101120000||ORU^R01^ORU_R01|CTRL-1|P|2.5.1\rPID|1||123\r"
 
 
 def test_messages_split_across_chunks_and_junk() -> None:
-    stream = b"\r\n" + frame(MSG) + b"xx" + frame(MSG.replace(b"CTRL-1", b"CTRL-2"))
+    stream = b"\r\n" + frame(MSG) + b"xx" + frame(MSG.replace(b"CTRL-1", b"CTRL-2")) + b"\n"
     decoder = MllpDecoder(1024)
-    out: list[bytes] = []
+    out: list[bytes | Garbage] = []
     for i in range(len(stream)):  # one byte at a time, incl. EB and CR in separate chunks
         out += decoder.feed(stream[i : i + 1])
-    assert out == [MSG, MSG.replace(b"CTRL-1", b"CTRL-2")]
-    assert decoder.skipped == 4 and decoder.pending == 0
+    assert out == [MSG, Garbage(b"xx", 2, "outside-frame"), MSG.replace(b"CTRL-1", b"CTRL-2")]
+    assert decoder.flush() == [] and decoder.skipped == 3 and decoder.pending == 0
 
 
-def test_eb_without_cr_is_content_and_restart_abandons_partial_frame() -> None:
+def test_end_block_ends_the_message_and_no_byte_run_is_lost() -> None:
     decoder = MllpDecoder(1024)
-    assert decoder.feed(b"\x0bMSH|a\x1cb") == []  # EB not followed by CR does not end the frame
-    assert decoder.pending == 7
-    assert decoder.feed(b"\x0b" + MSG + b"\x1c\r") == [MSG]  # a new SB drops the unfinished frame
-    assert decoder.skipped == 7
+    assert decoder.feed(b"\x0bMSH|a\x1c") == [b"MSH|a"]  # EB ends the frame; the CR is optional
+    assert decoder.feed(b"\r\x0bMSH|b\x1c\x0bMSH|c") == [b"MSH|b"]  # a late CR is the trailer, not junk
+    assert decoder.pending == 5 and decoder.in_frame
+    assert decoder.feed(b"\x0b" + MSG + b"\x1c\r") == [Garbage(b"MSH|c", 5, "abandoned-frame"), MSG]
+    assert decoder.feed(b"MSH|d\x1c\r") == [Garbage(b"MSH|d", 5, "no-start-block")]
+    assert decoder.feed(b"\x0bMSH|e") == [] and decoder.flush() == [Garbage(b"MSH|e", 5, "unterminated-frame")]
+    assert decoder.feed(b"junk") == [] and decoder.flush() == [Garbage(b"junk", 4, "outside-frame")]
+    capped = MllpDecoder(1024, keep_bytes=3)
+    assert capped.feed(b"abcdef\x0b") == [Garbage(b"abc", 6, "outside-frame")]
+    assert decoder.skipped == 0
 
 
 def test_too_large_frame_raises_with_head_and_completed_messages() -> None:
