@@ -1,4 +1,4 @@
-"""Settings shared by the network listeners: TLS, peer allow-lists and the exposure rule; MLLP settings.
+"""Settings of the network listeners (MLLP, DICOM SCP): TLS, allow-lists, the exposure rule.
 
 **Exposure rule (secure defaults).** A listener bound to anything but a loopback address (``0.0.0.0``,
 ``::``, a LAN address, a host name other than ``localhost``) must have TLS or an allow-list of peers
@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-__all__ = ["AckPolicy", "MllpSettings", "TlsSettings", "check_exposure", "is_loopback", "parse_networks"]
+__all__ = ["AckPolicy", "MllpSettings", "ScpSettings", "TlsSettings", "check_exposure", "is_loopback", "parse_networks"]
 
 AckPolicy = Literal["stored", "converted"]
 
@@ -202,3 +202,75 @@ class MllpSettings:
         if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
             ip = ip.ipv4_mapped
         return any(ip in net for net in self.allowed_peers)
+
+
+def _ae_title(section: str, key: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip() or len(value.strip()) > 16 or "\\" in value:
+        raise ValueError(f"{section}.{key}: expected an AE title of 1 to 16 characters without '\\', got {value!r}")
+    if not value.isascii() or not value.isprintable():
+        raise ValueError(f"{section}.{key}: AE titles are printable ASCII, got {value!r}")
+    return value.strip()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ScpSettings:
+    """Settings of the C-STORE SCP (``sources.dicom`` in the config)."""
+
+    host: str = "127.0.0.1"
+    port: int = 11112
+    ae_title: str = "ENGINE"
+    allowed_calling_aes: tuple[str, ...] = ()  # empty: any calling AE title
+    max_pdu: int = 65536  # 0: unlimited
+    tls: TlsSettings | None = None
+    name: str = "dicom"  # source name recorded with each landed dataset
+    ack: AckPolicy = "converted"  # what 0x0000 means: converted (else 0xC001/0xC002) or only stored
+    insecure: bool = False  # allow a non-loopback bind without TLS or allowed_calling_aes
+
+    @classmethod
+    def from_mapping(cls, d: Mapping[str, Any]) -> ScpSettings:
+        section = "dicom"
+        if not isinstance(d, Mapping):
+            raise ValueError(f"{section}: expected a mapping, got {type(d).__name__}")
+        allowed = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(str(k) for k in d if k not in allowed)
+        if unknown:
+            raise ValueError(f"{section}: unknown key(s) {', '.join(unknown)} (allowed: {', '.join(sorted(allowed))})")
+        kw: dict[str, Any] = {}
+        if "host" in d:
+            if not isinstance(d["host"], str) or not d["host"].strip():
+                raise ValueError(f"{section}.host: expected a non-empty string, got {d['host']!r}")
+            kw["host"] = d["host"]
+        for key, low, high in (("port", 0, 65535), ("max_pdu", 0, 2**32 - 1)):
+            if key in d:
+                value = d[key]
+                if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                    raise ValueError(f"{section}.{key}: expected an integer between {low} and {high}, got {value!r}")
+                kw[key] = value
+        if "ae_title" in d:
+            kw["ae_title"] = _ae_title(section, "ae_title", d["ae_title"])
+        if d.get("allowed_calling_aes") is not None:
+            aes = d["allowed_calling_aes"]
+            if isinstance(aes, str) or not isinstance(aes, list | tuple):
+                raise ValueError(f"{section}.allowed_calling_aes: expected a list of AE titles, got {aes!r}")
+            kw["allowed_calling_aes"] = tuple(_ae_title(section, "allowed_calling_aes", a) for a in aes)
+        if d.get("tls") is not None:
+            kw["tls"] = TlsSettings.from_mapping(d["tls"], f"{section}.tls")
+        if "name" in d:
+            if not isinstance(d["name"], str) or not d["name"].strip():
+                raise ValueError(f"{section}.name: expected a non-empty string, got {d['name']!r}")
+            kw["name"] = d["name"]
+        if "ack" in d:
+            if d["ack"] not in ("stored", "converted"):
+                raise ValueError(f"{section}.ack: expected 'stored' or 'converted', got {d['ack']!r}")
+            kw["ack"] = d["ack"]
+        if "insecure" in d:
+            kw["insecure"] = bool_value(section, "insecure", d["insecure"])
+        settings = cls(**kw)
+        check_exposure(
+            section,
+            settings.host,
+            tls=settings.tls is not None,
+            allow_list=bool(settings.allowed_calling_aes),
+            insecure=settings.insecure,
+        )
+        return settings
