@@ -151,7 +151,8 @@ class Runtime:
             # completion is tracked only when the inbox lands into the store (with a Kafka landing nothing
             # finishes its envelopes in the store, and the ids are "topic:partition:offset")
             tracked = self.store is not None and self.landing is self.store
-            inbox = FolderInbox(s.inbox, self.landing, track_completion=tracked)
+            lookup = self.store.get if tracked and self.store is not None else None
+            inbox = FolderInbox(s.inbox, self.landing, track_completion=tracked, lookup=lookup, door=self.door)
             if tracked and self.store is not None:
                 store = self.store
                 inbox.recover(lambda eid: (m.status if (m := store.get(eid)) else None))
