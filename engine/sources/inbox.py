@@ -12,7 +12,8 @@ excepted) every ``scan_interval`` seconds and takes a file only when it looks co
 **One outcome per message.** A taken file is split into its messages exactly as ``engine map`` splits it
 (:func:`pipelines.hl7v2.split_stream`: back-to-back messages, MLLP frames, FHS/BHS batches; bytes that are
 not a message are a message of their own, which the worker rejects). Each message is landed as its own
-envelope (its original bytes; concurrent lands share the store's group commit) with PHI-free headers:
+envelope (its original bytes; with the message store all of a file's messages in one transaction, in file
+order) with PHI-free headers:
 ``file.sha256`` (a hash of the file's path inside the inbox, never the name itself), ``message.index``
 (1-based), ``message.count`` and ``hl7.control-id``. So every message gets its own store row, status and,
 when rejected, its own dead letter whose sidecar names the index and control id. A DICOM file, a UTF-16
@@ -39,7 +40,6 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,7 +62,6 @@ log = logging.getLogger("engine.inbox")
 IGNORED_SUFFIXES = (".tmp", ".part", ".partial", ".filepart", ".crdownload")
 LANDED, DONE, FAILED = ".landed", "done", "failed"
 REPORT_SUFFIX = ".report.json"
-_LAND_THREADS = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +157,8 @@ class FolderInbox:
     # -- scanning -----------------------------------------------------------------------------------
 
     def _files(self) -> list[tuple[str, os.DirEntry[str]]]:
-        """(path relative to the inbox, entry) of every candidate file, sub-folders included, sorted."""
+        """(path relative to the inbox, entry) of every candidate file, sub-folders included, in ``engine map``'s
+        order (``os.walk`` top-down, sorted: a folder's files before its sub-folders)."""
         out: list[tuple[str, os.DirEntry[str]]] = []
         stack = [(self.root, "")]
         while stack:
@@ -173,7 +173,11 @@ class FolderInbox:
                             stack.append((Path(entry.path), rel + "/"))
                     elif entry.is_file(follow_symlinks=False):
                         out.append((rel, entry))
-        return sorted(out, key=lambda item: item[0])
+        def walk_order(item: tuple[str, os.DirEntry[str]]) -> tuple[tuple[int, str], ...]:
+            *folders, name = item[0].split("/")
+            return (*((1, f) for f in folders), (0, name))
+
+        return sorted(out, key=walk_order)
 
     def scan_once(self) -> int:
         """Land every settled file; returns how many files were landed."""
@@ -241,20 +245,22 @@ class FolderInbox:
         return True
 
     def _land_all(self, messages: list[bytes], file_hash: str) -> list[str]:
-        def land(item: tuple[int, bytes]) -> str:
-            n, message = item
+        """Land the messages in file order (ascending envelope ids, so versions of one report keep their order):
+        in one transaction when the landing offers ``land_many`` (the message store), else one by one."""
+        items: list[tuple[bytes, str, str, dict[str, str]]] = []
+        for n, message in enumerate(messages, start=1):
             headers = {"file.sha256": file_hash, "message.index": str(n), "message.count": str(len(messages))}
             control_id = _control_id(message)
             if control_id:
                 headers["hl7.control-id"] = control_id
-            return self.landing.land(
-                message, content_type=_content_type(message), source=self.settings.name, headers=headers
-            )
-
-        if len(messages) == 1:
-            return [land((1, messages[0]))]
-        with ThreadPoolExecutor(min(_LAND_THREADS, len(messages)), thread_name_prefix="inbox-land") as pool:
-            return list(pool.map(land, enumerate(messages, start=1)))  # concurrent: one group commit
+            items.append((message, _content_type(message), self.settings.name, headers))
+        land_many = getattr(self.landing, "land_many", None)
+        if callable(land_many) and len(items) > 1:
+            return list(land_many(items))
+        return [
+            self.landing.land(payload, content_type=ctype, source=source, headers=headers)
+            for payload, ctype, source, headers in items
+        ]
 
     def _door(self, code: str, reason: str, payload: bytes, size: int, file_hash: str) -> None:
         self.door.reject(
