@@ -253,8 +253,11 @@ def test_tls(serve: Any, landing: SqliteLanding, tls_files: tuple[Path, Path]) -
         assert assoc.send_c_store(original).Status == 0x0000
     finally:
         assoc.release()
-    [(payload, *_)] = landing.rows()
-    assert pydicom.dcmread(io.BytesIO(payload)).SOPInstanceUID == original.SOPInstanceUID
+    # dcmtk's storescu over TLS, as the README shows it
+    result = storescu(scp.port, SAMPLES[0], extra=("-R", "+tla", "+cf", str(cert)))
+    assert result.returncode == 0, result.stderr
+    payloads = [r[0] for r in landing.rows()]
+    assert [pydicom.dcmread(io.BytesIO(p)).SOPInstanceUID for p in payloads] == [original.SOPInstanceUID] * 2
 
 
 def test_stop_answers_in_flight_stores_and_closes_idle_associations(landing: SqliteLanding) -> None:

@@ -527,3 +527,19 @@ def test_port_in_use_fails_start(serve: Any, landing: SqliteLanding) -> None:
     first = serve(landing)
     with pytest.raises(OSError):
         MllpListener(MllpSettings(port=first.port), landing).start()
+
+
+def test_peer_outside_allowed_peers_is_refused_counted_and_kept(
+    serve: Any, landing: SqliteLanding, tmp_path: Path
+) -> None:
+    listener = serve(landing, allowed_peers=["10.0.0.0/8"])  # 127.0.0.1 is not in it
+    with socket.create_connection(("127.0.0.1", listener.port)) as sock:
+        with contextlib.suppress(ConnectionResetError):
+            sock.sendall(frame(reports()[0]))
+        assert recv_frame(sock) == b""  # closed without an answer: the peer is not ours
+    assert landing.rows() == []
+    assert listener.door.counts == {("mllp", "refused-peer"): 1}
+    [sidecar] = [json.loads(p.read_text()) for p in (tmp_path / "dlq").glob("*.json")]
+    assert sidecar["headers"]["door.reason"] == "refused-peer" and sidecar["headers"]["source.endpoint"].startswith(
+        "127.0.0.1:"
+    )
