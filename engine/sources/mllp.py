@@ -59,40 +59,26 @@ from engine.outcomes import Conversion
 from engine.sources.base import CONTENT_HL7V2, Landing
 from engine.sources.door import DoorRejects
 from engine.sources.hl7_ack import (
-    ERROR_APPLICATION_INTERNAL,
     ERROR_SEGMENT_SEQUENCE,
-    ERROR_UNSUPPORTED_MESSAGE_TYPE,
     MshInfo,
     Verdict,
     ack_control_id,
     acknowledgements,
     build_ack,
-    build_batch_ack,
     is_batch,
     read_msh,
 )
 from engine.sources.listener_settings import MllpSettings, TlsSettings
 from engine.sources.mllp_framing import FrameTooLarge, Garbage, MllpDecoder, frame
+from engine.sources.mllp_verdicts import CONVERSION_BUG, NOT_HL7, batch_response, batch_verdicts, merge, verdicts
 
-__all__ = ["MllpListener", "MllpSettings", "TlsSettings", "verdicts"]
+__all__ = ["MllpListener", "MllpSettings", "TlsSettings"]
 
 log = logging.getLogger("engine.sources.mllp")
 
 _READ_CHUNK = 65536
 _JUNK_SILENCE_S = 2.0  # a junk run outside frames followed by this much silence is answered
 _OCTETS = "application/octet-stream"
-
-
-def verdicts(conversion: Conversion) -> dict[int, Verdict]:
-    """Per message index (1-based, as in ``Conversion``): ``A`` converted, ``R`` filtered, ``E`` rejected."""
-    out: dict[int, Verdict] = {}
-    for f in conversion.filtered:
-        out[f.index] = Verdict("R", f"not converted: {f.reason}", ERROR_UNSUPPORTED_MESSAGE_TYPE)
-    for r in conversion.rejections:
-        out[r.index] = Verdict("E", f"conversion failed: {r.reason}", ERROR_APPLICATION_INTERNAL)
-    for n in range(1, conversion.messages + 1):
-        out.setdefault(n, Verdict("A"))
-    return out
 
 
 class _Connection:
@@ -425,9 +411,8 @@ class MllpListener:
     async def _message(self, message: bytes, peer: str, writer: asyncio.StreamWriter) -> None:
         msh = read_msh(message)
         if msh is None:
-            reason = "not an HL7 v2 message (no MSH segment)"
-            await self._door(message, len(message), "not-hl7", reason, None, peer)
-            await self._answer(None, Verdict("R", reason, ERROR_SEGMENT_SEQUENCE), None, writer)
+            await self._door(message, len(message), "not-hl7", NOT_HL7.text, None, peer)
+            await self._answer(None, NOT_HL7, None, writer)
             return
         received = datetime.now(UTC)
         stored = await self._store(message, self._headers(msh, peer, received), msh.control_id, peer)
@@ -437,10 +422,7 @@ class MllpListener:
         if stored.kind == "A":
             if self.settings.ack == "converted":
                 conversion = await self._convert(message, msh.control_id)
-                if conversion is None:
-                    applied = Verdict("E", "conversion failed: internal error (the message is stored)")
-                else:
-                    applied = _merge(verdicts(conversion))
+                applied = CONVERSION_BUG if conversion is None else merge(verdicts(conversion))
                 self._count(applied)
             else:
                 self.door.outcome(self.settings.name, "stored")
@@ -457,26 +439,16 @@ class MllpListener:
         if first is not None:
             headers.update({k: v for k, v in self._headers(first, peer, received).items() if k != "hl7.control-id"})
         stored = await self._store(payload, headers, "batch", peer)
-        per: dict[int, Verdict] = {}
-        if stored.kind == "A" and self.settings.ack == "converted":
-            conversion = await self._convert(payload, "batch")
-            if conversion is not None:
-                per = verdicts(conversion)
-        acks: list[bytes] = []
-        now = received.astimezone()
-        for n, msh in enumerate(mshs, start=1):
-            verdict = stored if stored.kind != "A" else per.get(n, Verdict("A"))
-            if msh is None:
-                verdict = Verdict("R", "not an HL7 v2 message (no MSH segment)", ERROR_SEGMENT_SEQUENCE)
-            if stored.kind == "A" and (self.settings.ack == "converted" or msh is None):
-                self._count(verdict)
-            elif stored.kind == "A":
-                self.door.outcome(self.settings.name, "stored")
-            code = "A" + verdict.kind
-            ack_id = ack_control_id(msh.control_id if msh else f"batch-{n}", time.time_ns(), code)
-            acks.append(build_ack(msh, code, now=now, control_id=ack_id, text=verdict.text, error=verdict.error))
-        batch_id = ack_control_id("batch", time.time_ns(), "BA")
-        await self._send(writer, build_batch_ack(payload, acks, now=now, control_id=batch_id))
+        converted = self.settings.ack == "converted"
+        conversion = await self._convert(payload, "batch") if stored.kind == "A" and converted else None
+        results = batch_verdicts(mshs, stored, conversion, converted)
+        if stored.kind == "A":
+            for msh, verdict in zip(mshs, results, strict=True):
+                if converted or msh is None:
+                    self._count(verdict)
+                else:
+                    self.door.outcome(self.settings.name, "stored")
+        await self._send(writer, batch_response(payload, mshs, results, received.astimezone()))
 
     async def _answer(
         self, msh: MshInfo | None, stored: Verdict, applied: Verdict | None, writer: asyncio.StreamWriter
@@ -491,14 +463,3 @@ class MllpListener:
         writer.write(frame(ack))
         await writer.drain()
 
-
-def _merge(per: dict[int, Verdict]) -> Verdict:
-    """One verdict for one frame that held one message (or, rarely, several back to back without a batch
-    header): the worst of them (E over R over A), so a sender is never told AA for a message not converted."""
-    if not per:
-        return Verdict("E", "conversion failed: no message found")
-    for kind in ("E", "R"):
-        for verdict in per.values():
-            if verdict.kind == kind:
-                return verdict
-    return Verdict("A")

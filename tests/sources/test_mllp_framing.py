@@ -8,7 +8,15 @@ from datetime import UTC, datetime
 import hl7
 import pytest
 
-from engine.sources.hl7_ack import build_ack, python_codec, read_msh
+from engine.sources.hl7_ack import (
+    Verdict,
+    acknowledgements,
+    build_ack,
+    build_batch_ack,
+    is_batch,
+    python_codec,
+    read_msh,
+)
 from engine.sources.mllp_framing import FrameTooLarge, Garbage, MllpDecoder, frame
 
 MSG = b"MSH|^~\\&|RIS|HOSP|ENGINE|HUB|20250101120000||ORU^R01^ORU_R01|CTRL-1|P|2.5.1\rPID|1||123\r"
@@ -84,3 +92,41 @@ def test_reject_ack_without_msh_and_escaping() -> None:
     assert str(parsed.segment("MSA")[1]) == "AR" and str(parsed.segment("MSA")[2]) == ""
     assert b"bad \\F\\ input \\S\\ here" in ack
     assert str(parsed.segment("MSH")[7]) == "20250101000000+0000"
+
+
+@pytest.mark.parametrize(
+    ("msh15", "msh16", "stored", "applied", "codes"),
+    [
+        ("", "", "A", "A", ["AA"]),  # original mode: one ACK, the application verdict
+        ("", "", "A", "R", ["AR"]),
+        ("", "", "A", "E", ["AE"]),
+        ("", "", "E", None, ["AE"]),  # storage failed: the commit verdict
+        ("", "", "A", None, ["AA"]),  # ack: stored
+        ("AL", "", "A", "R", ["CA"]),  # enhanced, MSH-16 empty: no application ACK
+        ("AL", "AL", "A", "R", ["CA", "AR"]),
+        ("NE", "AL", "A", "A", ["AA"]),
+        ("NE", "NE", "A", "E", []),
+        ("ER", "ER", "A", "A", []),
+        ("ER", "ER", "A", "E", ["AE"]),
+        ("ER", "SU", "E", None, ["CE"]),  # not stored: no application ACK whatever MSH-16 says
+        ("SU", "SU", "A", "A", ["CA", "AA"]),
+        ("SU", "ER", "R", None, []),
+        ("", "SU", "A", "A", ["CA", "AA"]),  # MSH-16 valued alone: enhanced, empty MSH-15 counts as AL
+    ],
+)
+def test_acknowledgement_rules(msh15: str, msh16: str, stored: str, applied: str | None, codes: list[str]) -> None:
+    """HL7 v2.5.1 2.9.2 / 2.9.3 and table 0155 (AL always, NE never, ER on error only, SU on success only)."""
+    msh = read_msh(MSG.replace(b"|2.5.1\r", f"|2.5.1|||{msh15}|{msh16}\r".encode()))
+    assert msh is not None and (msh.accept_ack_type, msh.application_ack_type) == (msh15, msh16)
+    verdict = None if applied is None else Verdict(applied, "why")
+    assert [code for code, _ in acknowledgements(msh, Verdict(stored, "why"), verdict)] == codes
+
+
+def test_batch_ack_echoes_batch_ids_and_swaps_sender() -> None:
+    batch = b"BHS|^~\\&|RIS|HOSP|ENGINE|HUB|20250101||||B-9\r" + MSG + b"BTS|1\r"
+    now = datetime(2025, 1, 1, tzinfo=UTC)
+    ack = build_ack(read_msh(MSG), "AA", now=now, control_id="A1")
+    out = build_batch_ack(batch, [ack], now=now, control_id="X1").split(b"\r")
+    assert out[0] == b"BHS|^~\\&|ENGINE|HUB|RIS|HOSP|20250101000000+0000||||X1|B-9"
+    assert out[1].startswith(b"MSH|") and out[2] == b"MSA|AA|CTRL-1" and out[3] == b"BTS|1" and out[4] == b""
+    assert is_batch(b"\xef\xbb\xbf FHS|") and is_batch(batch) and not is_batch(MSG)
