@@ -75,6 +75,7 @@ class Runtime:
         self.converter: Converter | None = None
         self.door: DoorRejects | None = None
         self._intake_stopped = False
+        self._intake_ready = False
         self._store_lock: BinaryIO | None = None
 
     # -- construction -------------------------------------------------------------------------------
@@ -131,6 +132,7 @@ class Runtime:
         if h is None:
             return
         checks: dict[str, Callable[[], bool]] = {"worker": lambda: self.worker is not None and not self.worker.paused}
+        checks["intake"] = lambda: self._intake_ready  # not ready before every listener is bound
         if self.store is not None:
             store = self.store
             checks["store"] = store.healthy
@@ -211,6 +213,7 @@ class Runtime:
                 if resumed:
                     log.info("resuming unfinished messages", extra={"count": resumed})
             self._start_intake()
+            self._intake_ready = True
         except Exception as exc:  # port in use, unusable directory, broker unreachable, ...
             log.error("cannot start", extra={"error_class": type(exc).__name__, "reason": str(exc)[:300]})
             self.close()
