@@ -8,7 +8,7 @@ feed are split round-robin over the connections; every ACK must answer its own M
 ``--ack converted``, the default, ``AR`` for the feed's status-only ORUs) and the store must hold all 900.
 
     .venv/bin/python bench/bench_mllp.py [--runs 3] [--connections 1 4] [--landing store|fsync|null]
-        [--ack converted|stored]
+        [--ack converted|stored] [--convert-processes N]
 
 ``--landing fsync`` uses a minimal one-transaction-and-fsync-per-message SQLite landing (no group
 commit) and ``--landing null`` stores nothing, for comparison. Prints, per connection count, the median
@@ -134,14 +134,16 @@ def make_landing(kind: str, folder: Path) -> Any:
     return NullLanding()
 
 
-def one_run(messages: Sequence[bytes], connections: int, kind: str, ack: str) -> tuple[float, float, float]:
+def one_run(
+    messages: Sequence[bytes], connections: int, kind: str, ack: str, processes: int = 0
+) -> tuple[float, float, float]:
     from engine.cmd_map import load_mapping_context
     from engine.convert import Converter
 
     ctx = mp.get_context("fork")
     with tempfile.TemporaryDirectory(prefix="bench-mllp-") as tmp:
         landing = make_landing(kind, Path(tmp))
-        settings = MllpSettings.from_mapping({"port": 0, "ack": ack})
+        settings = MllpSettings.from_mapping({"port": 0, "ack": ack, "convert_processes": processes})
         listener = MllpListener(settings, landing, converter=Converter(load_mapping_context(None)))
         listener.start()
         try:
@@ -180,6 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--landing", choices=("store", "fsync", "null"), default="store")
     parser.add_argument("--file", type=Path, default=BULK)
     parser.add_argument("--ack", choices=("converted", "stored"), default="converted")
+    parser.add_argument("--convert-processes", type=int, default=0, help="sources.mllp.convert_processes")
     args = parser.parse_args(argv)
     messages = load_messages(args.file)
     print(
@@ -188,7 +191,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}"
     )
     for connections in args.connections:
-        runs = [one_run(messages, connections, args.landing, args.ack) for _ in range(args.runs)]
+        runs = [
+            one_run(messages, connections, args.landing, args.ack, args.convert_processes) for _ in range(args.runs)
+        ]
         for i, (rate, med, p99) in enumerate(runs, 1):
             print(f"  {connections} conn run {i}: {rate:8.0f} ack/s  median {med:6.2f} ms  p99 {p99:6.2f} ms")
         rate = statistics.median(r[0] for r in runs)

@@ -145,6 +145,7 @@ class MllpSettings:
     insecure: bool = False  # allow a non-loopback bind without TLS or allowed_peers
     name: str = "mllp"  # source name recorded with each landed message
     land_threads: int = 16  # concurrent land()/convert calls (one per connection at most)
+    convert_processes: int = 0  # ack: converted: 0 converts in the land threads, N in a pool of N processes
 
     @classmethod
     def from_mapping(cls, d: Mapping[str, Any]) -> MllpSettings:
@@ -181,6 +182,8 @@ class MllpSettings:
             kw["name"] = str_value(section, "name", d["name"])
         if "land_threads" in d:
             kw["land_threads"] = int_value(section, "land_threads", d["land_threads"], low=1, high=256)
+        if "convert_processes" in d:
+            kw["convert_processes"] = int_value(section, "convert_processes", d["convert_processes"], low=0, high=64)
         settings = cls(**kw)
         check_exposure(
             section,

@@ -45,11 +45,12 @@ import asyncio
 import contextlib
 import functools
 import logging
+import multiprocessing
 import ssl
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -70,7 +71,16 @@ from engine.sources.hl7_ack import (
 )
 from engine.sources.listener_settings import MllpSettings, TlsSettings
 from engine.sources.mllp_framing import FrameTooLarge, Garbage, MllpDecoder, frame
-from engine.sources.mllp_verdicts import CONVERSION_BUG, NOT_HL7, batch_response, batch_verdicts, merge, verdicts
+from engine.sources.mllp_verdicts import (
+    CONVERSION_BUG,
+    NOT_HL7,
+    batch_response,
+    batch_verdicts,
+    init_converter_process,
+    merge,
+    slim_conversion,
+    verdicts,
+)
 
 __all__ = ["MllpListener", "MllpSettings", "TlsSettings"]
 
@@ -111,6 +121,7 @@ class MllpListener:
         self._ready = threading.Event()
         self._start_error: BaseException | None = None
         self._executor: ThreadPoolExecutor | None = None
+        self._pool: ProcessPoolExecutor | None = None
         self._connections: dict[asyncio.Task[None], _Connection] = {}
         self._closing = False
         self._port = 0
@@ -138,12 +149,21 @@ class MllpListener:
             raise RuntimeError("MllpListener already started")
         ssl_ctx = self.settings.tls.server_context() if self.settings.tls else None
         self._executor = ThreadPoolExecutor(self.settings.land_threads, thread_name_prefix="mllp-land")
+        if self.settings.ack == "converted" and self.settings.convert_processes:
+            self._pool = ProcessPoolExecutor(
+                self.settings.convert_processes,
+                mp_context=multiprocessing.get_context("spawn"),  # never fork a process with threads
+                initializer=init_converter_process,
+                initargs=(self.converter.context,),
+            )
         self._thread = threading.Thread(target=self._run, args=(ssl_ctx,), name="mllp-listener", daemon=True)
         self._thread.start()
         self._ready.wait()
         if self._start_error is not None:
             self._thread.join()
             self._executor.shutdown(wait=False)
+            if self._pool is not None:
+                self._pool.shutdown(wait=False, cancel_futures=True)
             raise self._start_error
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -158,6 +178,8 @@ class MllpListener:
         thread.join(timeout + 5.0)
         if self._executor is not None:
             self._executor.shutdown(wait=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
         log.info("mllp listener stopped", extra={"port": self._port})
 
     def _run(self, ssl_ctx: ssl.SSLContext | None) -> None:
@@ -396,7 +418,11 @@ class MllpListener:
 
     async def _convert(self, payload: bytes, label: str) -> Conversion | None:
         try:
-            result: Conversion = await self._blocking(functools.partial(self.converter.convert, payload))
+            if self._pool is not None:  # another process: the GIL stays with the event loop and the stores
+                loop = asyncio.get_running_loop()
+                result: Conversion = await loop.run_in_executor(self._pool, slim_conversion, payload)
+            else:
+                result = await self._blocking(functools.partial(self.converter.convert, payload))
         except Exception:  # a converter bug: the message is stored, the worker will meet it too
             self.counters["errors"] += 1
             log.error("mllp: conversion for the ACK failed unexpectedly (control id %s)", label, exc_info=True)

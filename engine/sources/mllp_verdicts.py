@@ -11,7 +11,8 @@ from __future__ import annotations
 import time
 from datetime import datetime
 
-from engine.outcomes import Conversion
+from engine.convert import Converter
+from engine.outcomes import Conversion, Filtered, Rejection
 from engine.sources.hl7_ack import (
     ERROR_APPLICATION_INTERNAL,
     ERROR_SEGMENT_SEQUENCE,
@@ -22,8 +23,17 @@ from engine.sources.hl7_ack import (
     build_ack,
     build_batch_ack,
 )
+from pipelines.context import MappingContext
 
-__all__ = ["NOT_HL7", "batch_response", "batch_verdicts", "merge", "verdicts"]
+__all__ = [
+    "NOT_HL7",
+    "batch_response",
+    "batch_verdicts",
+    "init_converter_process",
+    "merge",
+    "slim_conversion",
+    "verdicts",
+]
 
 NOT_HL7 = Verdict("R", "not an HL7 v2 message (no MSH segment)", ERROR_SEGMENT_SEQUENCE)
 CONVERSION_BUG = Verdict("E", "conversion failed: internal error (the message is stored)")
@@ -83,3 +93,25 @@ def batch_response(payload: bytes, mshs: list[MshInfo | None], results: list[Ver
         acks.append(build_ack(msh, code, now=now, control_id=ack_id, text=verdict.text, error=verdict.error))
     batch_id = ack_control_id("batch", time.time_ns(), "BA")
     return build_batch_ack(payload, acks, now=now, control_id=batch_id)
+
+
+# -- conversion in a process pool (``sources.mllp.convert_processes``) ----------------------------------
+
+_CONVERTER: Converter | None = None
+
+
+def init_converter_process(context: MappingContext) -> None:
+    """Process-pool initializer: one converter per worker process, with the engine's mapping context."""
+    global _CONVERTER
+    _CONVERTER = Converter(context)
+
+
+def slim_conversion(payload: bytes) -> Conversion:
+    """Convert in a pool process and return only what the ACK needs (counts, reasons), not Bundles or bytes."""
+    converter = _CONVERTER or Converter()
+    full = converter.convert(payload)
+    return Conversion(
+        messages=full.messages,
+        rejections=[Rejection(r.index, r.reason, b"", r.error_class) for r in full.rejections],
+        filtered=[Filtered(f.index, f.reason, b"", f.category) for f in full.filtered],
+    )

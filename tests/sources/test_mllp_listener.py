@@ -543,3 +543,14 @@ def test_peer_outside_allowed_peers_is_refused_counted_and_kept(
     assert sidecar["headers"]["door.reason"] == "refused-peer" and sidecar["headers"]["source.endpoint"].startswith(
         "127.0.0.1:"
     )
+
+
+def test_ack_converted_in_a_process_pool(serve: Any, landing: SqliteLanding) -> None:
+    """``convert_processes``: the conversion for the ACK runs in other processes, with the same mapping context."""
+    report = reports()[0]
+    listener = serve(landing, convert_processes=1)
+    with MLLPClient("127.0.0.1", listener.port) as client:
+        assert_aa(exchange(client, report), report)
+        ar = parse_ack(exchange(client, ADT))
+        assert (field(ar, "MSA", 1), field(ar, "MSA", 2)) == ("AR", "ADT-1") and "ADT" in field(ar, "MSA", 3)
+    assert [r[0] for r in landing.rows()] == [report, ADT]
