@@ -234,6 +234,9 @@ def test_undecodable_dataset_cannot_be_understood(
     finally:
         assoc.release()
     assert scp.counters["undecodable"] == 1
+    assert scp.door.counts == {("dicom", "undecodable"): 1}  # counted and kept in the dead letters
+    [sidecar] = [json.loads(p.read_text()) for p in (tmp_path / "dlq").glob("*.json")]
+    assert sidecar["headers"]["door.reason"] == "undecodable" and sidecar["payload_bytes"] > 0
     [(payload, *_)] = landing.rows()  # the undecodable dataset was not landed
     assert payload.endswith(COMPREHENSIVE.read_bytes()[-256:])
     assert pydicom.dcmread(io.BytesIO(payload)).SOPInstanceUID == pydicom.dcmread(COMPREHENSIVE).SOPInstanceUID
