@@ -25,8 +25,9 @@ The conversion runs in pynetdicom's association thread (never on an event loop).
 ``allowed_calling_aes`` is set the calling AE title must be in it; anything else is rejected with
 A-ASSOCIATE-RJ (permanent, "called/calling AE title not recognised"). Every association is logged, accepted
 or refused, with the AE titles and the peer address (no PHI); a refused one is also counted in
-``engine_ingress_rejected_total{reason="refused-association"}`` and kept in the dead letters as a JSON
-summary of the request. TLS is optional (``tls``). pynetdicom's identifier logging
+``engine_ingress_rejected_total{reason="refused-association"}`` and kept in the dead letters (the
+A-ASSOCIATE-RQ PDU: AE titles and presentation contexts, no PHI; headers name peer, AE titles and reason).
+TLS is optional (``tls``). pynetdicom's identifier logging
 (``LOG_REQUEST_IDENTIFIERS``/``LOG_RESPONSE_IDENTIFIERS``) and its standard PDU/DIMSE log handlers are
 switched off, and its logger is kept at WARNING unless configured otherwise.
 """
@@ -42,6 +43,7 @@ from datetime import UTC, datetime
 from pydicom.dataset import Dataset
 from pynetdicom import AE, _config, evt
 from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.pdu import A_ASSOCIATE_RQ
 from pynetdicom.presentation import build_context
 from pynetdicom.transport import ThreadedAssociationServer
 
@@ -242,13 +244,22 @@ class StoreScp:
             reason,
             extra={"source": self.settings.name, "calling_ae": calling, "called_ae": called, "peer": peer},
         )
-        summary = {"calling_ae": calling, "called_ae": called, "peer": peer, "reason": reason}
+        try:  # the request as the peer sent it (re-encoded A-ASSOCIATE-RQ PDU, PS3.8 9.3.2)
+            primitive = event.assoc.requestor.primitive
+            assert primitive is not None
+            rq = A_ASSOCIATE_RQ()
+            rq.from_primitive(primitive)
+            payload, kept = rq.encode(), "application/dicom-pdu"
+        except Exception:  # keep a summary instead
+            summary = {"calling_ae": calling, "called_ae": called, "peer": peer, "reason": reason}
+            payload, kept = json.dumps(summary, sort_keys=True).encode(), "application/json"
         self.door.reject(
             source=self.settings.name,
             reason_code="refused-association",
             reason=reason,
-            payload=json.dumps(summary, sort_keys=True).encode(),
-            content_type="application/json",
+            payload=payload,
+            content_type=CONTENT_DICOM,
+            kept_type=kept,
             headers={"source.endpoint": peer, "dicom.calling-ae": calling, "dicom.called-ae": called},
         )
 

@@ -8,8 +8,10 @@ take) calls :meth:`DoorRejects.reject`. That
   ``too-large``, ``outside-frame``, ``no-start-block``, ``not-hl7``, ``refused-association``);
 * stores a dead letter, the same way as rejections after landing: the original bytes (capped at
   ``keep_bytes``; the sidecar headers carry ``door.size`` and ``door.truncated``) with the one-line
-  PHI-free reason and error class ``IngressRejected``. A refused DICOM association has no dataset: its
-  dead letter is a JSON summary of the association request (AE titles, peer, reason; no PHI);
+  PHI-free reason and error class ``IngressRejected``. The dead letter's content type is the transport's
+  (HL7 v2 for MLLP, DICOM for the SCP, so a Kafka dead-letter topic is found); the header
+  ``door.content-type`` says what the kept bytes are. A refused DICOM association keeps its A-ASSOCIATE-RQ
+  PDU (AE titles, presentation contexts; no PHI), a refused MLLP peer a JSON summary (peer, reason);
 * never raises: a dead-letter destination that is down is logged (the rejection is still counted), because
   the sender must still get its answer.
 """
@@ -83,8 +85,11 @@ class DoorRejects:
         content_type: str,
         size: int | None = None,
         headers: Mapping[str, str] | None = None,
+        kept_type: str | None = None,
     ) -> None:
-        """Count and dead-letter one door rejection (``size``: full size when ``payload`` is already a head)."""
+        """Count and dead-letter one door rejection. ``content_type``: the transport's (CONTENT_HL7V2 or
+        CONTENT_DICOM); ``kept_type``: what ``payload`` is when it is not that (JSON summary, junk bytes);
+        ``size``: the full size when ``payload`` is already a head."""
         full = len(payload) if size is None else size
         kept = payload[: self.keep_bytes]
         with self._lock:
@@ -104,6 +109,7 @@ class DoorRejects:
                 "door.reason": reason_code,
                 "door.size": str(full),
                 "door.truncated": "true" if len(kept) < full else "false",
+                "door.content-type": kept_type or content_type,
             },
         )
         try:

@@ -44,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 import multiprocessing
 import ssl
@@ -319,8 +320,9 @@ class MllpListener:
                 source=self.settings.name,
                 reason_code="refused-peer",
                 reason=reason,
-                payload=f'{{"peer": "{peer}", "reason": "{reason}"}}'.encode(),
-                content_type="application/json",
+                payload=json.dumps({"peer": peer, "reason": reason}).encode(),
+                content_type=CONTENT_HL7V2,
+                kept_type="application/json",
                 headers={"source.endpoint": peer},
             )
         )
@@ -360,7 +362,8 @@ class MllpListener:
                 reason=reason,
                 payload=payload,
                 size=size,
-                content_type=CONTENT_HL7V2 if msh else _OCTETS,
+                content_type=CONTENT_HL7V2,
+                kept_type=CONTENT_HL7V2 if msh else _OCTETS,
                 headers=headers,
             )
         )

@@ -22,6 +22,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, _config
+from pynetdicom.pdu import A_ASSOCIATE_RQ
 
 from engine.cmd_map import load_mapping_context
 from engine.convert import Converter
@@ -380,6 +381,10 @@ def test_unknown_called_and_calling_ae_are_refused_and_logged(
     metrics = scp.door.metrics.exposition().decode()
     assert 'engine_ingress_rejected_total{reason="refused-association",source="dicom"} 2.0' in metrics
     sidecars = [json.loads(p.read_text()) for p in (tmp_path / "dlq").glob("*.json")]
-    kept = sorted(json.loads((tmp_path / "dlq" / s["payload_file"]).read_bytes())["calling_ae"] for s in sidecars)
-    assert kept == ["INTRUDER", "MODALITY1"]
+    assert sorted(s["headers"]["dicom.calling-ae"] for s in sidecars) == ["INTRUDER", "MODALITY1"]
     assert all(s["error_class"] == "IngressRejected" for s in sidecars)
+    for s in sidecars:  # the association request itself is kept: an A-ASSOCIATE-RQ PDU (PS3.8 9.3.2)
+        rq = A_ASSOCIATE_RQ()
+        rq.decode((tmp_path / "dlq" / s["payload_file"]).read_bytes())
+        assert rq.calling_ae_title == s["headers"]["dicom.calling-ae"]
+        assert s["headers"]["door.content-type"] == "application/dicom-pdu"
