@@ -6,7 +6,8 @@ are framed by :class:`~engine.sources.mllp_framing.MllpDecoder`. For every messa
 
 1. **store first**: ``landing.land(original bytes)`` in a thread pool (the loop never blocks on disk);
 2. with ``ack: converted`` (the default) the message is converted by :class:`engine.convert.Converter`
-   (pure, about a millisecond) in the same thread pool, so the loop stays free for other connections;
+   (pure, about a millisecond) in the same thread pool, or with ``convert_processes: N`` in a pool of N
+   spawned processes that send back only the verdict, so the loop stays free for other connections;
 3. acknowledge per HL7 v2.5.1 2.9, chosen by the message's own MSH-15/MSH-16
    (:func:`engine.sources.hl7_ack.acknowledgements`):
 

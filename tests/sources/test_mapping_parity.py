@@ -13,8 +13,10 @@ import shutil
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
+import pytest
 import yaml
 
 from engine.cmd_map import load_mapping_context
@@ -74,3 +76,66 @@ def test_every_shipped_config_loads_the_shipped_sender_profiles() -> None:
     [via_kafka] = Converter(kafka.mapping).convert(sample).outputs
     [via_map] = Converter(load_mapping_context(None)).convert(sample).outputs
     assert via_kafka.body == via_map.body and b"ABCHOSP/accession" in via_kafka.body
+
+
+class ShippedKafkaConfig(EngineConfig):
+    """config/kafka.yaml as shipped (no `mapping:` section), pointed at the test broker, plus a folder inbox."""
+
+    bootstrap: str = ""
+    tag: str = ""
+
+    def write(self) -> Path:
+        data = yaml.safe_load((REPO / "config" / "kafka.yaml").read_text())
+        assert "mapping" not in data
+        data["kafka"].update(
+            bootstrap_servers=[self.bootstrap],
+            hl7_topic=f"p{self.tag}.raw.hl7",
+            dicom_topic=f"p{self.tag}.raw.dicom",
+            output_topic=f"p{self.tag}.bundles",
+            group_id=f"p{self.tag}",
+            consume=["hl7"],
+            session_timeout_ms=6000,
+            heartbeat_interval_ms=1000,
+        )
+        data["sources"]["mllp"]["port"] = self.mllp_port
+        data["sources"]["dicom"]["port"] = self.dicom_port
+        data["sources"]["inbox"] = {"path": str(self.inbox), "settle_seconds": 0.2, "scan_interval": 0.1}
+        data["health"]["port"] = self.health_port
+        path = self.root / "kafka.yaml"
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        return path
+
+
+@pytest.mark.integration
+def test_washu_feed_through_the_shipped_kafka_config(tmp_path: Path, bootstrap: str) -> None:
+    from kafka import KafkaAdminClient
+
+    from tests.kafka.kafka_helpers import create_topics, read_topic
+
+    messages = WASHU / "messages"
+    mapped = tmp_path / "map"
+    subprocess.run(
+        [sys.executable, "-m", "engine", "map", "--quiet", "--out", str(mapped), str(messages)],
+        capture_output=True, cwd=REPO, timeout=120, check=False,
+    )  # fmt: skip
+    expected = sorted(p.read_bytes() for p in mapped.glob("*.json") if p.name != "summary.json")
+    assert expected and all(b"ABCHOSP/accession" in body for body in expected)
+
+    cfg = ShippedKafkaConfig(tmp_path / "run")
+    cfg.root.mkdir()
+    cfg.bootstrap, cfg.tag = bootstrap, uuid.uuid4().hex[:8]
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15_000)
+    try:
+        create_topics(admin, {f"p{cfg.tag}.raw.hl7": 1, f"p{cfg.tag}.raw.dicom": 1, f"p{cfg.tag}.bundles": 1})
+    finally:
+        admin.close()
+    engine = EngineProcess(cfg)
+    engine.start(timeout=60)
+    try:
+        shutil.copytree(messages, cfg.inbox / "washu", dirs_exist_ok=True)
+        records = read_topic(bootstrap, f"p{cfg.tag}.bundles", expect=len(expected), timeout=120)
+        assert engine.terminate(timeout=60) == 0
+    finally:
+        engine.stop_quietly()
+    latest = {json.loads(r.value)["id"]: r.value for r in records}  # a later version of a Bundle id wins
+    assert sorted(latest.values()) == expected  # byte for byte, with the WashU accession
