@@ -4,10 +4,11 @@ Starts :class:`engine.sources.mllp.MllpListener` on 127.0.0.1 with the real dura
 (:class:`engine.store.MessageStore`: SQLite WAL, ``synchronous=FULL``, group commit) in a fresh temporary
 folder, then loopback MLLP senders in separate processes, each on one persistent connection that sends a
 message and waits for its ACK before sending the next (no pipelining). The 900 ORU of the WashU bulk
-feed are split round-robin over the connections; every ACK must be ``AA`` for its own MSH-10 and the
-store must hold all 900 afterwards.
+feed are split round-robin over the connections; every ACK must answer its own MSH-10 (``AA``; with
+``--ack converted``, the default, ``AR`` for the feed's status-only ORUs) and the store must hold all 900.
 
     .venv/bin/python bench/bench_mllp.py [--runs 3] [--connections 1 4] [--landing store|fsync|null]
+        [--ack converted|stored] [--convert-processes N]
 
 ``--landing fsync`` uses a minimal one-transaction-and-fsync-per-message SQLite landing (no group
 commit) and ``--landing null`` stores nothing, for comparison. Prints, per connection count, the median
@@ -114,7 +115,7 @@ def sender(port: int, messages: Sequence[bytes], start: Any, out: Connection) ->
                 raise ConnectionError("listener closed the connection")
             data += chunk
         latencies.append(time.perf_counter() - t0)
-        if b"\rMSA|AA|" + control_id(message) + b"\r" not in data:
+        if not any(b"\rMSA|" + code + b"|" + control_id(message) in data for code in (b"AA", b"AR", b"AE")):
             errors += 1
     sock.close()
     out.send((latencies, errors, time.perf_counter()))
@@ -133,11 +134,17 @@ def make_landing(kind: str, folder: Path) -> Any:
     return NullLanding()
 
 
-def one_run(messages: Sequence[bytes], connections: int, kind: str) -> tuple[float, float, float]:
+def one_run(
+    messages: Sequence[bytes], connections: int, kind: str, ack: str, processes: int = 0
+) -> tuple[float, float, float]:
+    from engine.cmd_map import load_mapping_context
+    from engine.convert import Converter
+
     ctx = mp.get_context("fork")
     with tempfile.TemporaryDirectory(prefix="bench-mllp-") as tmp:
         landing = make_landing(kind, Path(tmp))
-        listener = MllpListener(MllpSettings(port=0), landing)
+        settings = MllpSettings.from_mapping({"port": 0, "ack": ack, "convert_processes": processes})
+        listener = MllpListener(settings, landing, converter=Converter(load_mapping_context(None)))
         listener.start()
         try:
             start = ctx.Event()
@@ -174,14 +181,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--landing", choices=("store", "fsync", "null"), default="store")
     parser.add_argument("--file", type=Path, default=BULK)
+    parser.add_argument("--ack", choices=("converted", "stored"), default="converted")
+    parser.add_argument("--convert-processes", type=int, default=0, help="sources.mllp.convert_processes")
     args = parser.parse_args(argv)
     messages = load_messages(args.file)
     print(
-        f"{len(messages)} messages from {args.file.name}; landing={args.landing}; {args.runs} runs each; "
+        f"{len(messages)} messages from {args.file.name}; landing={args.landing}; ack={args.ack}; "
+        f"{args.runs} runs each; "
         f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}"
     )
     for connections in args.connections:
-        runs = [one_run(messages, connections, args.landing) for _ in range(args.runs)]
+        runs = [
+            one_run(messages, connections, args.landing, args.ack, args.convert_processes) for _ in range(args.runs)
+        ]
         for i, (rate, med, p99) in enumerate(runs, 1):
             print(f"  {connections} conn run {i}: {rate:8.0f} ack/s  median {med:6.2f} ms  p99 {p99:6.2f} ms")
         rate = statistics.median(r[0] for r in runs)

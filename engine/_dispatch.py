@@ -5,11 +5,11 @@ from __future__ import annotations
 import contextlib
 import re
 
-from engine.outcomes import Conversion, Output, Rejection
+from engine.outcomes import Conversion, Filtered, Output, Rejection
 from pipelines.common.ids import hashed_key, uuid_for
 from pipelines.common.model import Report
 from pipelines.context import MappingContext
-from pipelines.errors import MappingError, StatusOnly
+from pipelines.errors import MappingError, StatusOnly, UnsupportedMessage
 from pipelines.hl7v2 import map_message, split_stream
 from pipelines.output import serialize, shape
 
@@ -74,10 +74,13 @@ def convert_bytes(data: bytes, ctx: MappingContext, model: str) -> Conversion:
             reports = map_message(chunk.data, ctx)
             outputs = [_output(r, model) for r in reports]
         except StatusOnly as exc:
-            outputs = _status_outputs(exc, model)  # harmonized model only; else as UnsupportedMessage
+            outputs = _status_outputs(exc, model)  # harmonized model only; else filtered like UnsupportedMessage
             if not outputs:
-                result.rejections.append(Rejection(n, one_line(str(exc)), chunk.raw, "UnsupportedMessage"))
+                result.filtered.append(Filtered(n, one_line(str(exc)), chunk.raw, "UnsupportedMessage"))
                 continue
+        except UnsupportedMessage as exc:  # well-formed, not a report: filtered, never a dead letter
+            result.filtered.append(Filtered(n, one_line(str(exc)), chunk.raw, type(exc).__name__))
+            continue
         except MappingError as exc:
             result.rejections.append(Rejection(n, one_line(str(exc)), chunk.raw, type(exc).__name__))
             continue
@@ -96,6 +99,8 @@ def _convert_dicom(data: bytes, ctx: MappingContext, model: str, result: Convers
     try:
         reports = map_dicom(data, ctx)
         result.outputs.extend(_output(r, model) for r in reports)
+    except UnsupportedMessage as exc:  # not a report (image, presentation state, ...): filtered
+        result.filtered.append(Filtered(1, one_line(str(exc)), data, type(exc).__name__))
     except MappingError as exc:
         result.rejections.append(Rejection(1, one_line(str(exc)), data, type(exc).__name__))
 

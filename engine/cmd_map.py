@@ -33,13 +33,17 @@ def register(sub: Any) -> None:
 
 
 def load_mapping_context(config: Path | None) -> MappingContext:
-    """The `mapping:` section of ``config``, else the shipped sender profiles (config/mapping-senders.yaml)."""
+    """The `mapping:` section of ``config``; when ``config`` is None or has no (or an empty) `mapping:` section,
+    the shipped sender profiles (config/mapping-senders.yaml). ``engine run`` follows the same rule
+    (engine.settings), so every entry point maps the same bytes to the same Bundles."""
     path = config or (DEFAULT_MAPPING if DEFAULT_MAPPING.is_file() else None)
     if path is None:
         return MappingContext()
     data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     if not isinstance(data, dict):
         raise ValueError(f"{path}: not a YAML mapping")
+    if not data.get("mapping") and config is not None and DEFAULT_MAPPING.is_file():
+        return load_mapping_context(None)
     return MappingContext.from_mapping(data.get("mapping"))
 
 

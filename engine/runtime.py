@@ -38,6 +38,7 @@ from engine.sinks.base import DeadLetterSink, Sink
 from engine.sinks.dlq_folder import FolderDeadLetters
 from engine.sinks.folder import FolderSink
 from engine.sources.base import Landing, Source
+from engine.sources.door import DoorRejects
 from engine.sources.inbox import FolderInbox
 from engine.store import MessageStore, StoreSource
 from engine.worker import Worker
@@ -71,6 +72,8 @@ class Runtime:
         self.health: HealthServer | None = None
         self.intake: list[tuple[str, Any]] = []  # (name, listener with stop())
         self.worker: Worker | None = None
+        self.converter: Converter | None = None
+        self.door: DoorRejects | None = None
         self._intake_stopped = False
         self._intake_started = False  # /readyz stays 503 until every listener is bound
         self._store_lock: BinaryIO | None = None
@@ -102,9 +105,11 @@ class Runtime:
             self.dead_letters = FolderDeadLetters(s.dlq_folder.path)
         else:
             self.dead_letters = _kafka("KafkaDeadLetters")(s.dlq_kafka)
+        self.converter = Converter(s.mapping, model=s.model)
+        self.door = DoorRejects(self.dead_letters, self.metrics)  # listener rejections: counted and kept
         self.worker = Worker(
             self.source,
-            Converter(s.mapping, model=s.model),
+            self.converter,
             self.sinks,
             self.dead_letters,
             policy=s.worker.retry,
@@ -154,7 +159,8 @@ class Runtime:
             # completion is tracked only when the inbox lands into the store (with a Kafka landing nothing
             # finishes its envelopes in the store, and the ids are "topic:partition:offset")
             tracked = self.store is not None and self.landing is self.store
-            inbox = FolderInbox(s.inbox, self.landing, track_completion=tracked)
+            lookup = self.store.get if tracked and self.store is not None else None
+            inbox = FolderInbox(s.inbox, self.landing, track_completion=tracked, lookup=lookup, door=self.door)
             if tracked and self.store is not None:
                 store = self.store
                 inbox.recover(lambda eid: (m.status if (m := store.get(eid)) else None))
@@ -164,14 +170,14 @@ class Runtime:
         if s.mllp is not None:
             from engine.sources.mllp import MllpListener
 
-            mllp = MllpListener(s.mllp, self.landing)
+            mllp = MllpListener(s.mllp, self.landing, converter=self.converter, door=self.door)
             mllp.start()
             self._register("mllp", mllp, lambda: bool(mllp.running))
             log.info("mllp listener bound", extra={"port": mllp.port})
         if s.dicom is not None:
             from engine.sources.dicom_scp import StoreScp
 
-            scp = StoreScp(s.dicom, self.landing)
+            scp = StoreScp(s.dicom, self.landing, converter=self.converter, door=self.door)
             scp.start()
             self._register("dicom", scp, lambda: bool(getattr(scp, "running", True)))
             log.info("dicom scp bound", extra={"port": scp.port})

@@ -2,7 +2,8 @@
 
 Sections (unknown keys are errors)::
 
-    mapping:   sender profiles etc., passed to pipelines.context.MappingContext.from_mapping
+    mapping:   sender profiles etc., passed to pipelines.context.MappingContext.from_mapping; absent or empty:
+               the shipped config/mapping-senders.yaml, the same profiles `engine map` loads by default
     store:     {path}                      SQLite message store; a directory gets "messages.db" inside
     sources:   inbox: {path, settle_seconds, scan_interval, max_bytes}
                mllp:  engine.sources.mllp.MllpSettings.from_mapping
@@ -255,7 +256,13 @@ def parse_settings(data: Any, environ: Mapping[str, str] | None = None, source_f
     _apply_env(data, os.environ if environ is None else environ)
 
     try:
-        mapping = MappingContext.from_mapping(_section(data, "mapping", ""))
+        raw_mapping = _section(data, "mapping", "")
+        if raw_mapping:
+            mapping = MappingContext.from_mapping(raw_mapping)
+        else:  # no `mapping:` section: the shipped sender profiles, exactly as `engine map` loads them
+            from engine.cmd_map import load_mapping_context
+
+            mapping = load_mapping_context(None)
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"mapping: {exc}") from exc
 

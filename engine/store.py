@@ -248,6 +248,29 @@ class MessageStore:
         envelope_id: str = self._submit(insert)
         return envelope_id
 
+    def land_many(self, items: Sequence[tuple[bytes, str, str, Mapping[str, str]]]) -> list[str]:
+        """Store several (payload, content type, source, headers) in one transaction (one fsync), in order:
+        the envelope ids ascend in ``items`` order, so the worker handles them in that order."""
+        now = time.time()
+        rows = [
+            (source, ctype, json.dumps(dict(headers), sort_keys=True), sqlite3.Binary(payload), RECEIVED, now, now)
+            for payload, ctype, source, headers in items
+        ]
+
+        def insert(conn: sqlite3.Connection) -> list[str]:
+            ids: list[str] = []
+            for row in rows:
+                cur = conn.execute(
+                    "INSERT INTO messages (source, content_type, headers, payload, status, received_at, updated_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    row,
+                )
+                ids.append(str(cur.lastrowid))
+            return ids
+
+        envelope_ids: list[str] = self._submit(insert)
+        return envelope_ids
+
     def mark_mapped(self, items: Iterable[tuple[str, Sequence[str]]]) -> None:
         """Record that these envelopes were converted (bundle ids to be published)."""
         now = time.time()

@@ -201,7 +201,7 @@ class Worker:
             return plan
         plan.outputs.extend(conversion.outputs)
         plan.dead.extend((r.raw, r.reason, r.error_class) for r in conversion.rejections)
-        if not plan.outputs and not plan.dead:
+        if not plan.outputs and not plan.dead and not conversion.filtered:  # filtered: counted, never dead
             plan.dead.append((envelope.payload, "input contains no message", "RejectedInput"))
         return plan
 

@@ -2,7 +2,9 @@
 
 Counters: ``engine_messages_received_total`` (envelopes handed to the worker, by source; replays and
 resumes count again), ``engine_outputs_published_total``, ``engine_dead_letters_total`` (by error class),
-``engine_retries_total``, ``engine_backpressure_total``. Gauge: ``engine_intake_paused``. Histograms:
+``engine_retries_total``, ``engine_backpressure_total``, ``engine_ingress_rejected_total`` (input rejected at
+the door by a listener, by source and reason), ``engine_ingress_outcomes_total`` (what senders were told, by
+source and outcome: converted, filtered, rejected, stored). Gauge: ``engine_intake_paused``. Histograms:
 ``engine_processing_seconds`` (poll to acknowledgement, per envelope) and ``engine_end_to_end_seconds``
 (landing to acknowledgement). Per-status totals of the message store come from ``engine status``.
 """
@@ -40,6 +42,18 @@ class Metrics:
         )
         self.retries = Counter("engine_retries", "Transient failures retried", registry=r)
         self.backpressure = Counter("engine_backpressure", "Times intake was paused after retries ran out", registry=r)
+        self.ingress_rejected = Counter(
+            "engine_ingress_rejected",
+            "Input rejected at the door (framing, size, refused association, not storable), kept in the dead letters",
+            ["source", "reason"],
+            registry=r,
+        )
+        self.ingress_outcomes = Counter(
+            "engine_ingress_outcomes",
+            "Acknowledged outcome per message told to senders (converted, filtered, rejected, stored)",
+            ["source", "outcome"],
+            registry=r,
+        )
         self.paused = Gauge("engine_intake_paused", "1 while intake is paused for back-pressure", registry=r)
         self.processing = Histogram(
             "engine_processing_seconds", "Poll to acknowledgement, per envelope", registry=r

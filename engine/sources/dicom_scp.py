@@ -1,44 +1,62 @@
-"""DICOM C-STORE SCP (pynetdicom 3): structured reports in, persist before answering success.
+"""DICOM C-STORE SCP (pynetdicom 3): structured reports in, persist before answering, honest statuses.
 
 :class:`StoreScp` accepts the SR storage SOP classes, Key Object Selection, Encapsulated PDF and
 Encapsulated CDA (plus Verification, so ``echoscu`` works) with the uncompressed transfer syntaxes
 (implicit/explicit little endian, deflated explicit little endian, explicit big endian). For each
 C-STORE request the handler lands ``event.encoded_dataset()``, the dataset exactly as the peer sent it
-with a DICOM Part 10 preamble and file meta information, and answers:
+with a DICOM Part 10 preamble and file meta information, and answers (PS3.4 B.2.3 statuses):
 
-* ``0x0000`` Success only after ``landing.land(...)`` returned;
-* ``0xA700`` Out of Resources when the landing raised TransientError (or failed unexpectedly), so the
-  SCU retries later;
-* ``0xC210`` Cannot Understand when the dataset cannot be decoded (nothing is landed).
-* ``0x0110`` Processing Failure when the landing raised PermanentError (it can never store this dataset,
-  e.g. larger than Kafka's ``max_request_size``), so the SCU does not resend it forever.
+===========================================  =========================================================
+what happened                                status (Error Comment (0000,0902) for failures)
+===========================================  =========================================================
+stored (``ack: stored``), or stored and      ``0x0000`` Success
+converted (``ack: converted``, the default)
+stored, not a report this engine converts    ``0xC001`` Cannot understand + reason (``ack: converted``)
+stored, conversion failed (dead letter)      ``0xC002`` Cannot understand + reason (``ack: converted``)
+storing failed (TransientError, unexpected)  ``0xA700`` Out of Resources: the SCU retries later
+the store can never take it (PermanentError) ``0x0110`` Processing Failure (kept in the dead letters)
+dataset cannot be decoded                    ``0xC210`` Cannot understand (kept in the dead letters)
+===========================================  =========================================================
 
-An optional allow-list of calling AE titles rejects other associations; TLS is optional. pynetdicom's
-identifier logging (``LOG_REQUEST_IDENTIFIERS``/``LOG_RESPONSE_IDENTIFIERS``) and its standard
-PDU/DIMSE log handlers are switched off, and its logger is kept at WARNING unless configured otherwise.
+Store first in every case: a ``0xC001``/``0xC002`` dataset is in the message store like any other.
+The conversion runs in pynetdicom's association thread (never on an event loop).
+
+**Associations.** The called AE title must be ``ae_title`` (``require_called_aet``), and when
+``allowed_calling_aes`` is set the calling AE title must be in it; anything else is rejected with
+A-ASSOCIATE-RJ (permanent, "called/calling AE title not recognised"). Every association is logged, accepted
+or refused, with the AE titles and the peer address (no PHI); a refused one is also counted in
+``engine_ingress_rejected_total{reason="refused-association"}`` and kept in the dead letters (the
+A-ASSOCIATE-RQ PDU: AE titles and presentation contexts, no PHI; headers name peer, AE titles and reason).
+TLS is optional (``tls``). pynetdicom's identifier logging
+(``LOG_REQUEST_IDENTIFIERS``/``LOG_RESPONSE_IDENTIFIERS``) and its standard PDU/DIMSE log handlers are
+switched off, and its logger is kept at WARNING unless configured otherwise.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import json
 import logging
 import threading
 import time
-from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
 
+from pydicom.dataset import Dataset
 from pynetdicom import AE, _config, evt
 from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.pdu import A_ASSOCIATE_RQ
 from pynetdicom.presentation import build_context
 from pynetdicom.transport import ThreadedAssociationServer
 
+from engine.convert import Converter
 from engine.errors import PermanentError, TransientError
 from engine.sources.base import CONTENT_DICOM, Landing
-from engine.sources.mllp import TlsSettings
+from engine.sources.door import DoorRejects
+from engine.sources.listener_settings import ScpSettings, TlsSettings
 
 __all__ = [
     "STATUS_CANNOT_UNDERSTAND",
+    "STATUS_CONVERSION_FAILED",
+    "STATUS_NOT_A_REPORT",
     "STATUS_OUT_OF_RESOURCES",
     "STATUS_PROCESSING_FAILURE",
     "STATUS_SUCCESS",
@@ -47,6 +65,7 @@ __all__ = [
     "VERIFICATION_SOP_CLASS",
     "ScpSettings",
     "StoreScp",
+    "TlsSettings",
 ]
 
 log = logging.getLogger("engine.sources.dicom_scp")
@@ -55,6 +74,8 @@ STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_CANNOT_UNDERSTAND = 0xC210
 STATUS_PROCESSING_FAILURE = 0x0110  # PS3.7 C.4.2: a failure, not "retry later"
+STATUS_NOT_A_REPORT = 0xC001  # PS3.4 B.2.3 "Cannot understand" (C000-CFFF): stored, not converted (filtered)
+STATUS_CONVERSION_FAILED = 0xC002  # "Cannot understand": stored, conversion failed (dead letter kept)
 
 # Storage SOP classes (PS3.4 Annex B.5) accepted by the SCP: UID -> name
 STORAGE_SOP_CLASSES: dict[str, str] = {
@@ -97,72 +118,29 @@ def quiet_pynetdicom() -> None:
         logger.setLevel(logging.WARNING)
 
 
-def _ae_title(section: str, key: str, value: Any) -> str:
-    if not isinstance(value, str) or not value.strip() or len(value.strip()) > 16 or "\\" in value:
-        raise ValueError(f"{section}.{key}: expected an AE title of 1 to 16 characters without '\\', got {value!r}")
-    if not value.isascii() or not value.isprintable():
-        raise ValueError(f"{section}.{key}: AE titles are printable ASCII, got {value!r}")
-    return value.strip()
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class ScpSettings:
-    """Settings of the C-STORE SCP (``sources.dicom`` in the config)."""
-
-    host: str = "127.0.0.1"
-    port: int = 11112
-    ae_title: str = "ENGINE"
-    allowed_calling_aes: tuple[str, ...] = ()  # empty: any calling AE title
-    max_pdu: int = 65536  # 0: unlimited
-    tls: TlsSettings | None = None
-    name: str = "dicom"  # source name recorded with each landed dataset
-
-    @classmethod
-    def from_mapping(cls, d: Mapping[str, Any]) -> ScpSettings:
-        section = "dicom"
-        if not isinstance(d, Mapping):
-            raise ValueError(f"{section}: expected a mapping, got {type(d).__name__}")
-        allowed = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(str(k) for k in d if k not in allowed)
-        if unknown:
-            raise ValueError(f"{section}: unknown key(s) {', '.join(unknown)} (allowed: {', '.join(sorted(allowed))})")
-        kw: dict[str, Any] = {}
-        if "host" in d:
-            if not isinstance(d["host"], str) or not d["host"].strip():
-                raise ValueError(f"{section}.host: expected a non-empty string, got {d['host']!r}")
-            kw["host"] = d["host"]
-        for key, low, high in (("port", 0, 65535), ("max_pdu", 0, 2**32 - 1)):
-            if key in d:
-                value = d[key]
-                if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-                    raise ValueError(f"{section}.{key}: expected an integer between {low} and {high}, got {value!r}")
-                kw[key] = value
-        if "ae_title" in d:
-            kw["ae_title"] = _ae_title(section, "ae_title", d["ae_title"])
-        if d.get("allowed_calling_aes") is not None:
-            aes = d["allowed_calling_aes"]
-            if isinstance(aes, str) or not isinstance(aes, list | tuple):
-                raise ValueError(f"{section}.allowed_calling_aes: expected a list of AE titles, got {aes!r}")
-            kw["allowed_calling_aes"] = tuple(_ae_title(section, "allowed_calling_aes", a) for a in aes)
-        if d.get("tls") is not None:
-            kw["tls"] = TlsSettings.from_mapping(d["tls"], f"{section}.tls")
-        if "name" in d:
-            if not isinstance(d["name"], str) or not d["name"].strip():
-                raise ValueError(f"{section}.name: expected a non-empty string, got {d['name']!r}")
-            kw["name"] = d["name"]
-        return cls(**kw)
-
-
 class StoreScp:
     """Persist-before-success C-STORE SCP running in pynetdicom's server threads."""
 
-    def __init__(self, settings: ScpSettings, landing: Landing) -> None:
+    def __init__(
+        self,
+        settings: ScpSettings,
+        landing: Landing,
+        *,
+        converter: Converter | None = None,
+        door: DoorRejects | None = None,
+    ) -> None:
         self.settings = settings
         self.landing = landing
+        self.converter = converter or Converter()
+        self.door = door or DoorRejects()
         self._ae: AE | None = None
         self._server: ThreadedAssociationServer | None = None
         self._port = 0
-        self.counters: dict[str, int] = dict.fromkeys(("stored", "refused", "undecodable", "errors"), 0)
+        self.counters: dict[str, int] = dict.fromkeys(
+            ("stored", "refused", "undecodable", "errors", "converted", "filtered", "failed", "associations",
+             "refused_associations"),
+            0,
+        )  # fmt: skip
         self._in_flight = 0  # C-STORE handlers running
         self._idle = threading.Condition()
 
@@ -183,6 +161,7 @@ class StoreScp:
         ssl_ctx = self.settings.tls.server_context() if self.settings.tls else None
         ae = AE(ae_title=self.settings.ae_title)
         ae.maximum_pdu_size = self.settings.max_pdu
+        ae.require_called_aet = True  # A-ASSOCIATE-RJ "called AE title not recognised" for other titles
         if self.settings.allowed_calling_aes:
             ae.require_calling_aet = list(self.settings.allowed_calling_aes)
         contexts = [build_context(uid, list(TRANSFER_SYNTAXES)) for uid in STORAGE_SOP_CLASSES]
@@ -191,7 +170,11 @@ class StoreScp:
             (self.settings.host, self.settings.port),
             block=False,
             ssl_context=ssl_ctx,
-            evt_handlers=[(evt.EVT_C_STORE, self._on_c_store)],
+            evt_handlers=[
+                (evt.EVT_C_STORE, self._on_c_store),
+                (evt.EVT_ACCEPTED, self._on_accepted),
+                (evt.EVT_REJECTED, self._on_rejected),
+            ],
             contexts=contexts,
         )
         assert server is not None
@@ -223,7 +206,65 @@ class StoreScp:
                 assoc.abort()
         log.info("dicom scp stopped", extra={"port": self._port})
 
-    def _on_c_store(self, event: evt.Event) -> int:
+    # -- associations ----------------------------------------------------------------------------
+    @staticmethod
+    def _request(event: evt.Event) -> tuple[str, str, str]:
+        """(calling AE, called AE, peer) of the association request; AE titles are not PHI."""
+        assoc = event.assoc
+        primitive = assoc.requestor.primitive
+        calling = str(getattr(primitive, "calling_ae_title", "") or assoc.requestor.ae_title).strip()
+        called = str(getattr(primitive, "called_ae_title", "") or "").strip()
+        return calling, called, f"{assoc.requestor.address}:{assoc.requestor.port}"
+
+    def _on_accepted(self, event: evt.Event) -> None:
+        calling, called, peer = self._request(event)
+        self.counters["associations"] += 1
+        log.info(
+            "dicom scp: association accepted from %s (calling AE %s, called AE %s)",
+            peer,
+            calling,
+            called,
+            extra={"source": self.settings.name, "calling_ae": calling, "called_ae": called, "peer": peer},
+        )
+
+    def _on_rejected(self, event: evt.Event) -> None:
+        calling, called, peer = self._request(event)
+        if called != self.settings.ae_title:
+            reason = f"called AE title {called!r} is not this SCP's ({self.settings.ae_title})"
+        elif self.settings.allowed_calling_aes and calling not in self.settings.allowed_calling_aes:
+            reason = f"calling AE title {calling!r} is not in allowed_calling_aes"
+        else:
+            reason = "association rejected (no acceptable request, or too many associations)"
+        self.counters["refused_associations"] += 1
+        log.warning(
+            "dicom scp: association refused from %s (calling AE %s, called AE %s): %s",
+            peer,
+            calling,
+            called,
+            reason,
+            extra={"source": self.settings.name, "calling_ae": calling, "called_ae": called, "peer": peer},
+        )
+        try:  # the request as the peer sent it (re-encoded A-ASSOCIATE-RQ PDU, PS3.8 9.3.2)
+            primitive = event.assoc.requestor.primitive
+            assert primitive is not None
+            rq = A_ASSOCIATE_RQ()
+            rq.from_primitive(primitive)
+            payload, kept = rq.encode(), "application/dicom-pdu"
+        except Exception:  # keep a summary instead
+            summary = {"calling_ae": calling, "called_ae": called, "peer": peer, "reason": reason}
+            payload, kept = json.dumps(summary, sort_keys=True).encode(), "application/json"
+        self.door.reject(
+            source=self.settings.name,
+            reason_code="refused-association",
+            reason=reason,
+            payload=payload,
+            content_type=CONTENT_DICOM,
+            kept_type=kept,
+            headers={"source.endpoint": peer, "dicom.calling-ae": calling, "dicom.called-ae": called},
+        )
+
+    # -- C-STORE -----------------------------------------------------------------------------------
+    def _on_c_store(self, event: evt.Event) -> int | Dataset:
         with self._idle:
             self._in_flight += 1
         try:
@@ -233,12 +274,21 @@ class StoreScp:
                 self._in_flight -= 1
                 self._idle.notify_all()
 
-    def _store(self, event: evt.Event) -> int:
+    @staticmethod
+    def _status(code: int, comment: str) -> Dataset:
+        status = Dataset()
+        status.Status = code
+        status.ErrorComment = comment[:64]  # LO: at most 64 characters
+        return status
+
+    def _store(self, event: evt.Event) -> int | Dataset:
         request = event.request
         assert isinstance(request, C_STORE)
         sop_class = str(request.AffectedSOPClassUID or "")
         sop_instance = str(request.AffectedSOPInstanceUID or "")
         requestor = event.assoc.requestor
+        peer = f"{requestor.address}:{requestor.port}"
+        calling = str(requestor.ae_title).strip()
         try:
             payload = event.encoded_dataset()
             dataset = event.dataset  # decodes with the negotiated transfer syntax (incl. deflate)
@@ -250,16 +300,25 @@ class StoreScp:
             log.warning(
                 "dicom scp: cannot decode dataset %s from %s: %s",
                 sop_instance,
-                requestor.ae_title,
+                calling,
                 exc.__class__.__name__,
                 extra={"sop_instance_uid": sop_instance},
+            )
+            raw = request.DataSet.getvalue() if request.DataSet is not None else b""
+            self.door.reject(
+                source=self.settings.name,
+                reason_code="undecodable",
+                reason=f"DICOM dataset cannot be decoded ({exc.__class__.__name__})",
+                payload=bytes(raw),
+                content_type=CONTENT_DICOM,
+                headers={"dicom.sop-instance-uid": sop_instance, "dicom.calling-ae": calling, "source.endpoint": peer},
             )
             return STATUS_CANNOT_UNDERSTAND
         headers = {
             "dicom.sop-instance-uid": sop_instance,
             "dicom.sop-class-uid": sop_class,
-            "dicom.calling-ae": str(requestor.ae_title).strip(),
-            "source.endpoint": f"{requestor.address}:{requestor.port}",
+            "dicom.calling-ae": calling,
+            "source.endpoint": peer,
             "received.at": datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z"),
         }
         if study:
@@ -279,6 +338,14 @@ class StoreScp:
             log.error(
                 "dicom scp: landing rejected %s: %s", sop_instance, exc, extra={"sop_instance_uid": sop_instance}
             )
+            self.door.reject(
+                source=self.settings.name,
+                reason_code="store-refused",
+                reason="dataset not stored (the message store cannot take it, e.g. too large)",
+                payload=payload,
+                content_type=CONTENT_DICOM,
+                headers=headers,
+            )
             return STATUS_PROCESSING_FAILURE
         except Exception:  # unknown: never report success; the SCU retries, the error is loud
             self.counters["errors"] += 1
@@ -286,4 +353,29 @@ class StoreScp:
             return STATUS_OUT_OF_RESOURCES
         self.counters["stored"] += 1
         log.debug("dicom scp: landed %s as %s", sop_instance, envelope_id, extra={"sop_instance_uid": sop_instance})
+        if self.settings.ack == "stored":
+            self.door.outcome(self.settings.name, "stored")
+            return STATUS_SUCCESS
+        return self._converted(payload, sop_instance)
+
+    def _converted(self, payload: bytes, sop_instance: str) -> int | Dataset:
+        """``ack: converted``: the status tells what became of the stored dataset."""
+        try:
+            result = self.converter.convert(payload)
+        except Exception:  # a converter bug: stored; the worker meets it too and stops loudly
+            self.counters["errors"] += 1
+            log.error("dicom scp: conversion for the status failed unexpectedly (%s)", sop_instance, exc_info=True)
+            self.counters["failed"] += 1
+            self.door.outcome(self.settings.name, "rejected")
+            return self._status(STATUS_CONVERSION_FAILED, "stored; conversion failed (internal error)")
+        if result.rejections:
+            self.counters["failed"] += 1
+            self.door.outcome(self.settings.name, "rejected")
+            return self._status(STATUS_CONVERSION_FAILED, f"stored; not converted: {result.rejections[0].reason}")
+        if result.filtered and not result.outputs:
+            self.counters["filtered"] += 1
+            self.door.outcome(self.settings.name, "filtered")
+            return self._status(STATUS_NOT_A_REPORT, f"stored; not a report: {result.filtered[0].reason}")
+        self.counters["converted"] += 1
+        self.door.outcome(self.settings.name, "converted")
         return STATUS_SUCCESS

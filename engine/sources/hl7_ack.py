@@ -25,10 +25,16 @@ from pipelines.hl7v2.er7 import CHARSETS
 __all__ = [
     "ERROR_APPLICATION_INTERNAL",
     "ERROR_SEGMENT_SEQUENCE",
+    "ERROR_UNSUPPORTED_MESSAGE_TYPE",
     "HL7_CHARSETS",
     "MshInfo",
+    "Verdict",
     "ack_control_id",
+    "acknowledgements",
     "build_ack",
+    "build_batch_ack",
+    "is_batch",
+    "is_enhanced",
     "python_codec",
     "read_msh",
 ]
@@ -36,6 +42,7 @@ __all__ = [
 # HL7 table 0357 (message error condition codes) used in ERR
 ERROR_SEGMENT_SEQUENCE = ("100", "Segment sequence error")
 ERROR_APPLICATION_INTERNAL = ("207", "Application internal error")
+ERROR_UNSUPPORTED_MESSAGE_TYPE = ("200", "Unsupported message type")
 
 # HL7 table 0211 (alternate character sets, MSH-18) -> Python codec: one table, shared with the tokenizer.
 HL7_CHARSETS = CHARSETS
@@ -222,3 +229,111 @@ def build_ack(
             segments.append(f"ERR|^^^{err_code}&{err_name}&HL70357")
     body = "\r".join(segments) + "\r"
     return body.encode(codec if codec else "ascii", errors="replace")
+
+
+# -- acknowledgement rules (HL7 v2.5.1 2.9.2 original mode, 2.9.3 enhanced mode) ----------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What happened at one stage: ``kind`` ``A`` (accepted / converted), ``E`` (error, e.g. storage failed,
+    conversion failed) or ``R`` (rejected, e.g. not something we take); ``text`` a PHI-free reason."""
+
+    kind: str
+    text: str = ""
+    error: tuple[str, str] = ERROR_APPLICATION_INTERNAL
+
+
+def is_enhanced(msh: MshInfo | None) -> bool:
+    """Enhanced mode when MSH-15 or MSH-16 is valued (2.9.3); both empty: original mode (2.9.2)."""
+    return msh is not None and bool(msh.accept_ack_type or msh.application_ack_type)
+
+
+def _wanted(condition: str, kind: str) -> bool:
+    """HL7 table 0155: AL always, NE never, ER only on error/reject, SU only on success."""
+    if condition == "NE":
+        return False
+    if condition == "ER":
+        return kind != "A"
+    if condition == "SU":
+        return kind == "A"
+    return True  # AL (and unknown values: answering is the safe side)
+
+
+def acknowledgements(msh: MshInfo | None, stored: Verdict, applied: Verdict | None) -> list[tuple[str, Verdict]]:
+    """The ACKs to send, in order, as (MSA-1 code, verdict).
+
+    ``stored``: the commit stage (landing); ``applied``: the application stage (conversion), None when the
+    listener acknowledges on storage only (``ack: stored``) or storage failed.
+
+    * original mode: one ACK, ``AA``/``AE``/``AR`` from ``applied`` when there is one, else from ``stored``;
+    * enhanced mode: an accept ACK ``CA``/``CE``/``CR`` from ``stored`` when MSH-15 asks (empty MSH-15
+      counts as ``AL``), then an application ACK ``AA``/``AE``/``AR`` from ``applied`` when MSH-16 asks
+      (empty MSH-16 counts as ``NE``: the sender asked for none). Without ``applied`` no application ACK
+      is sent.
+    """
+    if not is_enhanced(msh):
+        verdict = applied if applied is not None and stored.kind == "A" else stored
+        return [("A" + verdict.kind, verdict)]
+    assert msh is not None
+    out: list[tuple[str, Verdict]] = []
+    if _wanted(msh.accept_ack_type or "AL", stored.kind):
+        out.append(("C" + stored.kind, stored))
+    if applied is not None and stored.kind == "A" and _wanted(msh.application_ack_type or "NE", applied.kind):
+        out.append(("A" + applied.kind, applied))
+    return out
+
+
+# -- batches (2.10.3) -------------------------------------------------------------------------------
+
+
+def _first_segments(frame: bytes) -> dict[str, list[str]]:
+    """FHS and BHS fields of a batch (``fields[n]`` is XXX-n, like MSH with the separator as field 1)."""
+    found: dict[str, list[str]] = {}
+    for line in frame.replace(b"\n", b"\r").split(b"\r"):
+        line = line.removeprefix(_BOM).lstrip()
+        name = line[:3].decode("ascii", "replace")
+        if name in ("FHS", "BHS") and name not in found and len(line) > 4:
+            sep = chr(line[3])
+            fields = line.decode("iso8859-1").split(sep)
+            found[name] = [name, sep, *fields[1:]]
+        if name == "MSH":
+            break
+    return found
+
+
+def is_batch(frame: bytes) -> bool:
+    """True when ``frame`` starts (after a BOM and whitespace) with FHS or BHS (2.10.3 batch protocol)."""
+    return frame.removeprefix(_BOM).lstrip()[:3] in (b"FHS", b"BHS")
+
+
+def build_batch_ack(frame: bytes, acks: list[bytes], *, now: datetime, control_id: str) -> bytes:
+    """A batch acknowledgement (2.10.3.3): ``FHS``/``BHS`` (when the input had them) with sender and receiver
+    swapped, FHS-11/BHS-11 a new control id and FHS-12/BHS-12 the original's FHS-11/BHS-11, one ``ACK``
+    per message of the input batch in input order, ``BTS`` (BTS-1 the number of ACKs) and ``FTS``."""
+    head = _first_segments(frame)
+    timestamp = now.strftime("%Y%m%d%H%M%S") + (now.strftime("%z") if now.tzinfo else "")
+    segments: list[str] = []
+
+    def header(name: str) -> str:
+        f = head[name] + [""] * 13
+        enc = f[2] if 2 <= len(f[2]) <= 5 else _STANDARD_ENCODING
+
+        def std(value: str) -> str:
+            table = {ord(f[1]): "|"}
+            for i, ch in enumerate(enc[:4]):
+                table[ord(ch)] = _STANDARD_ENCODING[i]
+            return value.translate(table)
+
+        fields = [name, _STANDARD_ENCODING, std(f[5]), std(f[6]), std(f[3]), std(f[4]), timestamp, "", "", ""]
+        return "|".join([*fields, control_id, std(f[11])])
+
+    if "FHS" in head:
+        segments.append(header("FHS"))
+    if "BHS" in head or "FHS" not in head:
+        head.setdefault("BHS", ["BHS", "|", "^~\\&"])
+        segments.append(header("BHS"))
+    body = "\r".join(segments) + "\r"
+    tail = f"BTS|{len(acks)}\r" + ("FTS|1\r" if "FHS" in head else "")
+    messages = b"".join(a if a.endswith(b"\r") else a + b"\r" for a in acks)
+    return body.encode("iso8859-1", "replace") + messages + tail.encode()

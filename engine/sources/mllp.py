@@ -1,181 +1,96 @@
-"""MLLP listener: HL7 v2 over TCP (optionally TLS), persist before acknowledge.
+"""MLLP listener: HL7 v2 over TCP (optionally TLS), persist before acknowledge, honest acknowledgements.
 
 :class:`MllpListener` runs an asyncio server (public ``asyncio.start_server`` API) on its own event loop
-in a background thread. Each connection is persistent and may carry any number of messages; every
-message is framed by :class:`~engine.sources.mllp_framing.MllpDecoder`, stored with
-``landing.land(...)`` (in a thread pool, so the loop never blocks on disk) and acknowledged only after
-``land`` returned:
+in a background thread. Each connection is persistent and may carry any number of messages; the bytes
+are framed by :class:`~engine.sources.mllp_framing.MllpDecoder`. For every message:
 
-=============================  =====================  =====================
-outcome                        original mode (MSA-1)  enhanced mode (MSA-1)
-=============================  =====================  =====================
-stored                         ``AA``                 ``CA``
-landing raised TransientError  ``AE`` + reason        ``CE`` + reason
-not HL7 (no MSH) / too large   ``AR`` + reason        ``CR`` + reason
-landing raised PermanentError  ``AR`` + reason        ``CR`` + reason
-=============================  =====================  =====================
+1. **store first**: ``landing.land(original bytes)`` in a thread pool (the loop never blocks on disk);
+2. with ``ack: converted`` (the default) the message is converted by :class:`engine.convert.Converter`
+   (pure, about a millisecond) in the same thread pool, or with ``convert_processes: N`` in a pool of N
+   spawned processes that send back only the verdict, so the loop stays free for other connections;
+3. acknowledge per HL7 v2.5.1 2.9, chosen by the message's own MSH-15/MSH-16
+   (:func:`engine.sources.hl7_ack.acknowledgements`):
 
-In enhanced mode the accept acknowledgement follows MSH-15 (``AL``/empty: always, ``NE``: never,
-``ER``: errors only, ``SU``: success only); application acknowledgements (MSH-16) are not sent by the
-listener, because mapping happens later. A frame larger than ``max_message_bytes`` is rejected and
-the connection closed (the rest of that frame cannot be resynchronised); bytes outside frames are
-skipped; an idle connection is closed after ``idle_timeout_s``. The landed payload is the original
-bytes between ``<SB>`` and ``<EB><CR>``; MSH-18 is only used to read MSH for the ACK.
+=================================  =====================  ===================================================
+what happened                      original mode (MSA-1)  enhanced mode: accept ACK, then application ACK
+=================================  =====================  ===================================================
+stored and converted               ``AA``                 ``CA`` (MSH-15), ``AA`` (MSH-16)
+stored, not a report we convert    ``AR`` + reason, ERR   ``CA``, ``AR`` + reason
+stored, conversion failed          ``AE`` + reason, ERR   ``CA``, ``AE`` + reason (dead letter kept)
+stored (``ack: stored``)           ``AA``                 ``CA`` (no application ACK)
+storage failed (transient)         ``AE``                 ``CE``
+cannot be stored (permanent)       ``AR``                 ``CR``
+not HL7 / bad framing / too large  ``AR`` + reason        ``CR`` when MSH is readable and asks, else ``AR``
+=================================  =====================  ===================================================
 
-The landing must be thread-safe: it is called from up to ``land_threads`` pool threads at once (one
-per connection with a message in flight). :class:`engine.store.MessageStore` is, and commits
-concurrent lands in one transaction (group commit), so N connections pay for one fsync.
+The application ACK travels on the same connection right after the accept ACK (what MLLP peers expect;
+a separate return connection is not used). An incoming ``ACK`` message is stored but never acknowledged
+(2.9: acknowledgements are not acknowledged). Reasons are engine texts or the mapper's PHI-free reason.
+
+**Batches** (2.10.3): a frame that starts with ``FHS``/``BHS`` is stored as one unit (its original bytes,
+which the worker splits like ``engine map``) and answered with one batch acknowledgement (2.10.3.3):
+``FHS``/``BHS`` with FHS-12/BHS-12 naming the original batch, one original-mode ``ACK`` per message in
+input order (``AA``/``AE``/``AR`` as above), ``BTS``/``FTS``.
+
+**Nothing is dropped silently**: bytes outside frames, a frame without its start or end block, a frame
+above ``max_message_bytes`` and a frame without MSH get an ``AR`` (with MSA-2 when MSH is readable) and
+are counted and kept by :class:`~engine.sources.door.DoorRejects` (``engine_ingress_rejected_total`` and
+the dead letters). A frame above the limit also closes the connection (its end cannot be found again).
+Connections from peers outside ``allowed_peers`` are refused the same way (counted, logged, closed).
+An idle connection is closed after ``idle_timeout_s``; a junk run followed by 2 s of silence is answered.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import functools
+import json
 import logging
+import multiprocessing
 import ssl
 import threading
 import time
-from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
+from engine.convert import Converter
 from engine.errors import PermanentError, TransientError
+from engine.outcomes import Conversion
 from engine.sources.base import CONTENT_HL7V2, Landing
+from engine.sources.door import DoorRejects
 from engine.sources.hl7_ack import (
-    ERROR_APPLICATION_INTERNAL,
     ERROR_SEGMENT_SEQUENCE,
     MshInfo,
+    Verdict,
     ack_control_id,
+    acknowledgements,
     build_ack,
+    is_batch,
     read_msh,
 )
-from engine.sources.mllp_framing import FrameTooLarge, MllpDecoder, frame
+from engine.sources.listener_settings import MllpSettings, TlsSettings
+from engine.sources.mllp_framing import FrameTooLarge, Garbage, MllpDecoder, frame
+from engine.sources.mllp_verdicts import (
+    CONVERSION_BUG,
+    NOT_HL7,
+    batch_response,
+    batch_verdicts,
+    init_converter_process,
+    merge,
+    slim_conversion,
+    verdicts,
+)
 
 __all__ = ["MllpListener", "MllpSettings", "TlsSettings"]
 
 log = logging.getLogger("engine.sources.mllp")
 
-AckMode = Literal["original", "enhanced"]
 _READ_CHUNK = 65536
-
-
-def _check_keys(section: str, d: Mapping[str, Any], allowed: set[str]) -> None:
-    if not isinstance(d, Mapping):
-        raise ValueError(f"{section}: expected a mapping, got {type(d).__name__}")
-    unknown = sorted(str(k) for k in d if k not in allowed)
-    if unknown:
-        raise ValueError(f"{section}: unknown key(s) {', '.join(unknown)} (allowed: {', '.join(sorted(allowed))})")
-
-
-def _int(section: str, key: str, value: Any, *, low: int, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{section}.{key}: expected an integer, got {value!r}")
-    if value < low or (high is not None and value > high):
-        bound = f"between {low} and {high}" if high is not None else f">= {low}"
-        raise ValueError(f"{section}.{key}: must be {bound}, got {value}")
-    return value
-
-
-def _str(section: str, key: str, value: Any) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"{section}.{key}: expected a non-empty string, got {value!r}")
-    return value
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class TlsSettings:
-    """Server-side TLS: certificate chain and key (PEM), optional CA bundle to verify client certificates."""
-
-    cert: str
-    key: str
-    ca: str | None = None
-    require_client_cert: bool = False
-
-    @classmethod
-    def from_mapping(cls, d: Mapping[str, Any], section: str = "tls") -> TlsSettings:
-        _check_keys(section, d, {"cert", "key", "ca", "require_client_cert"})
-        for key in ("cert", "key"):
-            if key not in d:
-                raise ValueError(f"{section}.{key}: required")
-        ca = d.get("ca")
-        require = d.get("require_client_cert", False)
-        if not isinstance(require, bool):
-            raise ValueError(f"{section}.require_client_cert: expected true or false, got {require!r}")
-        if require and ca is None:
-            raise ValueError(f"{section}.require_client_cert: needs {section}.ca to verify client certificates")
-        return cls(
-            cert=_str(section, "cert", d["cert"]),
-            key=_str(section, "key", d["key"]),
-            ca=None if ca is None else _str(section, "ca", ca),
-            require_client_cert=require,
-        )
-
-    def server_context(self) -> ssl.SSLContext:
-        """Build the server ``SSLContext`` (TLS 1.2+); ValueError naming the file when one is unusable."""
-        for label, path in (("cert", self.cert), ("key", self.key), ("ca", self.ca)):
-            if path is not None and not Path(path).is_file():
-                raise ValueError(f"tls.{label}: file not found: {path}")
-        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        try:
-            ctx.load_cert_chain(self.cert, self.key)
-            if self.ca is not None:
-                ctx.load_verify_locations(cafile=self.ca)
-        except (ssl.SSLError, OSError) as exc:
-            raise ValueError(f"tls: cannot load certificate/key ({self.cert}, {self.key}): {exc}") from exc
-        if self.require_client_cert:
-            ctx.verify_mode = ssl.CERT_REQUIRED
-        elif self.ca is not None:
-            ctx.verify_mode = ssl.CERT_OPTIONAL
-        else:
-            ctx.verify_mode = ssl.CERT_NONE
-        return ctx
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class MllpSettings:
-    """Settings of the MLLP listener (``sources.mllp`` in the config)."""
-
-    host: str = "127.0.0.1"
-    port: int = 2575
-    max_message_bytes: int = 16 * 1024 * 1024
-    idle_timeout_s: float = 300.0  # 0 disables
-    ack_mode: AckMode = "original"
-    tls: TlsSettings | None = None
-    name: str = "mllp"  # source name recorded with each landed message
-    land_threads: int = 16  # concurrent land() calls (one per connection at most)
-
-    @classmethod
-    def from_mapping(cls, d: Mapping[str, Any]) -> MllpSettings:
-        section = "mllp"
-        _check_keys(section, d, {f.name for f in dataclasses.fields(cls)})
-        kw: dict[str, Any] = {}
-        if "host" in d:
-            kw["host"] = _str(section, "host", d["host"])
-        if "port" in d:
-            kw["port"] = _int(section, "port", d["port"], low=0, high=65535)
-        if "max_message_bytes" in d:
-            kw["max_message_bytes"] = _int(section, "max_message_bytes", d["max_message_bytes"], low=64)
-        if "idle_timeout_s" in d:
-            value = d["idle_timeout_s"]
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-                raise ValueError(f"{section}.idle_timeout_s: expected a number >= 0 (0 disables), got {value!r}")
-            kw["idle_timeout_s"] = float(value)
-        if "ack_mode" in d:
-            if d["ack_mode"] not in ("original", "enhanced"):
-                raise ValueError(f"{section}.ack_mode: expected 'original' or 'enhanced', got {d['ack_mode']!r}")
-            kw["ack_mode"] = d["ack_mode"]
-        if d.get("tls") is not None:
-            kw["tls"] = TlsSettings.from_mapping(d["tls"], f"{section}.tls")
-        if "name" in d:
-            kw["name"] = _str(section, "name", d["name"])
-        if "land_threads" in d:
-            kw["land_threads"] = _int(section, "land_threads", d["land_threads"], low=1, high=256)
-        return cls(**kw)
+_JUNK_SILENCE_S = 2.0  # a junk run outside frames followed by this much silence is answered
+_OCTETS = "application/octet-stream"
 
 
 class _Connection:
@@ -190,21 +105,35 @@ class _Connection:
 class MllpListener:
     """Persist-before-ACK MLLP server on a background event loop (see the module docstring)."""
 
-    def __init__(self, settings: MllpSettings, landing: Landing) -> None:
+    def __init__(
+        self,
+        settings: MllpSettings,
+        landing: Landing,
+        *,
+        converter: Converter | None = None,
+        door: DoorRejects | None = None,
+    ) -> None:
         self.settings = settings
         self.landing = landing
+        self.converter = converter or Converter()
+        self.door = door or DoorRejects()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.Server | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._start_error: BaseException | None = None
         self._executor: ThreadPoolExecutor | None = None
+        self._pool: ProcessPoolExecutor | None = None
         self._connections: dict[asyncio.Task[None], _Connection] = {}
         self._closing = False
         self._port = 0
         self.counters: dict[str, int] = dict.fromkeys(
-            ("connections", "accepted", "rejected", "errors", "too_large", "idle_closed", "junk_bytes"), 0
-        )
+            (
+                "connections", "accepted", "rejected", "errors", "too_large", "idle_closed", "junk_bytes",
+                "converted", "filtered", "failed", "refused_peers", "garbage",
+            ),
+            0,
+        )  # fmt: skip
 
     @property
     def port(self) -> int:
@@ -222,12 +151,21 @@ class MllpListener:
             raise RuntimeError("MllpListener already started")
         ssl_ctx = self.settings.tls.server_context() if self.settings.tls else None
         self._executor = ThreadPoolExecutor(self.settings.land_threads, thread_name_prefix="mllp-land")
+        if self.settings.ack == "converted" and self.settings.convert_processes:
+            self._pool = ProcessPoolExecutor(
+                self.settings.convert_processes,
+                mp_context=multiprocessing.get_context("spawn"),  # never fork a process with threads
+                initializer=init_converter_process,
+                initargs=(self.converter.context,),
+            )
         self._thread = threading.Thread(target=self._run, args=(ssl_ctx,), name="mllp-listener", daemon=True)
         self._thread.start()
         self._ready.wait()
         if self._start_error is not None:
             self._thread.join()
             self._executor.shutdown(wait=False)
+            if self._pool is not None:
+                self._pool.shutdown(wait=False, cancel_futures=True)
             raise self._start_error
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -242,6 +180,8 @@ class MllpListener:
         thread.join(timeout + 5.0)
         if self._executor is not None:
             self._executor.shutdown(wait=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
         log.info("mllp listener stopped", extra={"port": self._port})
 
     def _run(self, ssl_ctx: ssl.SSLContext | None) -> None:
@@ -261,10 +201,11 @@ class MllpListener:
             loop.close()
             return
         log.info(
-            "mllp listener on %s:%d%s",
+            "mllp listener on %s:%d%s (ack: %s)",
             self.settings.host,
             self._port,
             " (TLS)" if ssl_ctx else "",
+            self.settings.ack,
             extra={"port": self._port},
         )
         self._ready.set()
@@ -298,6 +239,9 @@ class MllpListener:
             if pending:
                 await asyncio.wait(pending, timeout=2.0)
 
+    async def _blocking(self, fn: Callable[[], Any]) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
     # -- connections ---------------------------------------------------------------------------
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -307,46 +251,47 @@ class MllpListener:
         if self._closing:
             writer.close()
             return
+        if isinstance(peername, tuple) and not self.settings.peer_allowed(str(peername[0])):
+            await self._refuse_peer(peer, writer)
+            return
         conn = _Connection(peer, task)
         self._connections[task] = conn
         self.counters["connections"] += 1
-        decoder = MllpDecoder(self.settings.max_message_bytes)
+        decoder = MllpDecoder(self.settings.max_message_bytes, self.door.keep_bytes)
         idle = self.settings.idle_timeout_s or None
         try:
             while not self._closing:
+                wait = idle
+                if decoder.pending and not decoder.in_frame:
+                    wait = min(idle or _JUNK_SILENCE_S, _JUNK_SILENCE_S)
                 try:
-                    async with asyncio.timeout(idle):
+                    async with asyncio.timeout(wait):
                         data = await reader.read(_READ_CHUNK)
                 except TimeoutError:
+                    if decoder.pending and not decoder.in_frame:  # a junk run followed by silence
+                        conn.busy = True
+                        for item in decoder.flush():
+                            await self._item(item, peer, writer)
+                        conn.busy = False
+                        continue
                     self.counters["idle_closed"] += 1
                     log.info("mllp: closing idle connection %s after %.0f s", peer, idle)
                     break
                 if not data:
                     break
                 conn.busy = True
-                junk_before = decoder.skipped
+                skipped = decoder.skipped
                 try:
-                    messages = decoder.feed(data)
+                    items = decoder.feed(data)
                 except FrameTooLarge as exc:
-                    for message in exc.completed:
-                        await self._process(message, peer, writer)
-                    self.counters["too_large"] += 1
-                    log.warning("mllp: %s from %s; rejecting and closing the connection", exc, peer)
-                    await self._reject(
-                        read_msh(exc.head),
-                        peer,
-                        writer,
-                        f"message exceeds {exc.limit} bytes",
-                        ERROR_APPLICATION_INTERNAL,
-                    )
+                    for item in exc.completed:
+                        await self._item(item, peer, writer)
+                    await self._too_large(exc, peer, writer)
                     break
-                if decoder.skipped != junk_before:
-                    self.counters["junk_bytes"] += decoder.skipped - junk_before
-                    log.warning(
-                        "mllp: skipped %d bytes outside MLLP frames from %s", decoder.skipped - junk_before, peer
-                    )
-                for message in messages:
-                    await self._process(message, peer, writer)
+                if decoder.skipped != skipped:
+                    self.counters["junk_bytes"] += decoder.skipped - skipped
+                for item in items:
+                    await self._item(item, peer, writer)
                 conn.busy = False
         except asyncio.CancelledError:
             pass
@@ -357,55 +302,89 @@ class MllpListener:
             log.exception("mllp: unexpected error on connection %s", peer)
         finally:
             self._connections.pop(task, None)
-            if decoder.pending:
-                log.warning("mllp: connection %s closed with an unfinished frame (%d bytes)", peer, decoder.pending)
+            leftover = decoder.flush()
+            if leftover:  # the peer closed (or we stopped) mid-frame: keep the bytes, try to answer
+                with contextlib.suppress(Exception):
+                    for item in leftover:
+                        await self._item(item, peer, writer)
             writer.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer.wait_closed(), 2.0)
 
-    def _codes(self, msh: MshInfo | None) -> tuple[str, str, str]:
-        return ("CA", "CE", "CR") if self.settings.ack_mode == "enhanced" else ("AA", "AE", "AR")
+    async def _refuse_peer(self, peer: str, writer: asyncio.StreamWriter) -> None:
+        self.counters["refused_peers"] += 1
+        log.warning("mllp: connection from %s refused: not in allowed_peers", peer, extra={"source": "mllp"})
+        reason = "connection refused: peer address not in allowed_peers"
+        await self._blocking(
+            functools.partial(
+                self.door.reject,
+                source=self.settings.name,
+                reason_code="refused-peer",
+                reason=reason,
+                payload=json.dumps({"peer": peer, "reason": reason}).encode(),
+                content_type=CONTENT_HL7V2,
+                kept_type="application/json",
+                headers={"source.endpoint": peer},
+            )
+        )
+        writer.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(writer.wait_closed(), 2.0)
 
-    def _wants_ack(self, msh: MshInfo | None, success: bool) -> bool:
-        if self.settings.ack_mode != "enhanced" or msh is None:
-            return True
-        condition = msh.accept_ack_type
-        if condition == "NE":
-            return False
-        if condition == "ER":
-            return not success
-        if condition == "SU":
-            return success
-        return True  # AL, empty or unknown
+    async def _item(self, item: bytes | Garbage, peer: str, writer: asyncio.StreamWriter) -> None:
+        if isinstance(item, Garbage):
+            await self._garbage(item, peer, writer)
+        elif is_batch(item):
+            await self._batch(item, peer, writer)
+        else:
+            await self._message(item, peer, writer)
 
-    async def _send(self, writer: asyncio.StreamWriter, ack: bytes) -> None:
-        writer.write(frame(ack))
-        await writer.drain()
-
-    async def _reject(
-        self, msh: MshInfo | None, peer: str, writer: asyncio.StreamWriter, reason: str, error: tuple[str, str]
+    # -- door rejections -------------------------------------------------------------------------
+    async def _door(
+        self, payload: bytes, size: int, code: str, reason: str, msh: MshInfo | None, peer: str
     ) -> None:
+        headers = {"source.endpoint": peer}
+        if msh is not None:
+            headers["hl7.control-id"] = msh.control_id
+            headers["hl7.message-type"] = msh.message_type.replace(msh.encoding_characters[0], "^")
         self.counters["rejected"] += 1
-        code = self._codes(msh)[2]
-        if self._wants_ack(msh, False):
-            now = datetime.now(UTC).astimezone()
-            ack_id = ack_control_id(msh.control_id if msh else "", time.time_ns(), code)
-            await self._send(writer, build_ack(msh, code, now=now, control_id=ack_id, text=reason, error=error))
         log.warning(
-            "mllp: rejected message from %s (%s): %s",
+            "mllp: rejected at the door from %s (%s): %s",
             peer,
             code,
             reason,
-            extra={"control_id": msh.control_id if msh else ""},
+            extra={"control_id": msh.control_id if msh else "", "source": self.settings.name},
         )
+        await self._blocking(
+            functools.partial(
+                self.door.reject,
+                source=self.settings.name,
+                reason_code=code,
+                reason=reason,
+                payload=payload,
+                size=size,
+                content_type=CONTENT_HL7V2,
+                kept_type=CONTENT_HL7V2 if msh else _OCTETS,
+                headers=headers,
+            )
+        )
+        self.door.outcome(self.settings.name, "rejected")
 
-    async def _process(self, message: bytes, peer: str, writer: asyncio.StreamWriter) -> None:
-        msh = read_msh(message)
-        if msh is None:
-            await self._reject(None, peer, writer, "not an HL7 v2 message (no MSH segment)", ERROR_SEGMENT_SEQUENCE)
-            return
-        received_ns = time.time_ns()
-        received = datetime.fromtimestamp(received_ns / 1e9, UTC)
+    async def _garbage(self, item: Garbage, peer: str, writer: asyncio.StreamWriter) -> None:
+        self.counters["garbage"] += 1
+        msh = read_msh(item.data)
+        await self._door(item.data, item.size, item.reason, item.description, msh, peer)
+        await self._answer(msh, Verdict("R", item.description, ERROR_SEGMENT_SEQUENCE), None, writer)
+
+    async def _too_large(self, exc: FrameTooLarge, peer: str, writer: asyncio.StreamWriter) -> None:
+        self.counters["too_large"] += 1
+        msh = read_msh(exc.head)
+        reason = f"message exceeds {exc.limit} bytes"
+        await self._door(exc.head, exc.size, "too-large", reason, msh, peer)
+        await self._answer(msh, Verdict("R", reason), None, writer)
+
+    # -- messages --------------------------------------------------------------------------------
+    def _headers(self, msh: MshInfo, peer: str, received: datetime) -> dict[str, str]:
         headers = {
             "hl7.control-id": msh.control_id,
             "hl7.message-type": msh.message_type.replace(msh.encoding_characters[0], "^"),
@@ -415,35 +394,102 @@ class MllpListener:
         }
         if msh.charset:
             headers["hl7.charset"] = msh.charset
-        ok_code, error_code, reject_code = self._codes(msh)
+        return headers
+
+    async def _store(self, payload: bytes, headers: dict[str, str], label: str, peer: str) -> Verdict:
+        """Land ``payload``; the commit-stage verdict (A stored, E retry later, R never storable)."""
         land = functools.partial(
-            self.landing.land, message, content_type=CONTENT_HL7V2, source=self.settings.name, headers=headers
+            self.landing.land, payload, content_type=CONTENT_HL7V2, source=self.settings.name, headers=headers
         )
-        loop = asyncio.get_running_loop()
-        reason = ""
         try:
-            envelope_id = await loop.run_in_executor(self._executor, land)
+            envelope_id = await self._blocking(land)
         except TransientError as exc:
             # The sender sees a generic reason; details (paths, hosts) stay in our log.
-            reason = "message not stored (temporary storage failure), retry later"
-            log.warning("mllp: landing failed for control id %s from %s: %s", msh.control_id, peer, exc)
+            log.warning("mllp: landing failed for control id %s from %s: %s", label, peer, exc)
+            return Verdict("E", "message not stored (temporary storage failure), retry later")
         except PermanentError as exc:  # can never be stored (e.g. above Kafka's max_request_size): do not resend
+            log.error("mllp: landing rejected control id %s from %s: %s", label, peer, exc)
             reason = "message not stored (the message store cannot take it, e.g. too large)"
-            error_code = reject_code
-            log.error("mllp: landing rejected control id %s from %s: %s", msh.control_id, peer, exc)
-        except Exception as exc:  # unknown: never acknowledge, report loudly, keep serving
+            await self._door(payload, len(payload), "store-refused", reason, read_msh(payload), peer)
+            return Verdict("R", reason)
+        except Exception as exc:  # unknown: never acknowledge success, report loudly, keep serving
             self.counters["errors"] += 1
-            reason = f"message not stored: internal error ({exc.__class__.__name__})"
-            log.error("mllp: unexpected landing error for control id %s", msh.control_id, exc_info=True)
-        code = error_code if reason else ok_code
-        if reason:
-            self.counters["rejected"] += 1
-        else:
-            self.counters["accepted"] += 1
-            log.debug("mllp: landed %s as %s from %s", msh.control_id, envelope_id, peer)
-        if self._wants_ack(msh, not reason):
-            ack_id = ack_control_id(msh.control_id, received_ns, code)
-            ack = build_ack(
-                msh, code, now=received.astimezone(), control_id=ack_id, text=reason, error=ERROR_APPLICATION_INTERNAL
-            )
-            await self._send(writer, ack)
+            log.error("mllp: unexpected landing error for control id %s", label, exc_info=True)
+            return Verdict("E", f"message not stored: internal error ({exc.__class__.__name__})")
+        self.counters["accepted"] += 1
+        log.debug("mllp: landed %s as %s from %s", label, envelope_id, peer)
+        return Verdict("A")
+
+    async def _convert(self, payload: bytes, label: str) -> Conversion | None:
+        try:
+            if self._pool is not None:  # another process: the GIL stays with the event loop and the stores
+                loop = asyncio.get_running_loop()
+                result: Conversion = await loop.run_in_executor(self._pool, slim_conversion, payload)
+            else:
+                result = await self._blocking(functools.partial(self.converter.convert, payload))
+        except Exception:  # a converter bug: the message is stored, the worker will meet it too
+            self.counters["errors"] += 1
+            log.error("mllp: conversion for the ACK failed unexpectedly (control id %s)", label, exc_info=True)
+            return None
+        return result
+
+    def _count(self, verdict: Verdict) -> None:
+        outcome = {"A": "converted", "R": "filtered", "E": "failed"}[verdict.kind]
+        self.counters[outcome] += 1
+        self.door.outcome(self.settings.name, {"failed": "rejected"}.get(outcome, outcome))
+
+    async def _message(self, message: bytes, peer: str, writer: asyncio.StreamWriter) -> None:
+        msh = read_msh(message)
+        if msh is None:
+            await self._door(message, len(message), "not-hl7", NOT_HL7.text, None, peer)
+            await self._answer(None, NOT_HL7, None, writer)
+            return
+        received = datetime.now(UTC)
+        stored = await self._store(message, self._headers(msh, peer, received), msh.control_id, peer)
+        if msh.message_code.upper() == "ACK":  # 2.9: an acknowledgement is never acknowledged
+            return
+        applied: Verdict | None = None
+        if stored.kind == "A":
+            if self.settings.ack == "converted":
+                conversion = await self._convert(message, msh.control_id)
+                applied = CONVERSION_BUG if conversion is None else merge(verdicts(conversion))
+                self._count(applied)
+            else:
+                self.door.outcome(self.settings.name, "stored")
+        await self._answer(msh, stored, applied, writer)
+
+    async def _batch(self, payload: bytes, peer: str, writer: asyncio.StreamWriter) -> None:
+        from pipelines.hl7v2 import split_stream
+
+        received = datetime.now(UTC)
+        chunks = split_stream(payload)
+        mshs = [None if c.junk else read_msh(c.data) for c in chunks]
+        first = next((m for m in mshs if m is not None), None)
+        headers = {"hl7.batch": "true", "hl7.batch-messages": str(len(chunks)), "source.endpoint": peer}
+        if first is not None:
+            headers.update({k: v for k, v in self._headers(first, peer, received).items() if k != "hl7.control-id"})
+        stored = await self._store(payload, headers, "batch", peer)
+        converted = self.settings.ack == "converted"
+        conversion = await self._convert(payload, "batch") if stored.kind == "A" and converted else None
+        results = batch_verdicts(mshs, stored, conversion, converted)
+        if stored.kind == "A":
+            for msh, verdict in zip(mshs, results, strict=True):
+                if converted or msh is None:
+                    self._count(verdict)
+                else:
+                    self.door.outcome(self.settings.name, "stored")
+        await self._send(writer, batch_response(payload, mshs, results, received.astimezone()))
+
+    async def _answer(
+        self, msh: MshInfo | None, stored: Verdict, applied: Verdict | None, writer: asyncio.StreamWriter
+    ) -> None:
+        now = datetime.now(UTC).astimezone()
+        for code, verdict in acknowledgements(msh, stored, applied):
+            ack_id = ack_control_id(msh.control_id if msh else "", time.time_ns(), code)
+            text = verdict.text if verdict.kind != "A" else ""
+            await self._send(writer, build_ack(msh, code, now=now, control_id=ack_id, text=text, error=verdict.error))
+
+    async def _send(self, writer: asyncio.StreamWriter, ack: bytes) -> None:
+        writer.write(frame(ack))
+        await writer.drain()
+

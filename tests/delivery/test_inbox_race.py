@@ -17,10 +17,10 @@ from engine.store import PUBLISHED, MessageStore, Outcome, StoreSource
 
 
 class SlowRenameInbox(FolderInbox):
-    def _move(self, src: Path, dst: Path) -> None:
+    def _move(self, src: Path, dst: Path) -> Path:
         if dst.parent.name == LANDED:
             time.sleep(0.5)  # the inbox thread is descheduled / the rename is slow
-        super()._move(src, dst)
+        return super()._move(src, dst)
 
 
 def test_file_finished_while_being_moved_still_reaches_done(tmp_path: Path) -> None:
@@ -32,7 +32,7 @@ def test_file_finished_while_being_moved_still_reaches_done(tmp_path: Path) -> N
 
     def worker() -> None:  # what engine.worker does for a message with outputs
         envelopes = source.poll(10, 5.0)
-        source.finish([(env, Outcome(PUBLISHED)) for env in envelopes])
+        source.finish([(env, Outcome(PUBLISHED, outputs=("bundle-1",))) for env in envelopes])
 
     thread = threading.Thread(target=worker)
     thread.start()

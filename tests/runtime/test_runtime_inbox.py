@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -33,8 +34,12 @@ def test_pickup_waits_until_file_is_settled(tmp_path: Path, scout_messages: list
     assert inbox.scan_once() == 1
     assert not target.exists()
     [env] = StoreSource(store).poll(10, 0.0)
-    assert env.payload == data and env.source == "inbox" and env.headers == {"file.sha256": name_hash("a.hl7")}
-    assert [p.name for p in (tmp_path / "in" / ".landed").iterdir()] == [f"{env.id}__a.hl7"]
+    assert env.payload == data and env.source == "inbox"
+    assert env.headers == {
+        "file.sha256": name_hash("a.hl7"), "message.index": "1", "message.count": "1",
+        "hl7.control-id": data.split(b"|")[9].decode(),
+    }  # fmt: skip
+    assert sorted(p.name for p in (tmp_path / "in" / ".landed").iterdir()) == [f"{env.id}.json", f"{env.id}__a.hl7"]
     store.close()
 
 
@@ -61,13 +66,15 @@ def test_finished_files_move_to_done_or_failed(tmp_path: Path) -> None:
     envs = {e.headers["file.sha256"]: e for e in source.poll(10, 0.0)}
     source.finish(
         [
-            (envs[name_hash("good.hl7")], Outcome(PUBLISHED)),
+            (envs[name_hash("good.hl7")], Outcome(PUBLISHED, outputs=("bundle-1",))),
             (envs[name_hash("bad.hl7")], Outcome(FAILED, "why", "ParseError")),
         ]
     )
     assert (tmp_path / "in" / "done" / "good.hl7").read_bytes() == b"MSH|good"
     assert (tmp_path / "in" / "failed" / "bad.hl7").read_bytes() == b"MSH|bad"
     assert list((tmp_path / "in" / ".landed").iterdir()) == []
+    report = json.loads((tmp_path / "in" / "failed" / "bad.hl7.report.json").read_text())
+    assert [(m["index"], m["outcome"], m["reason"]) for m in report["messages"]] == [(1, "rejected", "why")]
     store.close()
 
 
@@ -80,10 +87,13 @@ def test_recover_after_crash(tmp_path: Path) -> None:
     inbox.scan_once()
     envs = {e.headers["file.sha256"]: e for e in StoreSource(store).poll(10, 0.0)}
     # crash: the store recorded "a" as published but the process died before moving the file
-    store.finish([(envs[name_hash("a.hl7")], Outcome(PUBLISHED))])
-    os.replace(
-        tmp_path / "in" / "done" / "a.hl7", tmp_path / "in" / ".landed" / f"{envs[name_hash('a.hl7')].id}__a.hl7"
-    )
+    a_id = envs[name_hash("a.hl7")].id
+    store.finish([(envs[name_hash("a.hl7")], Outcome(PUBLISHED, outputs=("bundle-a",)))])
+    os.replace(tmp_path / "in" / "done" / "a.hl7", tmp_path / "in" / ".landed" / f"{a_id}__a.hl7")
+    (tmp_path / "in" / "done" / "a.hl7.report.json").unlink()
+    (tmp_path / "in" / ".landed" / f"{a_id}.json").write_text(
+        json.dumps({"file": "a.hl7", "file_hash": name_hash("a.hl7"),
+                    "messages": [{"index": 1, "envelope_id": a_id, "control_id": ""}]}))  # fmt: skip
     (tmp_path / "in" / ".landed" / "999__orphan.hl7").write_bytes(b"MSH|orphan")  # not in the store
     store.close()
 
@@ -92,5 +102,9 @@ def test_recover_after_crash(tmp_path: Path) -> None:
     inbox.recover(lambda eid: m.status if (m := store.get(eid)) else None)
     assert (tmp_path / "in" / "done" / "a.hl7").exists()
     assert (tmp_path / "in" / "orphan.hl7").exists()  # back in the inbox to be landed again
-    assert [p.name for p in (tmp_path / "in" / ".landed").iterdir()] == [f"{envs[name_hash('b.hl7')].id}__b.hl7"]
+    b_id = envs[name_hash("b.hl7")].id
+    assert sorted(p.name for p in (tmp_path / "in" / ".landed").iterdir()) == [f"{b_id}.json", f"{b_id}__b.hl7"]
+    assert json.loads((tmp_path / "in" / "done" / "a.hl7.report.json").read_text())["counts"] == {"converted": 1}
+    store.finish([(envs[name_hash("b.hl7")], Outcome(PUBLISHED, outputs=("bundle-b",)))])  # the worker goes on
+    assert (tmp_path / "in" / "done" / "b.hl7").exists()
     store.close()

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from kafka import KafkaAdminClient
 
+from engine.cmd_map import load_mapping_context
 from engine.convert import Converter
 from tests.kafka.kafka_helpers import create_topics, read_topic
 from tests.runtime.runtime_harness import EngineConfig, EngineProcess, MllpClient, ack_code
@@ -50,12 +51,14 @@ def test_engine_run_with_kafka(tmp_path: Path, bootstrap: str, scout_messages: l
     engine = EngineProcess(cfg)
     try:
         engine.start(timeout=60)
-        good, rejected = scout_messages[1].read_bytes(), scout_messages[5].read_bytes()
+        good = scout_messages[1].read_bytes()
+        rejected = scout_messages[3].read_bytes().rstrip(b"\r\n") + b"\rNTE|1||\x00\x00\r"  # NUL bytes: ParseError
         client = MllpClient(cfg.mllp_port, timeout=30)
         assert ack_code(client.send(good)) == "AA"  # acknowledged after the raw topic acknowledged (acks=all)
-        assert ack_code(client.send(rejected)) == "AA"
+        assert ack_code(client.send(scout_messages[5].read_bytes())) == "AR"  # stored, not a report: filtered
+        assert ack_code(client.send(rejected)) == "AE"  # stored, conversion failed: dead letter
         client.close()
-        [expected] = Converter().convert(good).outputs
+        [expected] = Converter(load_mapping_context(None)).convert(good).outputs
 
         outputs = read_topic(bootstrap, kafka["output_topic"], expect=1, timeout=60)
         assert [r.value for r in outputs] == [expected.body]

@@ -15,7 +15,9 @@ import pydicom
 import pytest
 from pynetdicom import AE
 
+from engine.cmd_map import load_mapping_context
 from engine.convert import Converter
+from engine.sources.dicom_scp import STATUS_NOT_A_REPORT
 from tests.runtime.runtime_harness import (
     REPO,
     TESTDATA,
@@ -63,13 +65,15 @@ def test_service_end_to_end(engine: EngineProcess, scout_messages: list[Path]) -
     checks = json.loads(body)["checks"]
     assert status == 200 and {"mllp", "dicom", "inbox", "store", "sink:folder", "sink:dlq-folder"} <= set(checks)
 
-    good, rejected, for_inbox = (scout_messages[i].read_bytes() for i in (1, 5, 2))
-    converter = Converter()
+    good, filtered, for_inbox = (scout_messages[i].read_bytes() for i in (1, 5, 2))
+    rejected = scout_messages[3].read_bytes().rstrip(b"\r\n") + b"\rNTE|1||\x00\x00\r"  # NUL bytes: ParseError
+    converter = Converter(load_mapping_context(None))  # the sender profiles `engine run` loads by default
     [expected] = converter.convert(good).outputs
 
     client = MllpClient(cfg.mllp_port)
     assert ack_code(client.send(good)) == "AA"
-    assert ack_code(client.send(rejected)) == "AA"  # accepted (stored); the mapping failure goes to dead letters
+    assert ack_code(client.send(filtered)) == "AR"  # stored; a status-only ORU is not a report we convert
+    assert ack_code(client.send(rejected)) == "AE"  # stored; conversion failed, the dead letter is kept
     client.close()
     out_file = cfg.outbox / f"{expected.bundle_id}.json"
     assert _wait_for(out_file.exists)
@@ -77,7 +81,7 @@ def test_service_end_to_end(engine: EngineProcess, scout_messages: list[Path]) -
     assert _wait_for(lambda: len(list(cfg.dlq.glob("*.json"))) == 1)
     [sidecar_path] = cfg.dlq.glob("*.json")
     sidecar = json.loads(sidecar_path.read_text())
-    assert sidecar["source"] == "mllp" and sidecar["error_class"] == "UnsupportedMessage"
+    assert sidecar["source"] == "mllp" and sidecar["error_class"] == "ParseError"
     assert (cfg.dlq / sidecar["payload_file"]).read_bytes() == rejected
 
     (cfg.inbox / "dropped.hl7.part").write_bytes(for_inbox)
@@ -93,7 +97,7 @@ def test_service_end_to_end(engine: EngineProcess, scout_messages: list[Path]) -
     assert assoc.is_established
     result = assoc.send_c_store(ds)
     assoc.release()
-    assert result.Status == 0x0000
+    assert result.Status == STATUS_NOT_A_REPORT  # stored; an OsiriX annotation store is not a report (ack: converted)
     # the SR lands and is either published or dead-lettered (while the SR pipeline is being built)
     assert _wait_for(lambda: json.loads(subprocess.run(
         [sys.executable, "-m", "engine", "status", "--config", str(engine.config_path)],
@@ -102,7 +106,8 @@ def test_service_end_to_end(engine: EngineProcess, scout_messages: list[Path]) -
     status, metrics = http_get(base + "/metrics")
     assert status == 200
     text = metrics.decode()
-    assert 'engine_messages_received_total{source="mllp"} 2.0' in text
+    assert 'engine_messages_received_total{source="mllp"} 3.0' in text
+    assert 'engine_ingress_outcomes_total{outcome="filtered",source="mllp"} 1.0' in text
     assert 'engine_messages_received_total{source="inbox"} 1.0' in text
     assert 'engine_messages_received_total{source="dicom"} 1.0' in text
     assert "engine_processing_seconds_bucket" in text
@@ -110,7 +115,7 @@ def test_service_end_to_end(engine: EngineProcess, scout_messages: list[Path]) -
     report = json.loads(subprocess.run(
         [sys.executable, "-m", "engine", "status", "--config", str(engine.config_path)],
         capture_output=True, text=True, cwd=REPO, check=True).stdout)
-    assert report["total"] == 4 and report["unfinished"] == 0
+    assert report["total"] == 5 and report["unfinished"] == 0
 
     assert engine.terminate() == 0
     # `engine map` with the same config writes byte-identical files
@@ -125,7 +130,7 @@ def test_service_end_to_end(engine: EngineProcess, scout_messages: list[Path]) -
     assert "engine running" in messages and "engine stopped" in messages
     assert any(r.get("bundle_id") == expected.bundle_id and r.get("control_id") for r in records)
     log_text = engine.log_path.read_text()
-    for sample in (good, rejected, for_inbox):
+    for sample in (good, filtered, rejected, for_inbox):
         name = _field(sample, b"PID", 5).split(b"^")[0]
         assert name and name.decode() not in log_text  # no patient names in the logs
         obx_text = _field(sample, b"OBX", 5)
@@ -139,7 +144,7 @@ def test_restart_resumes_and_replay_republishes(engine: EngineProcess, scout_mes
     client = MllpClient(cfg.mllp_port)
     assert ack_code(client.send(scout_messages[1].read_bytes())) == "AA"
     client.close()
-    [out] = Converter().convert(scout_messages[1].read_bytes()).outputs
+    [out] = Converter(load_mapping_context(None)).convert(scout_messages[1].read_bytes()).outputs
     target = cfg.outbox / f"{out.bundle_id}.json"
     assert _wait_for(target.exists)
     assert engine.terminate() == 0
@@ -205,7 +210,7 @@ def test_unwritable_outbox_means_backpressure_not_dead_letters(tmp_path: Path, s
         assert http_get(base + "/livez")[0] == 200  # paused, not stuck
         cfg.outbox.unlink()
         cfg.outbox.mkdir()  # the disk is back
-        [out] = Converter().convert(scout_messages[1].read_bytes()).outputs
+        [out] = Converter(load_mapping_context(None)).convert(scout_messages[1].read_bytes()).outputs
         assert _wait_for(lambda: (cfg.outbox / f"{out.bundle_id}.json").exists())
         assert _wait_for(lambda: http_get(base + "/readyz")[0] == 200)
         assert list(cfg.dlq.iterdir()) == []

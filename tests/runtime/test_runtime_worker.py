@@ -92,32 +92,35 @@ def test_samples_end_to_end(tmp_path: Path, scout_messages: list[Path]) -> None:
     expected: dict[str, bytes] = {}
     rejected: list[bytes] = []
     ids = []
-    for path in scout_messages:
-        data = path.read_bytes()
+    broken = scout_messages[3].read_bytes().rstrip(b"\r\n") + b"\rNTE|1||\x00\x00\r"  # NUL bytes: ParseError
+    for data in [p.read_bytes() for p in scout_messages] + [broken]:
         ids.append(_land(store, data))
         conversion = converter.convert(data)
         expected.update({f"{o.bundle_id}.json": o.body for o in conversion.outputs})
         rejected.extend(r.raw for r in conversion.rejections)
-    assert rejected, "the sample set includes messages the mapper rejects"
+    assert rejected == [broken]  # status-only ORUs of the feed are filtered (not reports), never dead letters
     _drain(worker)
 
     assert _outbox(tmp_path) == expected  # byte-identical to the converter (= `engine map`) output
     sidecars = _dlq(tmp_path)
     assert sorted((tmp_path / "dlq" / str(s["payload_file"])).read_bytes() for s in sidecars) == sorted(rejected)
-    assert all(s["error_class"] == "UnsupportedMessage" and s["reason"] for s in sidecars)
+    assert all(s["error_class"] == "ParseError" and s["reason"] for s in sidecars)
     counts = store.counts()
-    assert counts["failed"] == len(rejected) and counts["published"] == len(scout_messages) - len(rejected)
+    assert counts["failed"] == len(rejected) and counts["published"] == len(scout_messages)
     assert counts["received"] == counts["mapped"] == 0
     published = [store.get(i) for i in ids]
-    assert all(m is not None and (m.outputs or m.status == "failed") for m in published)
+    datas = [p.read_bytes() for p in scout_messages]
+    filtered = {i for i, d in zip(ids, datas, strict=False) if not converter.convert(d).outputs}
+    assert all(m is not None and (m.outputs or m.status == "failed" or m.id in filtered) for m in published)
     assert metrics.registry.get_sample_value("engine_messages_received_total", {"source": "test"}) == len(ids)
     assert metrics.registry.get_sample_value(
-        "engine_dead_letters_total", {"error_class": "UnsupportedMessage"}) == len(rejected)
+        "engine_dead_letters_total", {"error_class": "ParseError"}) == len(rejected)
     store.close()
 
 
 def test_multi_message_input_dead_letters_only_the_bad_message(tmp_path: Path, scout_messages: list[Path]) -> None:
-    good, bad = scout_messages[1].read_bytes(), scout_messages[5].read_bytes()
+    good = scout_messages[1].read_bytes()
+    bad = scout_messages[3].read_bytes().rstrip(b"\r\n") + b"\rNTE|1||\x00\x00\r"  # NUL bytes: ParseError
     conversion = Converter().convert(bad)
     assert conversion.rejections and not conversion.outputs
     store, worker, _sink, _sleeps, _metrics = _setup(tmp_path)

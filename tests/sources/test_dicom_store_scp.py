@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import json
+import logging
 import re
 import ssl
 import struct
@@ -20,15 +22,24 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, _config
+from pynetdicom.pdu import A_ASSOCIATE_RQ
 
+from engine.cmd_map import load_mapping_context
+from engine.convert import Converter
+from engine.observability.metrics import Metrics
+from engine.sinks.dlq_folder import FolderDeadLetters
 from engine.sources.base import CONTENT_DICOM, Landing
 from engine.sources.dicom_scp import (
     STATUS_CANNOT_UNDERSTAND,
+    STATUS_CONVERSION_FAILED,
+    STATUS_NOT_A_REPORT,
     STATUS_OUT_OF_RESOURCES,
     STORAGE_SOP_CLASSES,
     ScpSettings,
     StoreScp,
 )
+from engine.sources.door import DoorRejects
+from pipelines.context import MappingContext
 from tests.sources.source_helpers import (
     TESTDATA,
     FailingLanding,
@@ -43,14 +54,22 @@ SAMPLES = [p for p in sorted(TESTDATA.glob("dicom-sr-*/*.dcm")) if "A170" not in
 DEFLATED = TESTDATA / "dicom-sr-dcm4che" / "report_dfl.dcm"
 COMPREHENSIVE = TESTDATA / "dicom-sr-dcmqi" / "sr.dcm"  # Comprehensive SR, explicit VR little endian
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+NOT_A_REPORT = TESTDATA / "dicom-sr-openrem" / "ESR_non-dose.dcm"  # an SR with an empty content tree
+CONVERTER = Converter(load_mapping_context(None))
 
 
 @pytest.fixture
-def serve() -> Iterator[Any]:
+def serve(tmp_path: Path) -> Iterator[Any]:
     started: list[StoreScp] = []
 
     def _serve(landing: Landing, **settings: Any) -> StoreScp:
-        scp = StoreScp(ScpSettings.from_mapping({"host": "127.0.0.1", "port": 0, **settings}), landing)
+        door = DoorRejects(FolderDeadLetters(tmp_path / "dlq"), Metrics())
+        scp = StoreScp(
+            ScpSettings.from_mapping({"host": "127.0.0.1", "port": 0, **settings}),
+            landing,
+            converter=CONVERTER,
+            door=door,
+        )
         scp.start()
         started.append(scp)
         return scp
@@ -60,10 +79,12 @@ def serve() -> Iterator[Any]:
         scp.stop(timeout=5)
 
 
-def storescu(port: int, *files: Path, calling: str = "STORESCU", extra: tuple[str, ...] = ()) -> Any:
+def storescu(
+    port: int, *files: Path, calling: str = "STORESCU", called: str = "ENGINE", extra: tuple[str, ...] = ()
+) -> Any:
     tool = require_tool("storescu")
     return subprocess.run(
-        [tool, "-aet", calling, "-aec", "ENGINE", *extra, "127.0.0.1", str(port), *map(str, files)],
+        [tool, "-aet", calling, "-aec", called, *extra, "127.0.0.1", str(port), *map(str, files)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -79,7 +100,7 @@ def scu(*contexts: tuple[str, str]) -> AE:
 
 def test_storescu_sends_every_sample_report(serve: Any, landing: SqliteLanding) -> None:
     assert len(SAMPLES) >= 15
-    scp = serve(landing)
+    scp = serve(landing, ack="stored")  # 0x0000 = stored (non-reports included)
     result = storescu(scp.port, *SAMPLES, extra=("-R",))  # -R: propose exactly the classes of the files
     assert result.returncode == 0, result.stderr
     rows = landing.rows()
@@ -214,6 +235,9 @@ def test_undecodable_dataset_cannot_be_understood(
     finally:
         assoc.release()
     assert scp.counters["undecodable"] == 1
+    assert scp.door.counts == {("dicom", "undecodable"): 1}  # counted and kept in the dead letters
+    [sidecar] = [json.loads(p.read_text()) for p in (tmp_path / "dlq").glob("*.json")]
+    assert sidecar["headers"]["door.reason"] == "undecodable" and sidecar["payload_bytes"] > 0
     [(payload, *_)] = landing.rows()  # the undecodable dataset was not landed
     assert payload.endswith(COMPREHENSIVE.read_bytes()[-256:])
     assert pydicom.dcmread(io.BytesIO(payload)).SOPInstanceUID == pydicom.dcmread(COMPREHENSIVE).SOPInstanceUID
@@ -233,8 +257,11 @@ def test_tls(serve: Any, landing: SqliteLanding, tls_files: tuple[Path, Path]) -
         assert assoc.send_c_store(original).Status == 0x0000
     finally:
         assoc.release()
-    [(payload, *_)] = landing.rows()
-    assert pydicom.dcmread(io.BytesIO(payload)).SOPInstanceUID == original.SOPInstanceUID
+    # dcmtk's storescu over TLS, as the README shows it
+    result = storescu(scp.port, SAMPLES[0], extra=("-R", "+tla", "+cf", str(cert)))
+    assert result.returncode == 0, result.stderr
+    payloads = [r[0] for r in landing.rows()]
+    assert [pydicom.dcmread(io.BytesIO(p)).SOPInstanceUID for p in payloads] == [original.SOPInstanceUID] * 2
 
 
 def test_stop_answers_in_flight_stores_and_closes_idle_associations(landing: SqliteLanding) -> None:
@@ -282,6 +309,9 @@ def test_identifier_logging_is_off(serve: Any, landing: SqliteLanding) -> None:
         ({"port": -1}, "dicom.port: expected an integer between 0 and 65535"),
         ({"max_pdu": "16k"}, "dicom.max_pdu"),
         ({"tls": {"key": "k.pem"}}, "dicom.tls.cert: required"),
+        ({"ack": "yes"}, "dicom.ack: expected 'stored' or 'converted'"),
+        ({"host": "0.0.0.0"}, "dicom.host: 0.0.0.0 is reachable from other machines"),
+        ({"host": "10.1.2.3", "insecure": 1}, "dicom.insecure: expected true or false"),
     ],
 )
 def test_settings_errors(mapping: dict[str, Any], error: str) -> None:
@@ -294,3 +324,67 @@ def test_settings_values() -> None:
         {"host": "0.0.0.0", "port": 104, "ae_title": "ENGINE", "allowed_calling_aes": ["CT1", "MR2"], "max_pdu": 0}
     )
     assert settings.allowed_calling_aes == ("CT1", "MR2") and settings.max_pdu == 0 and settings.tls is None
+
+
+def test_ack_converted_statuses(serve: Any, landing: SqliteLanding, tmp_path: Path) -> None:
+    """0x0000 converted; 0xC001 + Error Comment not a report; 0xC002 conversion failed; stored in every case."""
+    scp = serve(landing)
+    report, not_report = pydicom.dcmread(COMPREHENSIVE), pydicom.dcmread(NOT_A_REPORT)
+    ae = scu(
+        (report.SOPClassUID, ExplicitVRLittleEndian), (not_report.SOPClassUID, ExplicitVRLittleEndian)
+    )
+    assoc = ae.associate("127.0.0.1", scp.port, ae_title="ENGINE")
+    try:
+        assert assoc.send_c_store(report).Status == 0x0000
+        filtered = assoc.send_c_store(not_report)
+        assert filtered.Status == STATUS_NOT_A_REPORT
+        assert filtered.ErrorComment.startswith("stored; not a report: ") and len(filtered.ErrorComment) <= 64
+    finally:
+        assoc.release()
+    strict = StoreScp(
+        ScpSettings(port=0), landing, converter=Converter(MappingContext(max_message_bytes=1000)), door=DoorRejects()
+    )
+    strict.start()
+    try:
+        assoc = ae.associate("127.0.0.1", strict.port, ae_title="ENGINE")
+        failed = assoc.send_c_store(report)
+        assoc.release()
+    finally:
+        strict.stop(timeout=5)
+    assert failed.Status == STATUS_CONVERSION_FAILED and "exceeds" in failed.ErrorComment
+    uids = [pydicom.dcmread(io.BytesIO(r[0])).SOPInstanceUID for r in landing.rows()]
+    assert uids == [report.SOPInstanceUID, not_report.SOPInstanceUID, report.SOPInstanceUID]
+    assert (scp.counters["converted"], scp.counters["filtered"], strict.counters["failed"]) == (1, 1, 1)
+    metrics = scp.door.metrics.exposition().decode()
+    assert 'engine_ingress_outcomes_total{outcome="filtered",source="dicom"} 1.0' in metrics
+
+
+def test_unknown_called_and_calling_ae_are_refused_and_logged(
+    serve: Any, landing: SqliteLanding, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="engine.sources.dicom_scp")
+    scp = serve(landing, allowed_calling_aes=["MODALITY1"])
+    wrong_called = storescu(scp.port, COMPREHENSIVE, calling="MODALITY1", called="NOTENGINE", extra=("-R",))
+    assert wrong_called.returncode != 0 and "Association Rejected" in wrong_called.stderr
+    intruder = scu((pydicom.dcmread(COMPREHENSIVE).SOPClassUID, ExplicitVRLittleEndian))
+    intruder.ae_title = "INTRUDER"
+    assert not intruder.associate("127.0.0.1", scp.port, ae_title="ENGINE").is_established
+    assert storescu(scp.port, COMPREHENSIVE, calling="MODALITY1", extra=("-R",)).returncode == 0
+    assert len(landing.rows()) == 1
+    lines = [r.getMessage() for r in caplog.records if r.name == "engine.sources.dicom_scp"]
+    refused = [line for line in lines if "association refused" in line]
+    assert len(refused) == 2
+    assert "'NOTENGINE' is not this SCP's (ENGINE)" in refused[0] and "MODALITY1" in refused[0]
+    assert "'INTRUDER' is not in allowed_calling_aes" in refused[1] and "127.0.0.1:" in refused[1]
+    assert any("association accepted" in line and "MODALITY1" in line for line in lines)
+    assert scp.door.counts == {("dicom", "refused-association"): 2}
+    metrics = scp.door.metrics.exposition().decode()
+    assert 'engine_ingress_rejected_total{reason="refused-association",source="dicom"} 2.0' in metrics
+    sidecars = [json.loads(p.read_text()) for p in (tmp_path / "dlq").glob("*.json")]
+    assert sorted(s["headers"]["dicom.calling-ae"] for s in sidecars) == ["INTRUDER", "MODALITY1"]
+    assert all(s["error_class"] == "IngressRejected" for s in sidecars)
+    for s in sidecars:  # the association request itself is kept: an A-ASSOCIATE-RQ PDU (PS3.8 9.3.2)
+        rq = A_ASSOCIATE_RQ()
+        rq.decode((tmp_path / "dlq" / s["payload_file"]).read_bytes())
+        assert rq.calling_ae_title == s["headers"]["dicom.calling-ae"]
+        assert s["headers"]["door.content-type"] == "application/dicom-pdu"
