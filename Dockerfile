@@ -8,16 +8,23 @@ ARG BASE=python:3.12-slim
 
 FROM ${BASE} AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
-COPY engine ./engine
-COPY pipelines ./pipelines
-COPY config ./config
 # A TLS-intercepting proxy's CA may be passed as a build secret (never stored in a layer):
 #   podman build --secret id=pip_ca,src=/etc/ssl/certs/ca-certificates.crt ...
+# Dependencies first (a layer that changes only with pyproject.toml), then the engine itself.
+COPY pyproject.toml ./
 RUN --mount=type=secret,id=pip_ca \
     if [ -s /run/secrets/pip_ca ]; then export PIP_CERT=/run/secrets/pip_ca; fi \
  && python3 -m venv /opt/venv \
- && /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check --quiet . \
+ && python3 -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+      > /tmp/requirements.txt \
+ && /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check --quiet -r /tmp/requirements.txt
+COPY README.md ./
+COPY engine ./engine
+COPY pipelines ./pipelines
+COPY config ./config
+RUN --mount=type=secret,id=pip_ca \
+    if [ -s /run/secrets/pip_ca ]; then export PIP_CERT=/run/secrets/pip_ca; fi \
+ && /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check --quiet --no-deps . \
  && find /opt/venv -name '__pycache__' -prune -exec rm -rf {} +
 
 FROM ${BASE}

@@ -173,6 +173,33 @@ def test_image_metadata(engine_image: str) -> None:
     assert check[0] == "CMD" and "/livez" in check[-1]
 
 
+def test_data_directory_belongs_to_the_engine_user(engine_image: str, tmp_path: Path) -> None:
+    name = f"engine-probe-{os.getpid()}"
+    subprocess.run(["buildah", "from", "--name", name, engine_image], check=True, capture_output=True, timeout=120)
+    try:
+        run = ["buildah", "run", "--isolation", "chroot", "--network", "host"]
+        owner = subprocess.run([*run, name, "--", "stat", "-c", "%u:%g %a", "/app/var", "/app/var/store"],
+                               capture_output=True, text=True, timeout=60, check=True)  # fmt: skip
+        assert owner.stdout.split("\n")[:2] == ["10001:10001 770", "10001:10001 770"]
+        # a bind mount the image's user cannot write: one clear line and exit 2, not a traceback
+        root_owned = tmp_path / "root-owned"
+        root_owned.mkdir(mode=0o755)
+        env = ["-e", f"ENGINE_HEALTH_PORT={_free_port()}", "-e", f"ENGINE_MLLP_PORT={_free_port()}",
+               "-e", f"ENGINE_DICOM_PORT={_free_port()}"]  # fmt: skip
+        failed = subprocess.run(
+            [*run, "-v", f"{root_owned}:/app/var", *env, name, "--", "engine", "run", "--config",
+             "/app/config/docker.yaml"],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert failed.returncode != 0
+        lines = [json.loads(line) for line in failed.stderr.splitlines() if line.startswith("{")]
+        [start] = [r for r in lines if r.get("msg") == "cannot start"]
+        assert start["error_class"] == "PermissionError" and "/app/var" in start["reason"]
+        assert "Traceback" not in failed.stderr
+    finally:
+        subprocess.run(["buildah", "rm", name], capture_output=True, timeout=120)
+
+
 def test_engine_in_container_answers_mllp_and_c_store(container: Container) -> None:
     mllp_send = Path(sys.executable).with_name("mllp_send")
     sent = subprocess.run(
