@@ -43,7 +43,7 @@ def _unavailable(reason: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def engine_image() -> str:
+def engine_image(request: pytest.FixtureRequest) -> str:
     missing = [t for t in ("podman", "buildah", "debootstrap", "storescu") if shutil.which(t) is None]
     if missing:
         _unavailable(f"{', '.join(missing)} not installed (scripts/install-system-deps.sh)")
@@ -55,8 +55,17 @@ def engine_image() -> str:
     )
     if result.returncode != 0:
         pytest.fail(f"image build failed:\n{result.stdout}\n{result.stderr[-4000:]}", pytrace=False)
-    sys.stderr.write(f"\n[container] {result.stdout.strip()} (total {time.monotonic() - t0:.1f}s)\n")
+    _report(request, f"{' / '.join(result.stdout.split(chr(10))).strip(' /')} (total {time.monotonic() - t0:.1f}s)")
     return TAG
+
+
+def _report(request: pytest.FixtureRequest, line: str) -> None:
+    """Timings on the terminal even under output capture (build and start-up figures for the README)."""
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is not None and capture is not None:
+        with capture.global_and_fixture_disabled():
+            reporter.write_line(f"\n[container] {line}")
 
 
 def _free_port() -> int:
@@ -118,7 +127,9 @@ def _get(url: str) -> tuple[int, dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def container(engine_image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Container]:
+def container(
+    engine_image: str, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Container]:
     data = tmp_path_factory.mktemp("container-var")
     os.chown(data, ENGINE_UID, ENGINE_UID)  # a bind mount prepared for the image's non-root user
     name = f"engine-test-{os.getpid()}"
@@ -146,7 +157,7 @@ def container(engine_image: str, tmp_path_factory: pytest.TempPathFactory) -> It
                 pass
             assert time.monotonic() < deadline, f"engine not ready: {log.read_text()[-2000:]}"
             time.sleep(0.2)
-        sys.stderr.write(f"\n[container] engine ready {time.monotonic() - t0:.1f}s after buildah run\n")
+        _report(request, f"engine ready {time.monotonic() - t0:.1f}s after buildah run")
         yield box
     finally:
         if process.poll() is None:
