@@ -6,7 +6,7 @@ CONFIG ?= config/local.yaml
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: install install-test run test lint bench clean
+.PHONY: install install-test run test lint bench clean image
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -37,6 +37,10 @@ lint: $(TEST_STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/bench_oru.py
 	$(BIN)/python bench/bench_mllp.py
+
+# The container image without a registry (debootstrap base once per machine, podman build): README "Container image".
+image:
+	bash scripts/build-image.sh
 
 clean:
 	rm -rf $(VENV) var build *.egg-info

@@ -14,12 +14,33 @@ from collections.abc import Sequence
 
 __all__ = ["main"]
 
+EPILOG = """exit codes (every command; see each command's --help):
+  0  success
+  1  something was rejected or failed (the rest was still done)
+  2  usage or configuration error (one line on stderr naming the problem)
+  3  `engine run` stopped on an unexpected error"""
+
 #: Subcommand modules; each exposes ``register(subparsers)`` which sets ``func(args) -> int`` as default.
-COMMANDS = ("map", "run", "validate", "status", "replay")
+COMMANDS = ("map", "run", "validate", "status", "replay", "send")
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Wraps descriptions to the terminal; keeps text with explicit line breaks (the exit-code epilogs) as is."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if "\n" in text:
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="engine", description="Imaging report integration engine")
+    parser = argparse.ArgumentParser(
+        prog="engine",
+        description="Imaging report integration engine: HL7 v2 ORU^R01 and DICOM SR in, HL7 Europe Imaging "
+        "Report FHIR R5 Bundles out. `engine COMMAND --help` describes each command.",
+        epilog=EPILOG,
+        formatter_class=HelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMANDS:
         try:
@@ -29,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.register(sub)
+    for command in sub.choices.values():
+        command.formatter_class = HelpFormatter
     return parser
 
 

@@ -21,7 +21,16 @@ DEFAULT_MAPPING = Path(__file__).resolve().parent.parent / "config" / "mapping-s
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("map", help="convert HL7 v2 / DICOM SR files or directories to FHIR Bundles")
+    p = sub.add_parser(
+        "map",
+        help="convert HL7 v2 / DICOM SR files or directories to FHIR Bundles",
+        description="Convert HL7 v2 ORU^R01 files (one message or many: MLLP-framed, FHS/BHS batches, logs) and "
+        "DICOM SR files (detected by content) to FHIR R5 Bundles, without any server. Directories are read "
+        "recursively. With --out: one <Bundle.id>.json per Bundle, summary.json and rejected/ with the "
+        "original bytes of each rejected message.",
+        epilog="exit codes:\n  0  every message converted\n  1  some messages were rejected (one line each on "
+        "stderr; the rest were converted)\n  2  usage or configuration error, or an input does not exist",
+    )
     p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="files or directories (recursive)")
     from pipelines.output.models import model_names
 

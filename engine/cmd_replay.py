@@ -29,11 +29,23 @@ def _instant(value: str) -> float:
 
 
 def register(subparsers: Any) -> None:
-    parser: argparse.ArgumentParser = subparsers.add_parser("replay", help="re-queue stored messages")
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "replay",
+        help="re-queue stored messages",
+        description="Set finished messages in the message store (published or dead-lettered) back to "
+        "received; a running engine converts them again within a second, a stopped one at its next start. "
+        "Selectors combine (all must match); at least one is required. Outputs have deterministic ids, so "
+        "a replay overwrites rather than duplicates. Prints {\"requeued\": N}.",
+        epilog="exit codes:\n  0  done (N may be 0 when --since/--until/--dead-letters match nothing)\n  1  the "
+        "store could not be updated\n  2  usage or configuration error, no store, or an --id that is not in "
+        "the store (nothing is re-queued then)",
+    )
     parser.add_argument("--config", required=True, help="deployment YAML")
-    parser.add_argument("--id", action="append", default=[], dest="ids", help="envelope id (repeatable)")
-    parser.add_argument("--since", type=_instant, help="received at or after (ISO 8601, UTC if no offset)")
-    parser.add_argument("--until", type=_instant, help="received before (ISO 8601, UTC if no offset)")
+    parser.add_argument("--id", action="append", default=[], dest="ids", metavar="ID", help="envelope id (repeatable)")
+    parser.add_argument(
+        "--since", type=_instant, metavar="ISO", help="received at or after (ISO 8601, UTC if no offset)"
+    )
+    parser.add_argument("--until", type=_instant, metavar="ISO", help="received before (ISO 8601, UTC if no offset)")
     parser.add_argument("--dead-letters", action="store_true", help="only messages that were dead-lettered")
     parser.set_defaults(func=replay)
 
@@ -57,6 +69,12 @@ def replay(args: argparse.Namespace) -> int:
         return 2
     store = MessageStore(settings.store.path)
     try:
+        unknown = [i for i in args.ids if store.get(i) is None]
+        if unknown:
+            noun = "id" if len(unknown) == 1 else "ids"
+            print(f"engine replay: no stored message with {noun} {', '.join(unknown)} (nothing re-queued)",
+                  file=sys.stderr)  # fmt: skip
+            return 2
         count = store.requeue(ids=args.ids, since=args.since, until=args.until, dead_letters=args.dead_letters)
     except TransientError as exc:
         print(f"engine replay: {exc}", file=sys.stderr)

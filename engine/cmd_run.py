@@ -13,7 +13,15 @@ __all__ = ["register"]
 
 def register(subparsers: Any) -> None:
     parser: argparse.ArgumentParser = subparsers.add_parser(
-        "run", help="run the service (MLLP, DICOM SCP, inbox, Kafka -> store -> worker -> sinks)"
+        "run",
+        help="run the service (MLLP, DICOM SCP, inbox, Kafka -> store -> worker -> sinks)",
+        description="Run the long-lived service described by the config: listeners and inbox land the "
+        "original bytes (persist before acknowledge), the worker converts and publishes to the sinks, "
+        "permanent failures go to the dead letters. SIGTERM/SIGINT: stop intake, drain for "
+        "worker.drain_timeout seconds, flush, exit.",
+        epilog="exit codes:\n  0  clean shutdown after SIGTERM/SIGINT\n  2  bad config or cannot start "
+        "(port in use, unusable folder, another engine on the same store)\n  3  stopped on an unexpected "
+        "error (unfinished messages are resumed at the next start)",
     )
     parser.add_argument("--config", required=True, help="deployment YAML, e.g. config/local.yaml")
     parser.set_defaults(func=run)

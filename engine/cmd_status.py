@@ -14,7 +14,14 @@ __all__ = ["register"]
 
 
 def register(subparsers: Any) -> None:
-    parser: argparse.ArgumentParser = subparsers.add_parser("status", help="count stored messages per status")
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "status",
+        help="count stored messages per status",
+        description="Print JSON counts per status in the message store (received, mapped, published, failed), "
+        "the unfinished count and the age of the oldest unfinished message. Safe while the engine runs.",
+        epilog="exit codes:\n  0  counts printed\n  1  the store could not be read (locked, corrupt)\n  2  "
+        "configuration error, no store configured (Kafka deployment) or no store file yet",
+    )
     parser.add_argument("--config", required=True, help="deployment YAML")
     parser.set_defaults(func=status)
 

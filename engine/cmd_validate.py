@@ -19,7 +19,14 @@ __all__ = ["register"]
 
 
 def register(subparsers: Any) -> None:
-    parser: argparse.ArgumentParser = subparsers.add_parser("validate", help="check a config file without starting")
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "validate",
+        help="check a config file without starting",
+        description="Check a deployment config without starting anything: every section and key, the "
+        "mapping profiles and that the pipelines import. Prints a JSON summary without PHI.",
+        epilog="exit codes:\n  0  the config is valid (JSON summary on stdout)\n  2  it is not (one line on "
+        "stderr naming the file and the problem)",
+    )
     parser.add_argument("--config", required=True, help="deployment YAML")
     parser.set_defaults(func=validate)
 

@@ -18,14 +18,19 @@ Sections (unknown keys are errors)::
     kafka:     shared KafkaSettings keys; sources.kafka / sinks.kafka / dlq.kafka are merged over it
                (``sinks: {kafka: {}}`` means "publish with the shared Kafka settings")
 
-Relative paths are relative to the working directory. A few keys can be overridden from the environment:
-``ENGINE_STORE_PATH``, ``ENGINE_INBOX_PATH``, ``ENGINE_OUTBOX_PATH``, ``ENGINE_DLQ_PATH``, ``ENGINE_HEALTH_HOST``,
-``ENGINE_HEALTH_PORT``, ``ENGINE_MLLP_PORT``, ``ENGINE_DICOM_PORT``, ``ENGINE_LOG_LEVEL`` (secrets belong in
-the environment, never in YAML).
+Relative paths in a config file (the keys in :data:`PATH_KEYS`: folders, the store, TLS and Kafka SSL files)
+are relative to the config file's folder, so a deployment does not depend on the directory it is started
+from (:func:`load_settings`; :func:`parse_settings` on a plain mapping leaves them as they are). A few keys can
+be overridden from the environment: ``ENGINE_STORE_PATH``, ``ENGINE_INBOX_PATH``, ``ENGINE_OUTBOX_PATH``,
+``ENGINE_DLQ_PATH``, ``ENGINE_HEALTH_HOST``, ``ENGINE_HEALTH_PORT``, ``ENGINE_MLLP_PORT``, ``ENGINE_DICOM_PORT``,
+``ENGINE_LOG_LEVEL`` (secrets belong in the environment, never in YAML); relative paths given there are
+relative to the working directory, like any path on a command line. Without ``store.path`` the store is
+``var/store`` under the working directory.
 """
 
 from __future__ import annotations
 
+import copy
 import importlib
 import os
 from collections.abc import Callable, Mapping
@@ -41,12 +46,14 @@ from engine.worker import RetryPolicy
 from pipelines.context import MappingContext
 
 __all__ = [
+    "PATH_KEYS",
     "FolderSettings",
     "HealthSettings",
     "LoggingSettings",
     "Settings",
     "StoreSettings",
     "WorkerSettings",
+    "anchor_paths",
     "load_settings",
     "parse_settings",
 ]
@@ -61,6 +68,22 @@ EXTERNAL = {
     "kafka": ("engine.kafka.settings", "KafkaSettings"),
     "fhir": ("engine.publishers.settings", "FhirSettings"),
 }
+
+_KAFKA_FILES = ("ssl_cafile", "ssl_certfile", "ssl_keyfile")
+_TLS_FILES = ("cert", "key", "ca")
+#: (section path, keys) of every setting that names a file or folder: anchored at the config file's folder.
+PATH_KEYS: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = (
+    (("store",), ("path",)),
+    (("sources", "inbox"), ("path",)),
+    (("sinks", "folder"), ("path",)),
+    (("dlq", "folder"), ("path",)),
+    (("sources", "mllp", "tls"), _TLS_FILES),
+    (("sources", "dicom", "tls"), _TLS_FILES),
+    (("kafka",), _KAFKA_FILES),
+    (("sources", "kafka"), _KAFKA_FILES),
+    (("sinks", "kafka"), _KAFKA_FILES),
+    (("dlq", "kafka"), _KAFKA_FILES),
+)
 
 #: environment variable -> (section path, key, converter)
 ENV_OVERRIDES: dict[str, tuple[tuple[str, ...], str, Callable[[str], Any]]] = {
@@ -220,6 +243,25 @@ def _store(section: Mapping[str, Any]) -> StoreSettings:
     return StoreSettings(path)
 
 
+def anchor_paths(data: Any, base: Path) -> Any:
+    """A copy of the loaded YAML ``data`` whose relative paths at :data:`PATH_KEYS` are joined to ``base``
+    (the config file's folder) and normalised; absolute paths and other values are unchanged."""
+    if not isinstance(data, Mapping):
+        return data
+    anchored: dict[str, Any] = copy.deepcopy(dict(data))
+    for sections, keys in PATH_KEYS:
+        node: Any = anchored
+        for name in sections:
+            node = node.get(name) if isinstance(node, dict) else None
+        if not isinstance(node, dict):
+            continue
+        for key in keys:
+            value = node.get(key)
+            if isinstance(value, str) and value.strip() and not os.path.isabs(value):
+                node[key] = os.path.normpath(base / value)
+    return anchored
+
+
 def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> None:
     """Apply ENGINE_* overrides; transports and folders are only overridden when configured."""
     for var, (sections, key, convert) in ENV_OVERRIDES.items():
@@ -368,6 +410,6 @@ def load_settings(path: str | Path, environ: Mapping[str, str] | None = None) ->
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"{file}: not valid YAML{where}") from exc
     try:
-        return parse_settings(data, environ, file)
+        return parse_settings(anchor_paths(data, file.parent.absolute()), environ, file)
     except ConfigError as exc:
         raise ConfigError(f"{file}: {exc}") from exc

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# System packages the tests use as real peers: dcmtk (storescu) for the DICOM C-STORE tests, openssl for TLS.
+# System packages the tests use as real peers: dcmtk (storescu) for the DICOM C-STORE tests, openssl for TLS,
+# podman/buildah/debootstrap for the container image.
 # Java comes with the machine; Kafka jars are fetched from Maven Central by tests/kafka_broker.py.
 set -euo pipefail
 need=()
@@ -22,6 +23,16 @@ command -v javac >/dev/null 2>&1 || kneed+=(openjdk-17-jdk-headless)
 if [ ${#kneed[@]} -gt 0 ]; then
   sudo_=""; [ "$(id -u)" = 0 ] || sudo_="sudo"
   $sudo_ apt-get update -qq >/dev/null && $sudo_ env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${kneed[@]}" >/dev/null
+fi
+# Container image test (tests/container): podman + buildah build and run the image, debootstrap builds its base
+# image from the Debian mirror (no registry needed). Debian only; elsewhere the test skips.
+if [ -f /etc/debian_version ]; then
+  cneed=()
+  for tool in podman buildah debootstrap; do command -v "$tool" >/dev/null 2>&1 || cneed+=("$tool"); done
+  if [ ${#cneed[@]} -gt 0 ]; then
+    sudo_=""; [ "$(id -u)" = 0 ] || sudo_="sudo"
+    $sudo_ apt-get update -qq >/dev/null && $sudo_ env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${cneed[@]}" >/dev/null
+  fi
 fi
 python3 "$(dirname "$0")/../tests/kafka_broker.py" fetch \
   || echo "warning: Kafka jars not fetched; the Kafka tests will retry (and fail under CI=true)" >&2

@@ -44,7 +44,7 @@ def test_shipped_local_config_is_valid(capsys: pytest.CaptureFixture[str]) -> No
     assert summary["health"] == "127.0.0.1:8080"
     settings = load_settings(REPO / "config" / "local.yaml", environ={})
     assert settings.mllp.port == 2575 and settings.dicom.port == 11112 and settings.dicom.ae_title == "ENGINE"
-    assert settings.store is not None and settings.store.path == Path("var/store/messages.db")
+    assert settings.store is not None and settings.store.path == REPO / "var" / "store" / "messages.db"
 
 
 def test_validate_good_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
