@@ -31,6 +31,7 @@ from typing import Any, BinaryIO
 
 from engine.convert import Converter, partition_key_for
 from engine.errors import ConfigError
+from engine.message_index import MessageIndexer
 from engine.observability.health import HealthServer
 from engine.observability.metrics import Heartbeat, Metrics
 from engine.settings import Settings
@@ -73,6 +74,7 @@ class Runtime:
         self.worker: Worker | None = None
         self._intake_stopped = False
         self._store_lock: BinaryIO | None = None
+        self.console: Any = None  # engine.console.server.ConsoleServer when settings.console is set
 
     # -- construction -------------------------------------------------------------------------------
 
@@ -80,7 +82,7 @@ class Runtime:
         s = self.settings
         if s.store is not None:
             self._lock_store(s.store.path)
-            self.store = MessageStore(s.store.path)
+            self.store = MessageStore(s.store.path, indexer=MessageIndexer(s.mapping))
         if s.kafka_source is not None:
             key_function = functools.partial(partition_key_for, context=s.mapping)
             self.landing = _kafka("KafkaLanding")(s.kafka_source, key_function=key_function)
@@ -199,6 +201,10 @@ class Runtime:
         try:
             self._build()
             self._start_health()
+            if self.settings.console is not None:
+                from engine.console.server import start_console
+
+                self.console = start_console(self.settings, self.store)
             if self.store is not None:
                 counts = self.store.counts()
                 resumed = counts["received"] + counts["mapped"]
@@ -227,6 +233,9 @@ class Runtime:
 
     def close(self) -> None:
         self.stop.set()
+        if self.console is not None:
+            self.console.stop()
+            self.console = None
         self.stop_intake()
         for sink in self.sinks:
             with contextlib.suppress(Exception):

@@ -13,6 +13,7 @@ Sections (unknown keys are errors)::
     worker:    {batch_size, poll_timeout, drain_timeout, retry: {attempts, initial, maximum, jitter, backpressure}}
     health:    {host, port, live_timeout}
     logging:   {level, format: json|text}
+    console:   engine.console.settings.ConsoleSettings.from_mapping (message console + API; off when absent)
     kafka:     shared KafkaSettings keys; sources.kafka / sinks.kafka / dlq.kafka are merged over it
                (``sinks: {kafka: {}}`` means "publish with the shared Kafka settings")
 
@@ -49,7 +50,7 @@ __all__ = [
     "parse_settings",
 ]
 
-TOP_LEVEL = {"mapping", "store", "sources", "sinks", "dlq", "worker", "health", "logging", "kafka"}
+TOP_LEVEL = {"mapping", "store", "sources", "sinks", "dlq", "worker", "health", "logging", "kafka", "console"}
 DEFAULT_STORE = Path("var/store")
 
 #: section -> (module, class) of settings parsers owned by the transport modules (imported lazily).
@@ -57,6 +58,7 @@ EXTERNAL = {
     "mllp": ("engine.sources.mllp", "MllpSettings"),
     "dicom": ("engine.sources.dicom_scp", "ScpSettings"),
     "kafka": ("engine.kafka.settings", "KafkaSettings"),
+    "console": ("engine.console.settings", "ConsoleSettings"),
 }
 
 #: environment variable -> (section path, key, converter)
@@ -70,6 +72,7 @@ ENV_OVERRIDES: dict[str, tuple[tuple[str, ...], str, Callable[[str], Any]]] = {
     "ENGINE_MLLP_PORT": (("sources", "mllp"), "port", int),
     "ENGINE_DICOM_PORT": (("sources", "dicom"), "port", int),
     "ENGINE_LOG_LEVEL": (("logging",), "level", str),
+    "ENGINE_CONSOLE_PORT": (("console",), "port", int),
 }
 
 
@@ -120,6 +123,7 @@ class Settings:
     health: HealthSettings | None = None
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     source_file: Path | None = None
+    console: Any = None  # engine.console.settings.ConsoleSettings (None: no console)
 
     def summary(self) -> dict[str, Any]:
         """A PHI-free description for ``engine validate`` and the start-up log line."""
@@ -332,6 +336,7 @@ def parse_settings(data: Any, environ: Mapping[str, str] | None = None, source_f
         health=health,
         logging=LoggingSettings(level=level, format=fmt),
         source_file=source_file,
+        console=_external("console", _section(data, "console", ""), "console") if "console" in data else None,
     )
 
 
