@@ -27,6 +27,7 @@ import io
 import logging
 from dataclasses import dataclass
 
+from engine.sources.hl7_ack import read_msh
 from pipelines.common.ids import hashed_key
 from pipelines.context import MappingContext
 from pipelines.hl7v2.er7 import decode_message, parse_message
@@ -82,7 +83,11 @@ class MessageIndexer:
             text, _codec = decode_message(chunk.data)
             try:
                 msg = parse_message(text)
-            except Exception:
+            except Exception:  # a broken message (a future dead letter) is still found by its MSH
+                msh_info = read_msh(chunk.data)
+                if msh_info is not None and message_type is None:
+                    message_type = msh_info.message_type.replace(msh_info.encoding_characters[0], "^") or None
+                    control_id = msh_info.control_id.strip() or None
                 continue
             d = msg.delimiters
             msh = msg.segments[0]
