@@ -15,7 +15,7 @@ message, 409 the action does not fit the message's status, 422 invalid parameter
 unavailable (retry).
 """
 
-from __future__ import annotations
+# no "from __future__ import annotations": FastAPI resolves the Annotated dependencies defined in functions
 
 import re
 from dataclasses import dataclass
@@ -25,7 +25,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Response, status
 from fastapi import Path as PathParam
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, Field
 
 from engine.console.auth import Principal, require, same_origin
 from engine.console.repository import ActionRefused, Repository, SearchQuery
@@ -33,6 +33,21 @@ from engine.console.repository import ActionRefused, Repository, SearchQuery
 __all__ = ["Destinations", "build_router"]
 
 _BUNDLE_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+_NUMBER = re.compile(r"^\s*[+-]?[0-9]+(\.[0-9]*)?\s*$")
+
+
+def _iso_only(value: object) -> object:
+    """Query date/times are ISO 8601 (OpenAPI ``format: date-time``); pydantic would also take epoch numbers."""
+    if isinstance(value, int | float) or (isinstance(value, str) and _NUMBER.match(value)):
+        raise ValueError("expected an ISO 8601 date-time, e.g. 2026-01-31T12:00:00Z")
+    return value
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    return value if value is None or value.tzinfo else value.replace(tzinfo=UTC)
+
+
+Instant = Annotated[datetime | None, BeforeValidator(_iso_only), AfterValidator(_aware)]
 MessageId = Annotated[int, PathParam(ge=1, le=2**62, description="envelope id (the store's row id)")]
 
 
@@ -166,8 +181,8 @@ def build_router(repo: Repository, destinations: Destinations, current_user: Any
     @router.get("/messages", response_model=MessagePage, summary="Search messages (newest first)")
     def search(
         user: User,
-        since: Annotated[datetime | None, Query(description="received at or after (ISO 8601)")] = None,
-        until: Annotated[datetime | None, Query(description="received before (ISO 8601)")] = None,
+        since: Annotated[Instant, Query(description="received at or after (ISO 8601; UTC without offset)")] = None,
+        until: Annotated[Instant, Query(description="received before (ISO 8601; UTC without offset)")] = None,
         source: Annotated[str | None, Query(max_length=200)] = None,
         status_: Annotated[str | None, Query(alias="status", max_length=40,
                                              description="received, mapped, published, failed, filtered, ...")] = None,

@@ -8,7 +8,7 @@ plain HTML forms posting to ``/console/messages/{id}/reprocess|discard`` (cross-
 see :func:`engine.console.auth.same_origin`), answered with a redirect to the detail page.
 """
 
-from __future__ import annotations
+# no "from __future__ import annotations": FastAPI resolves the Annotated dependencies defined in functions
 
 from datetime import UTC, datetime
 from pathlib import Path
