@@ -201,16 +201,16 @@ class Runtime:
         try:
             self._build()
             self._start_health()
-            if self.settings.console is not None:
-                from engine.console.server import start_console
-
-                self.console = start_console(self.settings, self.store)
             if self.store is not None:
                 counts = self.store.counts()
                 resumed = counts["received"] + counts["mapped"]
                 if resumed:
                     log.info("resuming unfinished messages", extra={"count": resumed})
             self._start_intake()
+            if self.settings.console is not None:
+                from engine.console.server import start_console
+
+                self.console = start_console(self.settings, self.store)
         except Exception as exc:  # port in use, unusable directory, broker unreachable, ...
             log.error("cannot start", extra={"error_class": type(exc).__name__, "reason": str(exc)[:300]})
             self.close()
