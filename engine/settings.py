@@ -136,6 +136,7 @@ class Settings:
             "dlq": "folder" if self.dlq_folder else "kafka",
             "health": f"{self.health.host}:{self.health.port}" if self.health else None,
             "senders": len(self.mapping.senders),
+            "console": f"{self.console.host}:{self.console.port}" if self.console else None,
         }
 
 

@@ -82,14 +82,13 @@ _COLUMNS = "id, source, content_type, headers, payload, status, received_at, upd
 SCHEMA_VERSION = 2
 _SCHEMA_V2 = """
 CREATE INDEX IF NOT EXISTS messages_control_id ON messages(control_id);
-CREATE INDEX IF NOT EXISTS messages_type_id ON messages(message_type, id);
-CREATE INDEX IF NOT EXISTS messages_source_id ON messages(source, id);
+CREATE INDEX IF NOT EXISTS messages_message_type ON messages(message_type);
+CREATE INDEX IF NOT EXISTS messages_source_status ON messages(source, status);
 CREATE TABLE IF NOT EXISTS message_accessions (
+    accession_hash TEXT NOT NULL,
     message_id INTEGER NOT NULL,
-    accession_hash TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS message_accessions_hash ON message_accessions(accession_hash);
-CREATE INDEX IF NOT EXISTS message_accessions_message ON message_accessions(message_id);
+    PRIMARY KEY (accession_hash, message_id)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS message_events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     message_id INTEGER NOT NULL,
@@ -113,10 +112,6 @@ CREATE TABLE IF NOT EXISTS audit_log (
     detail TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS audit_log_message ON audit_log(message_id, id);
-CREATE TRIGGER IF NOT EXISTS messages_history_insert AFTER INSERT ON messages BEGIN
-    INSERT INTO message_events (message_id, at, event, status, attempts, replays, error_class, error_reason, outputs)
-    VALUES (NEW.id, NEW.received_at, 'received', NEW.status, NEW.attempts, NEW.replays, NULL, NULL, NULL);
-END;
 CREATE TRIGGER IF NOT EXISTS messages_history_update AFTER UPDATE OF status, replays, attempts ON messages
 WHEN OLD.status IS NOT NEW.status OR OLD.replays IS NOT NEW.replays OR OLD.attempts IS NOT NEW.attempts BEGIN
     INSERT INTO message_events (message_id, at, event, status, attempts, replays, error_class, error_reason, outputs)
@@ -139,8 +134,8 @@ def _statements(script: str) -> list[str]:
 
 def _migrate(conn: sqlite3.Connection, indexer: Callable[[bytes, str], IndexKeys]) -> None:
     """Bring a store file to :data:`SCHEMA_VERSION`: add the index columns, history, audit tables and
-    triggers; fill the search keys of existing rows from their bytes and give each existing row a
-    ``received`` event (and one for its current status), so that old messages are searchable too."""
+    triggers; fill the search keys of existing rows from their bytes and give each finished row an event
+    for its current status, so that old messages are searchable and have a history too."""
     if conn.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
         return
     conn.execute("BEGIN IMMEDIATE")
@@ -153,10 +148,6 @@ def _migrate(conn: sqlite3.Connection, indexer: Callable[[bytes, str], IndexKeys
         for statement in _statements(_SCHEMA_V2):  # not executescript: it would commit the open transaction
             conn.execute(statement)
         if not existing:
-            conn.execute(
-                "INSERT INTO message_events (message_id, at, event, status, attempts, replays) "
-                "SELECT id, received_at, 'received', 'received', 0, 0 FROM messages ORDER BY id"
-            )
             conn.execute(
                 "INSERT INTO message_events (message_id, at, event, status, attempts, replays, error_class, "
                 "error_reason, outputs) SELECT id, updated_at, status, status, attempts, replays, error_class, "
@@ -478,6 +469,11 @@ class MessageStore:
     def oldest_unfinished(self) -> float | None:
         rows = self._query("SELECT MIN(received_at) FROM messages WHERE status IN ('received','mapped')")
         return float(rows[0][0]) if rows and rows[0][0] is not None else None
+
+    def index_keys(self, payload: bytes, content_type: str) -> IndexKeys:
+        """The search keys :meth:`land` stores for these bytes (accession hashes are kept only in a lookup table
+        keyed by hash)."""
+        return self._indexer(payload, content_type)
 
     def select(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         """Run one read-only query on the reader connection (the console's searches)."""

@@ -119,15 +119,15 @@ class Repository:
         if base is None:
             return None
         headers, payload = self.store.select("SELECT headers, payload FROM messages WHERE id = ?", (message_id,))[0]
+        payload = bytes(payload)
         base["headers"] = json.loads(headers)
         base["size"] = len(payload)
         base["sha256"] = hashlib.sha256(payload).hexdigest()
-        base["accession_hashes"] = [
-            r[0] for r in self.store.select(
-                "SELECT accession_hash FROM message_accessions WHERE message_id = ? ORDER BY rowid", (message_id,)
-            )
-        ]
-        base["history"] = [
+        base["accession_hashes"] = list(self.store.index_keys(payload, base["content_type"]).accession_hashes)
+        # landing records no event row (it is the row itself): the history starts from received_at
+        received = {"at": base["received_at"], "event": "received", "status": "received", "attempts": 0,
+                    "replays": 0, "error_class": None, "error_reason": None, "outputs": []}
+        base["history"] = [received] + [
             {
                 "at": r[0], "event": r[1], "status": r[2], "attempts": r[3], "replays": r[4],
                 "error_class": r[5], "error_reason": r[6], "outputs": json.loads(r[7]) if r[7] else [],

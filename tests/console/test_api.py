@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 
 from engine.console.settings import ConsoleSettings
 from engine.errors import ConfigError
+from engine.message_index import accession_hash
 from engine.settings import parse_settings
 from tests.console.conftest import DEAD_ORU, GOOD_ORU, PASSWORDS, Deployment
 
@@ -73,6 +74,7 @@ def test_detail_history_and_outputs(filled: tuple[Deployment, str, str], client:
     bundle = detail["outputs"][0]
     assert detail["published"] == [{"bundle_id": bundle, "published_to": [f"folder:{dep.outbox / (bundle + '.json')}"]}]
     assert "DOE" not in json.dumps(detail)  # metadata is PHI-free
+    assert detail["accession_hashes"] == [accession_hash("ACC-GOOD-1")]
     failed = client.get(f"/api/v1/messages/{dead}", auth=VIEWER).json()
     assert failed["status"] == "failed" and failed["error_class"] == "ParseError"
     assert "truncated" in failed["error_reason"]

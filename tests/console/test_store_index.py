@@ -69,12 +69,12 @@ def test_history_records_every_transition(deployment: Deployment) -> None:
         "SELECT event, status, attempts, replays, error_class FROM message_events WHERE message_id=? ORDER BY id",
         (int(dead),),
     )
-    assert [e[0] for e in events] == ["received", "mapped", "failed", "replayed", "mapped", "failed"]
-    assert events[2][4] == "ParseError" and events[-1][2:4] == (2, 1)
+    assert [e[0] for e in events] == ["mapped", "failed", "replayed", "mapped", "failed"]
+    assert events[1][4] == "ParseError" and events[-1][2:4] == (2, 1)
     good_events = deployment.store.select(
         "SELECT event, outputs FROM message_events WHERE message_id=? ORDER BY id", (int(good),)
     )
-    assert [e[0] for e in good_events] == ["received", "mapped", "published"]
+    assert [e[0] for e in good_events] == ["mapped", "published"]
     assert json.loads(good_events[-1][1]) == deployment.store.get(good).outputs  # type: ignore[union-attr]
 
 
@@ -116,7 +116,7 @@ def test_a_version_1_store_is_migrated_and_searchable(tmp_path: Path) -> None:
         assert store.select("SELECT message_id FROM message_accessions WHERE accession_hash=?",
                             (accession_hash("ACC-GOOD-1"),)) == [(2,)]
         assert store.select("SELECT message_id, event, at FROM message_events ORDER BY message_id, id") == [
-            (1, "received", 100.0), (1, "failed", 200.0), (2, "received", 300.0)
+            (1, "failed", 200.0)
         ]
         assert store.get("1").payload == DEAD_ORU  # type: ignore[union-attr]  # nothing lost
     finally:
@@ -124,6 +124,24 @@ def test_a_version_1_store_is_migrated_and_searchable(tmp_path: Path) -> None:
     # opening again is a no-op (no duplicate events)
     store = MessageStore(path)
     try:
-        assert store.select("SELECT COUNT(*) FROM message_events") == [(3,)]
+        assert store.select("SELECT COUNT(*) FROM message_events") == [(1,)]
     finally:
         store.close()
+
+
+def test_the_single_message_fast_path_gives_the_tokenizer_keys_on_every_shared_sample() -> None:
+    from pipelines.hl7v2.framing import split_stream
+
+    ctx = MappingContext(senders=(SenderProfile(name="obr3", sending_facility="WASHU", accession_field="OBR-3"),))
+    seen = 0
+    for indexer in (MessageIndexer(), MessageIndexer(ctx)):
+        for path in sorted(TESTDATA.glob("hl7v2-*/**/*")):
+            if not path.is_file():
+                continue
+            for chunk in split_stream(path.read_bytes()):
+                if chunk.junk or not chunk.data.startswith(b"MSH"):
+                    continue
+                seen += 1
+                single = indexer._hl7_single(chunk.data)
+                assert single == indexer._hl7_stream(chunk.data), f"{path.name}: {single}"
+    assert seen > 500
