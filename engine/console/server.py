@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import threading
 from pathlib import Path
 from typing import Any
@@ -67,7 +68,14 @@ def create_app(
 
 
 class ConsoleServer:
-    def __init__(self, app: Any, host: str, port: int) -> None:
+    def __init__(
+        self, app: Any, host: str, port: int, tls: tuple[Path, Path] | None = None
+    ) -> None:
+        if tls is not None:
+            try:  # fail the start with a config error now rather than in uvicorn's thread
+                ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(str(tls[0]), str(tls[1]))
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(f"console.tls: cannot load the certificate and key ({exc})") from exc
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._socket = socket.socket(family, socket.SOCK_STREAM)
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -77,7 +85,15 @@ class ConsoleServer:
             self._socket.close()
             raise ConfigError(f"console: cannot listen on {host}:{port} ({exc.strerror or exc})") from exc
         self._socket.listen(128)
-        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=2)
+        config = uvicorn.Config(
+            app,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=2,
+            ssl_certfile=str(tls[0]) if tls else None,
+            ssl_keyfile=str(tls[1]) if tls else None,
+        )
         self._server = uvicorn.Server(config)
         self._thread: threading.Thread | None = None
 
@@ -108,6 +124,7 @@ def start_console(settings: Any, store: MessageStore | None) -> ConsoleServer:
     topic = getattr(settings.kafka_sink, "output_topic", None) if settings.kafka_sink is not None else None
     audit = console.audit_log or store.path.with_name("console-audit.jsonl")
     app = create_app(console, store, Destinations(folder, topic), audit)
-    server = ConsoleServer(app, console.host, console.port)
+    tls = (console.tls_cert, console.tls_key) if console.tls_cert and console.tls_key else None
+    server = ConsoleServer(app, console.host, console.port, tls)
     server.start()
     return server

@@ -12,6 +12,7 @@
         - {name: monitor, token_env: CONSOLE_MONITOR_TOKEN, roles: []}
       audit_log: var/audit/console.jsonl   # default: console-audit.jsonl beside the message store
       page_size: 50
+      tls: {cert: cert.pem, key: key.pem}  # HTTPS; required for a non-loopback host unless insecure: true
 
 Secrets are never read from the YAML, only from the named environment variables, when the settings are
 loaded (so ``engine validate`` reports a missing one). Roles: every authenticated user may search and
@@ -33,7 +34,8 @@ from engine.errors import ConfigError
 __all__ = ["ROLES", "ConsoleSettings", "ConsoleUser"]
 
 ROLES = ("viewer", "operator", "phi")
-_KEYS = {"enabled", "host", "port", "token_env", "token_roles", "users", "audit_log", "page_size"}
+_KEYS = {"enabled", "host", "port", "token_env", "token_roles", "users", "audit_log", "page_size", "tls", "insecure"}
+_LOOPBACK = ("127.", "::1", "localhost")
 _USER_KEYS = {"name", "password_env", "token_env", "roles"}
 DEFAULT_TOKEN_ENV = "ENGINE_CONSOLE_TOKEN"
 
@@ -53,6 +55,8 @@ class ConsoleSettings:
     port: int = 8081
     audit_log: Path | None = None  # None: beside the message store
     page_size: int = 50
+    tls_cert: Path | None = None  # PEM certificate chain (HTTPS when set)
+    tls_key: Path | None = None  # PEM private key
 
     @classmethod
     def from_mapping(
@@ -100,13 +104,38 @@ class ConsoleSettings:
                 f"no credentials: the console needs authentication; set {token_env} (a bearer token) or "
                 "configure users with password_env/token_env naming environment variables that are set"
             )
+        cert, key = _tls(data.get("tls"))
+        insecure = data.get("insecure", False)
+        if not isinstance(insecure, bool):
+            raise ConfigError(f"insecure: expected true or false, got {insecure!r}")
+        if cert is None and not insecure and not host.startswith(_LOOPBACK):
+            raise ConfigError(
+                f"host {host!r} is not a loopback address: passwords and tokens would cross the network in clear; "
+                "configure tls: {cert, key}, or terminate TLS in a proxy on this host and set insecure: true"
+            )
         return cls(
             users=tuple(users),
             host=host,
             port=port,
             audit_log=Path(audit) if audit else None,
             page_size=page_size,
+            tls_cert=cert,
+            tls_key=key,
         )
+
+
+def _tls(raw: Any) -> tuple[Path | None, Path | None]:
+    if raw is None:
+        return None, None
+    if not isinstance(raw, Mapping) or set(raw) != {"cert", "key"}:
+        raise ConfigError("tls: expected {cert: PEM certificate file, key: PEM private key file}")
+    paths = []
+    for name in ("cert", "key"):
+        value = raw[name]
+        if not isinstance(value, str) or not Path(value).is_file():
+            raise ConfigError(f"tls.{name}: no such file {value!r}")
+        paths.append(Path(value))
+    return paths[0], paths[1]
 
 
 def _roles(value: Any, where: str) -> frozenset[str]:
