@@ -193,7 +193,7 @@ def test_a_non_loopback_console_needs_tls_or_an_explicit_insecure(tmp_path: Path
     with pytest.raises(ConfigError, match="not a loopback address"):
         ConsoleSettings.from_mapping({"host": "0.0.0.0"}, env)
     assert ConsoleSettings.from_mapping({"host": "0.0.0.0", "insecure": True}, env) is not None
-    with pytest.raises(ConfigError, match="tls.cert: no such file"):
+    with pytest.raises(ConfigError, match=r"tls\.cert: no such file"):
         ConsoleSettings.from_mapping({"host": "0.0.0.0", "tls": {"cert": "nope.pem", "key": "nope.key"}}, env)
 
 
