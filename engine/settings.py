@@ -280,6 +280,9 @@ def parse_settings(data: Any, environ: Mapping[str, str] | None = None, source_f
         raise ConfigError("dlq: configure exactly one of folder, kafka")
 
     needs_store = kafka_source is None
+    console = _external("console", _section(data, "console", ""), "console") if "console" in data else None
+    if console is not None and kafka_source is not None:
+        raise ConfigError("console: needs the message store; with sources.kafka the raw topics are the store")
     store = _store(_section(data, "store", "")) if needs_store or "store" in data else None
 
     worker_raw = _section(data, "worker", "")
@@ -337,7 +340,7 @@ def parse_settings(data: Any, environ: Mapping[str, str] | None = None, source_f
         health=health,
         logging=LoggingSettings(level=level, format=fmt),
         source_file=source_file,
-        console=_external("console", _section(data, "console", ""), "console") if "console" in data else None,
+        console=console,
     )
 
 

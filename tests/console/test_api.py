@@ -232,3 +232,10 @@ def test_console_over_https(deployment: Deployment, tmp_path: Path) -> None:
             assert response.status == 200 and response.read() == b"[]"
     finally:
         server.stop()
+
+
+def test_a_kafka_deployment_has_no_console(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ENGINE_CONSOLE_TOKEN", "t")
+    data = {**BASE, "sources": {"kafka": {"bootstrap_servers": "127.0.0.1:9092"}}, "console": {}}
+    with pytest.raises(ConfigError, match="console: needs the message store"):
+        parse_settings(data, environ={})
