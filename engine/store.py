@@ -16,7 +16,11 @@
 
 Stored per message: the original bytes, source name, content type, PHI-free headers (JSON), received
 and updated timestamps (epoch seconds), attempts, error class and one-line reason, and the ids of
-the Bundles it produced. Retention (pruning published rows, vacuuming) is out of scope for now: the
+the Bundles it produced. Schema version 2 adds PHI-free search keys filled at landing by
+:mod:`engine.message_index` (``message_type``, ``control_id`` columns, ``message_accessions`` of accession
+hashes), ``message_events`` (a trigger records every status / attempts / replays change: the history the
+console shows) and the console's ``audit_log``; :func:`_migrate` adds them to older files.
+Retention (pruning published rows, vacuuming) is out of scope for now: the
 file grows until an operator prunes it; see the README.
 """
 
