@@ -19,7 +19,7 @@ and updated timestamps (epoch seconds), attempts, error class and one-line reaso
 the Bundles it produced. Schema version 2 adds PHI-free search keys filled at landing by
 :mod:`engine.message_index` (``message_type``, ``control_id`` columns, ``message_accessions`` of accession
 hashes), ``message_events`` (a trigger records every status / attempts / replays change: the history the
-console shows) and the console's ``audit_log``; :func:`_migrate` adds them to older files.
+console shows) and the console's ``audit_log``; :func:`engine.store_schema.migrate` adds them to older files.
 Retention (pruning published rows, vacuuming) is out of scope for now: the
 file grows until an operator prunes it; see the README.
 """
@@ -41,6 +41,7 @@ from typing import Any
 from engine.errors import TransientError
 from engine.message_index import IndexKeys, MessageIndexer
 from engine.sources.base import Envelope
+from engine.store_schema import migrate
 
 __all__ = [
     "FAILED",
@@ -80,110 +81,6 @@ CREATE INDEX IF NOT EXISTS messages_received_at ON messages(received_at);
 
 _COLUMNS = "id, source, content_type, headers, payload, status, received_at, updated_at, attempts, replays, " \
     "error_class, error_reason, outputs"
-
-#: Schema version 2 (PRAGMA user_version): PHI-free search keys, per-message history, console audit.
-#: Added to existing files by :func:`_migrate` (additive: new columns, tables, indexes and triggers).
-SCHEMA_VERSION = 2
-_SCHEMA_V2 = """
-CREATE INDEX IF NOT EXISTS messages_control_id ON messages(control_id);
-CREATE INDEX IF NOT EXISTS messages_message_type ON messages(message_type);
-CREATE INDEX IF NOT EXISTS messages_source_status ON messages(source, status);
-CREATE TABLE IF NOT EXISTS message_accessions (
-    accession_hash TEXT NOT NULL,
-    message_id INTEGER NOT NULL,
-    PRIMARY KEY (accession_hash, message_id)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS message_events (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    message_id INTEGER NOT NULL,
-    at REAL NOT NULL,
-    event TEXT NOT NULL,
-    status TEXT NOT NULL,
-    attempts INTEGER NOT NULL,
-    replays INTEGER NOT NULL,
-    error_class TEXT,
-    error_reason TEXT,
-    outputs TEXT
-);
-CREATE INDEX IF NOT EXISTS message_events_message ON message_events(message_id, id);
-CREATE TABLE IF NOT EXISTS audit_log (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    at REAL NOT NULL,
-    actor TEXT NOT NULL,
-    roles TEXT NOT NULL,
-    action TEXT NOT NULL,
-    message_id INTEGER,
-    detail TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS audit_log_message ON audit_log(message_id, id);
-CREATE TRIGGER IF NOT EXISTS messages_history_update AFTER UPDATE OF status, replays, attempts ON messages
-WHEN OLD.status IS NOT NEW.status OR OLD.replays IS NOT NEW.replays OR OLD.attempts IS NOT NEW.attempts BEGIN
-    INSERT INTO message_events (message_id, at, event, status, attempts, replays, error_class, error_reason, outputs)
-    VALUES (NEW.id, NEW.updated_at, CASE WHEN NEW.replays > OLD.replays THEN 'replayed' ELSE NEW.status END,
-            NEW.status, NEW.attempts, NEW.replays, NEW.error_class, NEW.error_reason, NEW.outputs);
-END;
-"""
-
-
-def _statements(script: str) -> list[str]:
-    statements: list[str] = []
-    pending = ""
-    for line in script.splitlines(keepends=True):
-        pending += line
-        if sqlite3.complete_statement(pending):
-            statements.append(pending.strip())
-            pending = ""
-    return [s for s in statements if s]
-
-
-def _migrate(conn: sqlite3.Connection, indexer: Callable[[bytes, str], IndexKeys]) -> None:
-    """Bring a store file to :data:`SCHEMA_VERSION`: add the index columns, history, audit tables and
-    triggers; fill the search keys of existing rows from their bytes and give each finished row an event
-    for its current status, so that old messages are searchable and have a history too."""
-    if conn.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
-        return
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        columns = {row[1] for row in conn.execute("PRAGMA table_info(messages)")}
-        for name in ("message_type", "control_id"):
-            if name not in columns:
-                conn.execute(f"ALTER TABLE messages ADD COLUMN {name} TEXT")
-        existing = conn.execute("SELECT COUNT(*) FROM sqlite_master WHERE name='message_events'").fetchone()[0]
-        for statement in _statements(_SCHEMA_V2):  # not executescript: it would commit the open transaction
-            conn.execute(statement)
-        if not existing:
-            conn.execute(
-                "INSERT INTO message_events (message_id, at, event, status, attempts, replays, error_class, "
-                "error_reason, outputs) SELECT id, updated_at, status, status, attempts, replays, error_class, "
-                "error_reason, outputs FROM messages WHERE status != 'received' ORDER BY id"
-            )
-        last = 0
-        while True:
-            rows = conn.execute(
-                "SELECT id, payload, content_type FROM messages WHERE id > ? AND message_type IS NULL "
-                "AND control_id IS NULL ORDER BY id LIMIT 500",
-                (last,),
-            ).fetchall()
-            if not rows:
-                break
-            for rowid, payload, content_type in rows:
-                keys = indexer(bytes(payload), content_type)
-                conn.execute(
-                    "UPDATE messages SET message_type=?, control_id=? WHERE id=?",
-                    (keys.message_type, keys.control_id, rowid),
-                )
-                conn.executemany(
-                    "INSERT INTO message_accessions (message_id, accession_hash) VALUES (?, ?)",
-                    [(rowid, h) for h in keys.accession_hashes],
-                )
-                last = rowid
-        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-
 
 #: Called after a finish commits: (envelope id, final status, source name).
 FinishListener = Callable[[str, str, str], None]
@@ -271,7 +168,7 @@ class MessageStore:
         self._queue: queue.SimpleQueue[_Op | object] = queue.SimpleQueue()
         writer = self._connect()
         writer.executescript(_SCHEMA)
-        _migrate(writer, self._indexer)
+        migrate(writer, self._indexer)
         self._reader = self._connect()
         self._read_lock = threading.Lock()
         self._thread = threading.Thread(target=self._write_loop, args=(writer,), name="store-writer", daemon=True)

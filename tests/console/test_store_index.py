@@ -7,7 +7,8 @@ import sqlite3
 from pathlib import Path
 
 from engine.message_index import MessageIndexer, accession_hash
-from engine.store import SCHEMA_VERSION, MessageStore
+from engine.store import MessageStore
+from engine.store_schema import SCHEMA_VERSION
 from pipelines.common.ids import hashed_key
 from pipelines.context import MappingContext, SenderProfile
 from tests.console.conftest import DEAD_ORU, GOOD_ORU, TESTDATA, Deployment
