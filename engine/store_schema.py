@@ -79,6 +79,9 @@ def migrate(conn: sqlite3.Connection, indexer: Callable[[bytes, str], IndexKeys]
         return
     conn.execute("BEGIN IMMEDIATE")
     try:
+        if conn.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:  # another process was first
+            conn.execute("COMMIT")
+            return
         columns = {row[1] for row in conn.execute("PRAGMA table_info(messages)")}
         for name in ("message_type", "control_id"):
             if name not in columns:
