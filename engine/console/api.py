@@ -1,4 +1,4 @@
-"""The management API, ``/api/v1`` (OpenAPI 3.1 document at ``/api/openapi.json``, docs at ``/api/docs``).
+"""The management API, ``/api/v1`` (OpenAPI 3.1 document at ``/api/openapi.json``).
 
 | method and path | role | what |
 |---|---|---|

@@ -3,7 +3,9 @@
 :func:`create_app` is the ASGI app (API + console; tests use it directly). :class:`ConsoleServer` binds
 the socket in the caller's thread (so a port in use fails the engine's start with exit 2), then runs
 ``uvicorn.Server`` on it in a daemon thread; :meth:`ConsoleServer.stop` asks it to exit and joins.
-uvicorn's access log is off: URLs may carry search terms.
+uvicorn's access log is off: URLs may carry search terms. There is no Swagger UI page: FastAPI's loads its
+scripts from a CDN, which an authenticated console next to PHI must not do (and which is unreachable offline);
+the OpenAPI document is served at ``/api/openapi.json``.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ def create_app(
         version="1",
         description=DESCRIPTION,
         openapi_url="/api/openapi.json",
-        docs_url="/api/docs",
+        docs_url=None,  # FastAPI's Swagger UI loads scripts from a CDN: no third-party code next to PHI
         redoc_url=None,
     )
     repo = Repository(store, AuditLog(audit_path, store))

@@ -239,3 +239,13 @@ def test_a_kafka_deployment_has_no_console(monkeypatch: pytest.MonkeyPatch) -> N
     data = {**BASE, "sources": {"kafka": {"bootstrap_servers": "127.0.0.1:9092"}}, "console": {}}
     with pytest.raises(ConfigError, match="console: needs the message store"):
         parse_settings(data, environ={})
+
+
+def test_openapi_document_and_no_cdn_pages(client: TestClient) -> None:
+    document = client.get("/api/openapi.json").json()
+    assert document["openapi"].startswith("3.1")
+    assert set(document["components"]["securitySchemes"]) == {"HTTPBasic", "HTTPBearer"}
+    assert all(not p.startswith("/console") for p in document["paths"])
+    assert client.get("/api/docs").status_code == 404 and client.get("/docs").status_code == 404
+    page = client.get("/console/", auth=VIEWER).text
+    assert "<script" not in page and "cdn" not in page.lower()

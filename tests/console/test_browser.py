@@ -114,7 +114,7 @@ def test_console_finds_and_reprocesses_a_dead_letter_in_chromium(engine: EngineP
             expect(rows.first).to_contain_text("truncated message")
             rows.first.get_by_role("link", name=str(first["id"])).click()
             expect(page.locator("#status")).to_have_text("failed")
-            expect(page.locator("#history .event")).to_have_text(["received", "mapped", "failed"])
+            expect(page.locator("#history .event")).to_have_text(["received", "converted", "rejected (dead letter)"])
             page.locator("#reprocess").click()
             expect(page.locator("#notice")).to_contain_text("reprocess")
             expect(page.locator("#replays")).to_have_text("1")
