@@ -186,7 +186,9 @@ def build_router(repo: Repository, destinations: Destinations, current_user: Any
         source: Annotated[str | None, Query(max_length=200)] = None,
         status_: Annotated[str | None, Query(alias="status", max_length=40,
                                              description="received, mapped, published, failed, filtered, ...")] = None,
-        message_type: Annotated[str | None, Query(max_length=200, description="e.g. ORU^R01^ORU_R01")] = None,
+        message_type: Annotated[str | None, Query(
+            max_length=200, description="MSH-9 or its leading components (ORU^R01), or a SOP Class keyword"
+        )] = None,
         control_id: Annotated[str | None, Query(max_length=200, description="MSH-10 or SOP Instance UID")] = None,
         accession: Annotated[str | None, Query(max_length=200,
                                                description="accession number; hashed, never stored")] = None,

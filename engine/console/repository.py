@@ -47,7 +47,7 @@ class SearchQuery:
     until: float | None = None
     source: str | None = None
     status: str | None = None
-    message_type: str | None = None
+    message_type: str | None = None  # exact, or leading components ("ORU^R01")
     control_id: str | None = None
     accession: str | None = None  # plain value: hashed here, never stored or logged
     accession_hash: str | None = None
@@ -84,11 +84,15 @@ class Repository:
         """Matching messages, newest first, and the ``before_id`` of the next page (None at the end)."""
         clauses: list[str] = []
         params: list[Any] = []
-        for column, value in (("source", q.source), ("status", q.status), ("message_type", q.message_type),
-                              ("control_id", q.control_id)):
+        for column, value in (("source", q.source), ("status", q.status), ("control_id", q.control_id)):
             if value:
                 clauses.append(f"{column} = ?")
                 params.append(value)
+        if q.message_type:
+            # "ORU" and "ORU^R01" also find "ORU^R01^ORU_R01" (a range on the index: '_' follows '^')
+            value = q.message_type.strip()
+            clauses.append("(message_type = ? OR (message_type >= ? AND message_type < ?))")
+            params.extend([value, value + "^", value + "_"])
         if q.since is not None:
             clauses.append("received_at >= ?")
             params.append(q.since)

@@ -56,6 +56,8 @@ def test_search_by_each_key(filled: tuple[Deployment, str, str], client: TestCli
     assert ids(status="published") == [int(good)]
     assert ids(source="mllp") == [int(good)]
     assert ids(message_type="ORU^R01^ORU_R01") == [int(dead), int(good)]
+    assert ids(message_type="ORU^R01") == ids(message_type="ORU") == [int(dead), int(good)]
+    assert ids(message_type="OR") == [] and ids(message_type="ADT") == []
     assert ids(accession="ACC-GOOD-1") == [int(good)]
     assert ids(accession="ACC-OTHER") == []
     assert ids(since="2000-01-01T00:00:00Z", until="2000-01-02T00:00:00Z") == []
