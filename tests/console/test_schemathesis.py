@@ -7,6 +7,7 @@ content types, headers and response schemas. Examples are few, so this stays wel
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 
 from tests.console.conftest import DEAD_ORU, GOOD_ORU, Deployment
+
+#: examples per operation and generation mode (CONSOLE_FUZZ_EXAMPLES=200 for a longer local run)
+EXAMPLES = int(os.environ.get("CONSOLE_FUZZ_EXAMPLES", "12"))
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +44,7 @@ def test_api_conforms_to_its_openapi_document(deployment: Deployment) -> None:
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
 
             @given(case=operation.as_strategy(generation_mode=mode))
-            @settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+            @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None)
             def check(case: schemathesis.Case) -> None:
                 response = case.call_and_validate(headers={"Authorization": "Bearer doc-token"})
                 calls.append(f"{case.operation.label} {response.status_code}")
