@@ -34,12 +34,20 @@ __all__ = ["Destinations", "build_router"]
 
 _BUNDLE_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 _NUMBER = re.compile(r"^\s*[+-]?[0-9]+(\.[0-9]*)?\s*$")
+_RFC3339 = re.compile(r"^([0-9]{4})-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:([0-9]{2})")
 
 
 def _iso_only(value: object) -> object:
-    """Query date/times are ISO 8601 (OpenAPI ``format: date-time``); pydantic would also take epoch numbers."""
+    """Query date/times are RFC 3339 / ISO 8601 (OpenAPI ``format: date-time``). pydantic would also take epoch
+    numbers (refused here) and refuses two valid RFC 3339 forms, fixed here: a leap second (``:60`` is read
+    as ``:59``) and year 0000 (read as the earliest time)."""
     if isinstance(value, int | float) or (isinstance(value, str) and _NUMBER.match(value)):
         raise ValueError("expected an ISO 8601 date-time, e.g. 2026-01-31T12:00:00Z")
+    if isinstance(value, str) and (match := _RFC3339.match(value)):
+        if match.group(1) == "0000":
+            return datetime(1, 1, 1, tzinfo=UTC)
+        if match.group(2) == "60":
+            return value[: match.start(2)] + "59" + value[match.end(2):]
     return value
 
 

@@ -62,6 +62,9 @@ def test_search_by_each_key(filled: tuple[Deployment, str, str], client: TestCli
     assert ids(accession="ACC-OTHER") == []
     assert ids(since="2000-01-01T00:00:00Z", until="2000-01-02T00:00:00Z") == []
     assert ids(since="2000-01-01T00:00:00Z") == [int(dead), int(good)]
+    assert ids(since="1998-12-31T23:59:60Z") == ids(since="0000-01-01T00:00:00Z") == [int(dead), int(good)]
+    for bad in ("1700000000", "2000-02-30T00:00:00Z", "yesterday"):
+        assert client.get("/api/v1/messages", params={"since": bad}, auth=VIEWER).status_code == 422
     page = client.get("/api/v1/messages", params={"limit": 1}, auth=VIEWER).json()
     assert [m["id"] for m in page["items"]] == [int(dead)] and page["next_before_id"] == int(dead)
     older = client.get("/api/v1/messages", params={"limit": 1, "before_id": page["next_before_id"]}, auth=VIEWER)
