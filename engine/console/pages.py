@@ -58,7 +58,8 @@ def build_pages(repo: Repository, destinations: Destinations, current_user: Any,
     def dashboard(request: Request, user: User) -> HTMLResponse:
         sources = repo.sources()
         statuses = sorted({s for src in sources for s in src["counts"]})
-        return page(request, "dashboard.html", user, sources=sources, statuses=statuses)
+        totals = {s: sum(src["counts"].get(s, 0) for src in sources) for s in statuses}
+        return page(request, "dashboard.html", user, sources=sources, statuses=statuses, totals=totals)
 
     @router.get("/messages", response_class=HTMLResponse)
     def messages(request: Request, user: User) -> HTMLResponse:

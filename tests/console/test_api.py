@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -143,6 +144,8 @@ def test_sources_dashboard_counters(client: TestClient) -> None:
     assert sources["mllp"]["counts"] == {"published": 1} and sources["inbox"]["counts"] == {"failed": 1}
     page = client.get("/console/", auth=VIEWER)
     assert page.status_code == 200 and 'data-source="inbox"' in page.text
+    totals = page.text[page.text.index('id="totals"'):]
+    assert re.findall(r"<th>(\d+)</th>", totals[: totals.index("</tr>")]) == ["1", "1", "2"]  # failed, published, all
 
 
 def test_console_pages_find_and_reprocess(filled: tuple[Deployment, str, str], client: TestClient) -> None:
