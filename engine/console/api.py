@@ -23,8 +23,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Response, status
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
 from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
 from pydantic import AfterValidator, BaseModel, BeforeValidator, Field
 
 from engine.console.auth import Principal, require, same_origin
@@ -49,6 +50,18 @@ def _iso_only(value: object) -> object:
         if match.group(2) == "60":
             return value[: match.start(2)] + "59" + value[match.end(2):]
     return value
+
+
+def single_valued(request: Request) -> None:
+    """422 when a query parameter is given more than once (``?status=a&status=b``): every parameter here is a
+    single value, and silently taking the last one would search for something else than was asked."""
+    seen: set[str] = set()
+    for name, _value in request.query_params.multi_items():
+        if name in seen:
+            raise RequestValidationError(
+                [{"type": "repeated", "loc": ("query", name), "msg": "given more than once", "input": None}]
+            )
+        seen.add(name)
 
 
 def _aware(value: datetime | None) -> datetime | None:
@@ -186,7 +199,8 @@ def build_router(repo: Repository, destinations: Destinations, current_user: Any
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no message {message_id}")
         return item
 
-    @router.get("/messages", response_model=MessagePage, summary="Search messages (newest first)")
+    @router.get("/messages", response_model=MessagePage, summary="Search messages (newest first)",
+                dependencies=[Depends(single_valued)])
     def search(
         user: User,
         since: Annotated[Instant, Query(description="received at or after (ISO 8601; UTC without offset)")] = None,
