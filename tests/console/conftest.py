@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -67,7 +68,7 @@ class Deployment:
         while self.worker.run_once(timeout=0.0):
             pass
 
-    def app(self):  # type: ignore[no-untyped-def]
+    def app(self) -> Any:
         from engine.console.server import create_app
 
         return create_app(console_settings(), self.store, self.destinations, self.audit)
