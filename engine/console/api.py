@@ -34,6 +34,11 @@ from engine.console.repository import ActionRefused, Repository, SearchQuery
 __all__ = ["Destinations", "build_router"]
 
 _BUNDLE_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+# Query parameter syntax (strict, so that malformed searches are 422 rather than silently empty results)
+_SOURCE = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$"
+_STATUS = r"^[a-z][a-z_]{0,39}$"
+_TYPE = r"^[A-Za-z0-9_.^]{1,100}$"
+_TEXT = r"^[^\x00-\x1f\x7f]{1,200}$"  # HL7 ST / DICOM values: any text without control characters
 _NUMBER = re.compile(r"^\s*[+-]?[0-9]+(\.[0-9]*)?\s*$")
 _RFC3339 = re.compile(r"^([0-9]{4})-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:([0-9]{2})")
 
@@ -205,14 +210,14 @@ def build_router(repo: Repository, destinations: Destinations, current_user: Any
         user: User,
         since: Annotated[Instant, Query(description="received at or after (ISO 8601; UTC without offset)")] = None,
         until: Annotated[Instant, Query(description="received before (ISO 8601; UTC without offset)")] = None,
-        source: Annotated[str | None, Query(max_length=200)] = None,
-        status_: Annotated[str | None, Query(alias="status", max_length=40,
+        source: Annotated[str | None, Query(pattern=_SOURCE, description="source name (sources.*.name)")] = None,
+        status_: Annotated[str | None, Query(alias="status", pattern=_STATUS,
                                              description="received, mapped, published, failed, filtered, ...")] = None,
         message_type: Annotated[str | None, Query(
-            max_length=200, description="MSH-9 or its leading components (ORU^R01), or a SOP Class keyword"
+            pattern=_TYPE, description="MSH-9 or its leading components (ORU^R01), or a SOP Class keyword"
         )] = None,
-        control_id: Annotated[str | None, Query(max_length=200, description="MSH-10 or SOP Instance UID")] = None,
-        accession: Annotated[str | None, Query(max_length=200,
+        control_id: Annotated[str | None, Query(pattern=_TEXT, description="MSH-10 or SOP Instance UID")] = None,
+        accession: Annotated[str | None, Query(pattern=_TEXT,
                                                description="accession number; hashed, never stored")] = None,
         accession_hash: Annotated[str | None, Query(pattern="^[0-9a-fA-F]{64}$")] = None,
         before_id: Annotated[int | None, Query(ge=1, le=2**62)] = None,

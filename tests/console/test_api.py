@@ -71,6 +71,8 @@ def test_search_by_each_key(filled: tuple[Deployment, str, str], client: TestCli
     older = client.get("/api/v1/messages", params={"limit": 1, "before_id": page["next_before_id"]}, auth=VIEWER)
     assert [m["id"] for m in older.json()["items"]] == [int(good)] and older.json()["next_before_id"] is None
     assert client.get("/api/v1/messages", params={"limit": 0}, auth=VIEWER).status_code == 422
+    for bad in ({"status": "['failed']"}, {"source": ""}, {"control_id": "a\nb"}, {"message_type": "ORU R01"}):
+        assert client.get("/api/v1/messages", params=bad, auth=VIEWER).status_code == 422, bad
     repeated = client.get("/api/v1/messages?status=failed&status=published", auth=VIEWER)
     assert repeated.status_code == 422 and repeated.json()["detail"][0]["loc"] == ["query", "status"]
 
