@@ -31,6 +31,7 @@ from typing import Any, BinaryIO
 
 from engine.convert import Converter, partition_key_for
 from engine.errors import ConfigError
+from engine.message_index import MessageIndexer
 from engine.observability.health import HealthServer
 from engine.observability.metrics import Heartbeat, Metrics
 from engine.settings import Settings
@@ -77,6 +78,7 @@ class Runtime:
         self._intake_stopped = False
         self._intake_started = False  # /readyz stays 503 until every listener is bound
         self._store_lock: BinaryIO | None = None
+        self.console: Any = None  # engine.console.server.ConsoleServer when settings.console is set
 
     # -- construction -------------------------------------------------------------------------------
 
@@ -84,7 +86,7 @@ class Runtime:
         s = self.settings
         if s.store is not None:
             self._lock_store(s.store.path)
-            self.store = MessageStore(s.store.path)
+            self.store = MessageStore(s.store.path, indexer=MessageIndexer(s.mapping))
         if s.kafka_source is not None:
             key_function = functools.partial(partition_key_for, context=s.mapping)
             self.landing = _kafka("KafkaLanding")(s.kafka_source, key_function=key_function)
@@ -220,6 +222,10 @@ class Runtime:
                     log.info("resuming unfinished messages", extra={"count": resumed})
             self._start_intake()
             self._intake_started = True
+            if self.settings.console is not None:
+                from engine.console.server import start_console
+
+                self.console = start_console(self.settings, self.store)
         except Exception as exc:  # port in use, unusable directory, broker unreachable, ...
             log.error("cannot start", extra={"error_class": type(exc).__name__, "reason": str(exc)[:300]})
             self.close()
@@ -242,6 +248,9 @@ class Runtime:
 
     def close(self) -> None:
         self.stop.set()
+        if self.console is not None:
+            self.console.stop()
+            self.console = None
         self.stop_intake()
         for sink in self.sinks:
             with contextlib.suppress(Exception):

@@ -15,6 +15,7 @@ Sections (unknown keys are errors)::
     worker:    {batch_size, poll_timeout, drain_timeout, retry: {attempts, initial, maximum, jitter, backpressure}}
     health:    {host, port, live_timeout}
     logging:   {level, format: json|text}
+    console:   engine.console.settings.ConsoleSettings.from_mapping (message console + API; off when absent)
     kafka:     shared KafkaSettings keys; sources.kafka / sinks.kafka / dlq.kafka are merged over it
                (``sinks: {kafka: {}}`` means "publish with the shared Kafka settings")
 
@@ -58,7 +59,7 @@ __all__ = [
     "parse_settings",
 ]
 
-TOP_LEVEL = {"mapping", "store", "sources", "sinks", "dlq", "worker", "health", "logging", "kafka"}
+TOP_LEVEL = {"mapping", "store", "sources", "sinks", "dlq", "worker", "health", "logging", "kafka", "console"}
 DEFAULT_STORE = Path("var/store")
 
 #: section -> (module, class) of settings parsers owned by the transport modules (imported lazily).
@@ -67,6 +68,7 @@ EXTERNAL = {
     "dicom": ("engine.sources.dicom_scp", "ScpSettings"),
     "kafka": ("engine.kafka.settings", "KafkaSettings"),
     "fhir": ("engine.publishers.settings", "FhirSettings"),
+    "console": ("engine.console.settings", "ConsoleSettings"),
 }
 
 _KAFKA_FILES = ("ssl_cafile", "ssl_certfile", "ssl_keyfile")
@@ -83,6 +85,9 @@ PATH_KEYS: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = (
     (("sources", "kafka"), _KAFKA_FILES),
     (("sinks", "kafka"), _KAFKA_FILES),
     (("dlq", "kafka"), _KAFKA_FILES),
+    (("sinks", "fhir", "tls"), ("ca_file", "client_cert", "client_key")),
+    (("console",), ("audit_log",)),
+    (("console", "tls"), ("cert", "key")),
 )
 
 #: environment variable -> (section path, key, converter)
@@ -96,6 +101,7 @@ ENV_OVERRIDES: dict[str, tuple[tuple[str, ...], str, Callable[[str], Any]]] = {
     "ENGINE_MLLP_PORT": (("sources", "mllp"), "port", int),
     "ENGINE_DICOM_PORT": (("sources", "dicom"), "port", int),
     "ENGINE_LOG_LEVEL": (("logging",), "level", str),
+    "ENGINE_CONSOLE_PORT": (("console",), "port", int),
 }
 
 
@@ -147,6 +153,7 @@ class Settings:
     health: HealthSettings | None = None
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     source_file: Path | None = None
+    console: Any = None  # engine.console.settings.ConsoleSettings (None: no console)
 
     @property
     def model(self) -> str:
@@ -166,6 +173,7 @@ class Settings:
             "dlq": "folder" if self.dlq_folder else "kafka",
             "health": f"{self.health.host}:{self.health.port}" if self.health else None,
             "senders": len(self.mapping.senders),
+            "console": f"{self.console.host}:{self.console.port}" if self.console else None,
         }
 
 
@@ -335,6 +343,9 @@ def parse_settings(data: Any, environ: Mapping[str, str] | None = None, source_f
         raise ConfigError("dlq: configure exactly one of folder, kafka")
 
     needs_store = kafka_source is None
+    console = _external("console", _section(data, "console", ""), "console") if "console" in data else None
+    if console is not None and kafka_source is not None:
+        raise ConfigError("console: needs the message store; with sources.kafka the raw topics are the store")
     store = _store(_section(data, "store", "")) if needs_store or "store" in data else None
 
     worker_raw = _section(data, "worker", "")
@@ -393,6 +404,7 @@ def parse_settings(data: Any, environ: Mapping[str, str] | None = None, source_f
         health=health,
         logging=LoggingSettings(level=level, format=fmt),
         source_file=source_file,
+        console=console,
     )
 
 

@@ -16,7 +16,11 @@
 
 Stored per message: the original bytes, source name, content type, PHI-free headers (JSON), received
 and updated timestamps (epoch seconds), attempts, error class and one-line reason, and the ids of
-the Bundles it produced. Retention (pruning published rows, vacuuming) is out of scope for now: the
+the Bundles it produced. Schema version 2 adds PHI-free search keys filled at landing by
+:mod:`engine.message_index` (``message_type``, ``control_id`` columns, ``message_accessions`` of accession
+hashes), ``message_events`` (a trigger records every status / attempts / replays change: the history the
+console shows) and the console's ``audit_log``; :func:`engine.store_schema.migrate` adds them to older files.
+Retention (pruning published rows, vacuuming) is out of scope for now: the
 file grows until an operator prunes it; see the README.
 """
 
@@ -35,7 +39,9 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import TransientError
+from engine.message_index import IndexKeys, MessageIndexer
 from engine.sources.base import Envelope
+from engine.store_schema import migrate
 
 __all__ = [
     "FAILED",
@@ -143,8 +149,16 @@ _STOP = object()
 class MessageStore:
     """The SQLite message store; thread-safe (one writer thread, one locked reader connection)."""
 
-    def __init__(self, path: str | Path, *, busy_timeout_ms: int = 10_000, max_group: int = 512) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        busy_timeout_ms: int = 10_000,
+        max_group: int = 512,
+        indexer: Callable[[bytes, str], IndexKeys] | None = None,
+    ) -> None:
         self.path = Path(path)
+        self._indexer = indexer or MessageIndexer()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._busy_timeout_ms = busy_timeout_ms
         self._max_group = max_group
@@ -154,6 +168,7 @@ class MessageStore:
         self._queue: queue.SimpleQueue[_Op | object] = queue.SimpleQueue()
         writer = self._connect()
         writer.executescript(_SCHEMA)
+        migrate(writer, self._indexer)
         self._reader = self._connect()
         self._read_lock = threading.Lock()
         self._thread = threading.Thread(target=self._write_loop, args=(writer,), name="store-writer", daemon=True)
@@ -235,14 +250,22 @@ class MessageStore:
         """Store ``payload`` durably (committed and fsynced) and return its envelope id."""
         now = time.time()
         head = json.dumps(dict(headers), sort_keys=True)
-        row = (source, content_type, head, sqlite3.Binary(payload), RECEIVED, now, now)
+        keys = self._indexer(payload, content_type)
+        row = (
+            source, content_type, head, sqlite3.Binary(payload), RECEIVED, now, now, keys.message_type, keys.control_id
+        )
 
         def insert(conn: sqlite3.Connection) -> str:
             cur = conn.execute(
-                "INSERT INTO messages (source, content_type, headers, payload, status, received_at, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO messages (source, content_type, headers, payload, status, received_at, updated_at, "
+                "message_type, control_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 row,
             )
+            if keys.accession_hashes:
+                conn.executemany(
+                    "INSERT INTO message_accessions (message_id, accession_hash) VALUES (?, ?)",
+                    [(cur.lastrowid, h) for h in keys.accession_hashes],
+                )
             return str(cur.lastrowid)
 
         envelope_id: str = self._submit(insert)
@@ -370,6 +393,19 @@ class MessageStore:
     def oldest_unfinished(self) -> float | None:
         rows = self._query("SELECT MIN(received_at) FROM messages WHERE status IN ('received','mapped')")
         return float(rows[0][0]) if rows and rows[0][0] is not None else None
+
+    def index_keys(self, payload: bytes, content_type: str) -> IndexKeys:
+        """The search keys :meth:`land` stores for these bytes (accession hashes are kept only in a lookup table
+        keyed by hash)."""
+        return self._indexer(payload, content_type)
+
+    def select(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """Run one read-only query on the reader connection (the console's searches)."""
+        return self._query(sql, params)
+
+    def transaction(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        """Run ``fn(connection)`` in the writer's next committed (and fsynced) transaction; returns its result."""
+        return self._submit(fn)
 
     def wait_for_landing(self, timeout: float) -> None:
         """Block until something commits in this process or ``timeout`` passes."""
