@@ -5,15 +5,15 @@ from __future__ import annotations
 import contextlib
 import re
 
-from engine.outcomes import Conversion, Output, Rejection
+from engine.outcomes import Conversion, Filtered, Output, Rejection
 from pipelines.common.ids import hashed_key
 from pipelines.common.model import Report
 from pipelines.context import MappingContext
-from pipelines.errors import MappingError
+from pipelines.errors import MappingError, UnsupportedMessage
 from pipelines.hl7v2 import map_message, split_stream
 from pipelines.output import serialize, shape
 
-__all__ = ["convert_bytes", "is_dicom", "partition_key"]
+__all__ = ["convert_bytes", "convert_dicom", "convert_message", "is_dicom", "partition_key"]
 
 
 _DICOM_JSON = re.compile(rb'^\s*[\[{]\s*(?:\{\s*)?"[0-9A-Fa-f]{8}"\s*:\s*\{\s*"vr"')
@@ -50,7 +50,7 @@ def convert_bytes(data: bytes, ctx: MappingContext, model: str) -> Conversion:
         return result
     if is_dicom(data):
         result.messages = 1
-        _convert_dicom(data, ctx, model, result)
+        convert_dicom(data, ctx, model, result)
         return result
     if data[:2] in (b"\xff\xfe", b"\xfe\xff"):  # a UTF-16 file (e.g. saved as "Unicode" on Windows)
         with contextlib.suppress(UnicodeDecodeError):
@@ -70,17 +70,27 @@ def convert_bytes(data: bytes, ctx: MappingContext, model: str) -> Conversion:
                 reason = "empty message"
             result.rejections.append(Rejection(n, reason, chunk.raw, "ParseError"))
             continue
-        try:
-            reports = map_message(chunk.data, ctx)
-            outputs = [_output(r, model) for r in reports]
-        except MappingError as exc:
-            result.rejections.append(Rejection(n, one_line(str(exc)), chunk.raw, type(exc).__name__))
-            continue
-        result.outputs.extend(outputs)
+        convert_message(chunk.data, chunk.raw, n, ctx, model, result)
     return result
 
 
-def _convert_dicom(data: bytes, ctx: MappingContext, model: str, result: Conversion) -> None:
+def convert_message(data: bytes, raw: bytes, n: int, ctx: MappingContext, model: str, result: Conversion) -> None:
+    """One framed HL7 v2 message (``data``; ``raw`` = its original bytes) into ``result``: outputs, or one
+    :class:`Filtered` (:class:`UnsupportedMessage` and subclasses), or one :class:`Rejection` (any other
+    :class:`MappingError`)."""
+    try:
+        reports = map_message(data, ctx)
+        outputs = [_output(r, model) for r in reports]
+    except UnsupportedMessage as exc:
+        result.filtered.append(Filtered(n, one_line(str(exc)), raw, type(exc).__name__))
+        return
+    except MappingError as exc:
+        result.rejections.append(Rejection(n, one_line(str(exc)), raw, type(exc).__name__))
+        return
+    result.outputs.extend(outputs)
+
+
+def convert_dicom(data: bytes, ctx: MappingContext, model: str, result: Conversion) -> None:
     try:
         from pipelines.dicom_sr import map_dicom
     except ImportError:
@@ -91,6 +101,8 @@ def _convert_dicom(data: bytes, ctx: MappingContext, model: str, result: Convers
     try:
         reports = map_dicom(data, ctx)
         result.outputs.extend(_output(r, model) for r in reports)
+    except UnsupportedMessage as exc:
+        result.filtered.append(Filtered(1, one_line(str(exc)), data, type(exc).__name__))
     except MappingError as exc:
         result.rejections.append(Rejection(1, one_line(str(exc)), data, type(exc).__name__))
 

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 __all__ = ["main"]
 
 #: Subcommand modules; each exposes ``register(subparsers)`` which sets ``func(args) -> int`` as default.
-COMMANDS = ("map", "run", "validate", "status", "replay")
+COMMANDS = ("map", "backfill", "run", "validate", "status", "replay")
 
 
 def build_parser() -> argparse.ArgumentParser:

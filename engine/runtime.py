@@ -94,7 +94,7 @@ class Runtime:
         if s.kafka_sink is not None:
             self.sinks.append(_kafka("KafkaSink")(s.kafka_sink))
         if s.dlq_folder is not None:
-            self.dead_letters = FolderDeadLetters(s.dlq_folder.path)
+            self.dead_letters = FolderDeadLetters(s.dlq_folder.path, deferred=True)
         else:
             self.dead_letters = _kafka("KafkaDeadLetters")(s.dlq_kafka)
         self.worker = Worker(

@@ -11,7 +11,9 @@
   and not yet acknowledged. Because the status lives in the file, unfinished messages are resumed
   after a crash or restart simply by polling again.
 * Status per message: ``received`` (landed) -> ``mapped`` (converted, outputs being published) ->
-  ``published`` (every output confirmed) or ``failed`` (at least one part went to the dead letters).
+  ``published`` (every output confirmed) or ``failed`` (at least one part went to the dead letters) or
+  ``filtered`` (nothing to convert: not a report; ``error_class`` holds the category, ``error_reason``
+  the reason; no dead letter).
   ``engine replay`` sets rows back to ``received`` (``replays`` + 1); ``engine status`` counts them.
 
 Stored per message: the original bytes, source name, content type, PHI-free headers (JSON), received
@@ -39,6 +41,7 @@ from engine.sources.base import Envelope
 
 __all__ = [
     "FAILED",
+    "FILTERED",
     "MAPPED",
     "PUBLISHED",
     "RECEIVED",
@@ -50,7 +53,8 @@ __all__ = [
 ]
 
 RECEIVED, MAPPED, PUBLISHED, FAILED = "received", "mapped", "published", "failed"
-STATUSES = (RECEIVED, MAPPED, PUBLISHED, FAILED)
+FILTERED = "filtered"  # not a report (lab ORU, ADT, non-report DICOM): reason + category kept, no dead letter
+STATUSES = (RECEIVED, MAPPED, PUBLISHED, FAILED, FILTERED)
 UNFINISHED = (RECEIVED, MAPPED)
 
 _SCHEMA = """
@@ -84,9 +88,9 @@ FinishListener = Callable[[str, str, str], None]
 class Outcome:
     """Final result of one envelope, recorded when the worker acknowledges it."""
 
-    status: str  # PUBLISHED or FAILED
-    reason: str | None = None  # one PHI-free line (first dead letter), None when published
-    error_class: str | None = None
+    status: str  # PUBLISHED, FAILED or FILTERED
+    reason: str | None = None  # one PHI-free line (first dead letter / filter reason), None when published
+    error_class: str | None = None  # error class, or the filter category
     outputs: tuple[str, ...] = ()  # bundle ids written
 
 
@@ -292,7 +296,7 @@ class MessageStore:
         dead_letters: bool = False,
     ) -> int:
         """Set matching finished messages back to ``received`` (replay); returns how many."""
-        clauses = ["status IN ('published','failed')"]
+        clauses = ["status IN ('published','failed','filtered')"]
         params: list[Any] = []
         if ids:
             clauses.append(f"id IN ({','.join('?' * len(ids))})")

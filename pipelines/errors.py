@@ -4,12 +4,19 @@
 
     MappingError                 the message cannot be converted; ``reason`` is one line, PHI-free
     ├── ParseError               not well-formed HL7 v2 / DICOM (truncated, binary, empty, oversized)
-    └── UnsupportedMessage       well-formed but not a radiology report (lab ORU, order, other type)
+    ├── InvalidReport            a report (ORU^R01 / SR document) that lacks what a conversion needs
+    │                            (no PID, no OBR, encapsulated document without its data)
+    └── UnsupportedMessage       well-formed but not a radiology report (lab ORU, order, other type,
+                                 status-only ORU without OBX content, non-report DICOM object)
+
+The runtime turns :class:`UnsupportedMessage` (and its subclasses) into the *filtered* outcome (counted by
+reason, never a dead letter) and every other :class:`MappingError` into a *rejection* (dead letter with
+the original bytes): see ``engine/outcomes.py``.
 """
 
 from __future__ import annotations
 
-__all__ = ["MappingError", "ParseError", "UnsupportedMessage"]
+__all__ = ["InvalidReport", "MappingError", "ParseError", "UnsupportedMessage"]
 
 
 class MappingError(Exception):
@@ -18,6 +25,10 @@ class MappingError(Exception):
 
 class ParseError(MappingError):
     """The bytes are not a well-formed message of the expected kind."""
+
+
+class InvalidReport(MappingError):
+    """A message that is a report (ORU^R01, SR document) but cannot be converted: rejected, dead-lettered."""
 
 
 class UnsupportedMessage(MappingError):

@@ -201,7 +201,7 @@ class FolderInbox:
         """Message-store listener: the worker finished ``envelope_id``; move its file on."""
         if source != self.settings.name:
             return
-        target = DONE if status == "published" else FAILED
+        target = DONE if status in ("published", "filtered") else FAILED  # filtered: not a report, no failure
         with self._landing_lock:
             for landed in (self.root / LANDED).glob(f"{envelope_id}__*"):
                 name = landed.name.split("__", 1)[1]
@@ -217,7 +217,7 @@ class FolderInbox:
             status = status_of(envelope_id)
             if status is None:  # not in the store (store replaced): land it again
                 self._move(landed, self.root / name)
-            elif status in ("published", "failed"):
+            elif status in ("published", "failed", "filtered"):
                 self.finished(envelope_id, status, self.settings.name)
 
     # -- lifecycle ----------------------------------------------------------------------------------

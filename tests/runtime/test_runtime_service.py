@@ -63,7 +63,9 @@ def test_service_end_to_end(engine: EngineProcess, scout_messages: list[Path]) -
     checks = json.loads(body)["checks"]
     assert status == 200 and {"mllp", "dicom", "inbox", "store", "sink:folder", "sink:dlq-folder"} <= set(checks)
 
-    good, rejected, for_inbox = (scout_messages[i].read_bytes() for i in (1, 5, 2))
+    good, for_inbox = (scout_messages[i].read_bytes() for i in (1, 2))
+    # a report that cannot be converted (no PID): a rejection, i.e. a dead letter
+    rejected = b"\r".join(s for s in good.replace(b"\n", b"\r").split(b"\r") if not s.startswith(b"PID"))
     converter = Converter()
     [expected] = converter.convert(good).outputs
 
@@ -77,7 +79,7 @@ def test_service_end_to_end(engine: EngineProcess, scout_messages: list[Path]) -
     assert _wait_for(lambda: len(list(cfg.dlq.glob("*.json"))) == 1)
     [sidecar_path] = cfg.dlq.glob("*.json")
     sidecar = json.loads(sidecar_path.read_text())
-    assert sidecar["source"] == "mllp" and sidecar["error_class"] == "UnsupportedMessage"
+    assert sidecar["source"] == "mllp" and sidecar["error_class"] == "InvalidReport"
     assert (cfg.dlq / sidecar["payload_file"]).read_bytes() == rejected
 
     (cfg.inbox / "dropped.hl7.part").write_bytes(for_inbox)
@@ -125,7 +127,10 @@ def test_service_end_to_end(engine: EngineProcess, scout_messages: list[Path]) -
     assert "engine running" in messages and "engine stopped" in messages
     assert any(r.get("bundle_id") == expected.bundle_id and r.get("control_id") for r in records)
     log_text = engine.log_path.read_text()
-    for sample in (good, rejected, for_inbox):
+    for sample in (good, for_inbox, rejected):
+        if sample is rejected:  # no PID: only the report text to look for
+            assert _field(sample, b"OBX", 5)[:40].decode(errors="ignore") not in log_text
+            continue
         name = _field(sample, b"PID", 5).split(b"^")[0]
         assert name and name.decode() not in log_text  # no patient names in the logs
         obx_text = _field(sample, b"OBX", 5)

@@ -36,7 +36,7 @@ def test_land_reopen_and_resume(tmp_path: Path) -> None:
     assert resumed[0].payload == b"MSH|^~\\&|1"
     assert resumed[0].headers == {"control_id": "1"}
     assert source.poll(10, 0.0) == []  # handed out once until acked
-    assert store.counts() == {"received": 4, "mapped": 0, "published": 1, "failed": 0}
+    assert store.counts() == {"received": 4, "mapped": 0, "published": 1, "failed": 0, "filtered": 0}
     store.close()
 
 

@@ -90,45 +90,52 @@ def test_samples_end_to_end(tmp_path: Path, scout_messages: list[Path]) -> None:
     store, worker, _sink, _sleeps, metrics = _setup(tmp_path)
     converter = Converter()
     expected: dict[str, bytes] = {}
-    rejected: list[bytes] = []
+    filtered: list[str] = []
     ids = []
     for path in scout_messages:
         data = path.read_bytes()
         ids.append(_land(store, data))
         conversion = converter.convert(data)
+        assert not conversion.rejections, path.name
         expected.update({f"{o.bundle_id}.json": o.body for o in conversion.outputs})
-        rejected.extend(r.raw for r in conversion.rejections)
-    assert rejected, "the sample set includes messages the mapper rejects"
+        filtered.extend(f.reason for f in conversion.filtered)
+    assert filtered, "the sample set includes status-only ORUs (not reports)"
     _drain(worker)
 
     assert _outbox(tmp_path) == expected  # byte-identical to the converter (= `engine map`) output
-    sidecars = _dlq(tmp_path)
-    assert sorted((tmp_path / "dlq" / str(s["payload_file"])).read_bytes() for s in sidecars) == sorted(rejected)
-    assert all(s["error_class"] == "UnsupportedMessage" and s["reason"] for s in sidecars)
+    assert _dlq(tmp_path) == []  # filtered messages are not dead letters
     counts = store.counts()
-    assert counts["failed"] == len(rejected) and counts["published"] == len(scout_messages) - len(rejected)
-    assert counts["received"] == counts["mapped"] == 0
-    published = [store.get(i) for i in ids]
-    assert all(m is not None and (m.outputs or m.status == "failed") for m in published)
+    assert counts["filtered"] == len(filtered) and counts["published"] == len(scout_messages) - len(filtered)
+    assert counts["received"] == counts["mapped"] == counts["failed"] == 0
+    stored = [store.get(i) for i in ids]
+    for m in stored:
+        assert m is not None and (m.outputs or m.status == "filtered")
+        if m.status == "filtered":
+            assert m.error_class == "UnsupportedMessage" and m.error_reason in filtered
     assert metrics.registry.get_sample_value("engine_messages_received_total", {"source": "test"}) == len(ids)
-    assert metrics.registry.get_sample_value(
-        "engine_dead_letters_total", {"error_class": "UnsupportedMessage"}) == len(rejected)
+    for reason in set(filtered):
+        assert metrics.registry.get_sample_value(
+            "engine_messages_filtered_total", {"source": "test", "reason": reason}) == filtered.count(reason)
+    assert metrics.registry.get_sample_value("engine_dead_letters_total", {"error_class": "UnsupportedMessage"}) is None
     store.close()
 
 
 def test_multi_message_input_dead_letters_only_the_bad_message(tmp_path: Path, scout_messages: list[Path]) -> None:
-    good, bad = scout_messages[1].read_bytes(), scout_messages[5].read_bytes()
+    good = scout_messages[1].read_bytes()
+    bad = b"\r".join(s for s in good.replace(b"\n", b"\r").split(b"\r") if not s.startswith(b"PID"))  # no PID
     conversion = Converter().convert(bad)
     assert conversion.rejections and not conversion.outputs
-    store, worker, _sink, _sleeps, _metrics = _setup(tmp_path)
+    assert conversion.rejections[0].error_class == "InvalidReport"  # a report that cannot be converted
+    store, worker, _sink, _sleeps, metrics = _setup(tmp_path)
     eid = _land(store, good.rstrip(b"\r\n") + b"\r" + bad)
     _drain(worker)
     assert len(_outbox(tmp_path)) == 1
     [sidecar] = _dlq(tmp_path)
     assert (tmp_path / "dlq" / str(sidecar["payload_file"])).read_bytes().startswith(b"MSH")
-    assert sidecar["envelope_id"] == eid
+    assert sidecar["envelope_id"] == eid and sidecar["error_class"] == "InvalidReport"
     message = store.get(eid)
     assert message is not None and message.status == "failed" and len(message.outputs) == 1
+    assert metrics.registry.get_sample_value("engine_dead_letters_total", {"error_class": "InvalidReport"}) == 1
     store.close()
 
 
@@ -156,7 +163,7 @@ def test_persistent_transient_failure_pauses_intake_then_recovers(tmp_path: Path
     _land(store, scout_messages[2].read_bytes())
     assert worker.run_once(timeout=0.0) == 1
     assert not worker.paused and metrics.registry.get_sample_value("engine_intake_paused") == 0
-    assert store.counts() == {"received": 0, "mapped": 0, "published": 2, "failed": 0}
+    assert store.counts() == {"received": 0, "mapped": 0, "published": 2, "failed": 0, "filtered": 0}
     store.close()
 
 
