@@ -117,6 +117,8 @@ class _Delimited:
             s = buf.find(start, pos)
             if s < 0:
                 keep = len(buf) if final else max(pos, len(buf) - len(start) + 1)  # a split start marker
+                if self.noise_is_junk and not final and len(buf) - pos <= limit:
+                    return buf[pos:]  # junk between frames is reported whole, never split at a block edge
                 yield from self._noise(buf[pos:keep])
                 return buf[keep:]
             yield from self._noise(buf[pos:s])
@@ -130,13 +132,17 @@ class _Delimited:
                 yield buf[s:stop]
                 pos = stop
             elif nxt >= 0:  # truncated: no end marker before the next frame
-                yield buf[s:nxt]
+                yield self.truncated(buf[s:nxt])
                 pos = nxt
             elif final or len(buf) - s > limit:
-                yield buf[s:]
+                yield self.truncated(buf[s:]) if final else buf[s:]
                 return b""
             else:
                 return buf[s:]
+
+    def truncated(self, frame: bytes) -> bytes:
+        """A frame cut off by the next start marker: drop the trailing text that is not message (log lines)."""
+        return frame
 
     def _noise(self, text: bytes) -> Iterator[bytes]:
         if self.noise_is_junk and text.strip(_WS + self.end):
@@ -150,6 +156,16 @@ class LoggedMllp(_Delimited):
     start = b"<SB>"
     end = b"<EB>"
     trailer = (b"<R>", b"<CR>")
+
+    def truncated(self, frame: bytes) -> bytes:
+        """Up to the last segment end (``<R>``/``<CR>`` and its line break); the log line after it is noise."""
+        ends = [frame.rfind(t) + len(t) for t in (b"<R>", b"<CR>") if t in frame]
+        if not ends:
+            return frame
+        cut = max(ends)
+        if frame.startswith(b"\r\n", cut):
+            return frame[: cut + 2]
+        return frame[: cut + 1] if frame[cut : cut + 1] in (b"\r", b"\n") else frame[:cut]
 
 
 class MllpCapture(_Delimited):
@@ -180,13 +196,16 @@ class Er7Stream:
         buf = b""
         for block in _blocks(stream):
             buf += block
-            pos = 0
+            pos = look = 0
             while True:
-                m = _MSH_AT_LINE.search(buf, pos + 1)
+                m = _MSH_AT_LINE.search(buf, look + 1)
                 if m is None:
                     break
-                cut = m.end()
-                if buf[pos:cut].strip(_WS):
+                cut = look = m.end()
+                head = buf[pos:cut].lstrip(_WS).removeprefix(b"\xef\xbb\xbf")
+                if head.startswith((b"FHS", b"BHS")) and b"\rMSH" not in head and b"\nMSH" not in head:
+                    continue  # batch header segments stay with the first message of the batch
+                if head:
                     yield buf[pos:cut]
                 pos = cut
             buf = buf[pos:]
