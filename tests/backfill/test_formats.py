@@ -72,7 +72,8 @@ def test_block_edges_do_not_change_frames(tmp_path: Path, monkeypatch: pytest.Mo
     framed = [f.raw for f in frames_of(mllp, 1 << 24)]
     assert len(framed) == 4 and framed[-1] == b"trailing junk"
     batch = tmp_path / "b.hl7"
-    batch.write_bytes(b"FHS|^~\\&|A\rBHS|^~\\&|A\r" + MSG.rstrip(b"\r\n") + b"\r" + MSG.rstrip(b"\r\n") + b"\rBTS|2\rFTS|1\r")
+    one = MSG.rstrip(b"\r\n") + b"\r"
+    batch.write_bytes(b"FHS|^~\\&|A\rBHS|^~\\&|A\r" + one + one + b"BTS|2\rFTS|1\r")
     plain = [f.raw for f in frames_of(batch, 1 << 24)]
     assert len(plain) == 2 and plain[0].startswith(b"FHS") and plain[1].startswith(b"MSH")
     assert [len(Converter().convert(r).outputs) for r in plain] == [1, 1]
