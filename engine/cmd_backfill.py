@@ -41,6 +41,10 @@ def register(sub: Any) -> None:
     p.add_argument("--report", type=Path, help="write the final summary as JSON to this file")
     p.add_argument("--checkpoint", type=Path, help="SQLite checkpoint file (default: the config's store.path)")
     p.add_argument("--progress-interval", type=float, default=10.0, help="seconds between plain progress lines")
+    p.add_argument(
+        "--commit-interval", type=float, default=2.0,
+        help="seconds between checkpoint commits (sinks are flushed first; work after the last one is redone)",
+    )  # fmt: skip
     p.set_defaults(func=_run)
 
 
@@ -94,7 +98,9 @@ def _run(args: argparse.Namespace) -> int:
     checkpoint = SqliteCheckpoint(Path(db), job, args.sources)
     files = list(iter_files(args.sources))
     progress = Progress(sum(f.size for f in files), interval=args.progress_interval)
-    options = Options(workers=args.workers, limit=settings.mapping.max_message_bytes)
+    options = Options(
+        workers=args.workers, limit=settings.mapping.max_message_bytes, flush_seconds=max(0.0, args.commit_interval)
+    )
     code = 0
     try:
         tally = run_backfill(files, settings.mapping, sinks, dead, checkpoint, options=options, progress=progress)
@@ -110,7 +116,13 @@ def _run(args: argparse.Namespace) -> int:
         lock.close()
     if tally is None:
         return code
-    report = {"job": job, **tally.as_dict(), "messages_per_s": round(progress.rate(tally), 1)}
+    report = {
+        "job": job,
+        **tally.as_dict(),
+        "elapsed_s": round(progress.elapsed(), 3),
+        "messages_per_s": round(progress.rate(tally), 1),
+        "workers": args.workers,
+    }
     print(progress.summary(tally), file=sys.stderr)
     if args.report is not None:
         args.report.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

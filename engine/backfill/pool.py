@@ -9,6 +9,9 @@ bounds memory. ``workers=0`` converts in the calling process (same interface, no
 from __future__ import annotations
 
 import multiprocessing
+import os
+import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from typing import Any
@@ -22,9 +25,24 @@ __all__ = ["InlineExecutor", "convert_batch", "make_executor"]
 _converter: Converter | None = None
 
 
-def _init(context: MappingContext, model: str) -> None:
+def _watch_parent(pid: int) -> None:
+    """A worker whose backfill process died (SIGKILL, OOM killer) exits instead of waiting forever on its
+    task queue (the pool's queues never report EOF to a worker that holds both pipe ends)."""
+    while True:
+        time.sleep(0.5)
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            os._exit(1)
+        except PermissionError:
+            continue
+
+
+def _init(context: MappingContext, model: str, parent: int | None = None) -> None:
     global _converter
     _converter = Converter(context, model)
+    if parent is not None:
+        threading.Thread(target=_watch_parent, args=(parent,), name="parent-watch", daemon=True).start()
 
 
 def convert_batch(frames: Sequence[bytes]) -> list[Conversion]:
@@ -59,4 +77,6 @@ def make_executor(workers: int, context: MappingContext, model: str) -> Executor
         return InlineExecutor()
     methods = multiprocessing.get_all_start_methods()
     ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init, initargs=(context, model))
+    return ProcessPoolExecutor(
+        max_workers=workers, mp_context=ctx, initializer=_init, initargs=(context, model, os.getpid())
+    )

@@ -89,9 +89,12 @@ class Progress:
                 desc="backfill", dynamic_ncols=True, mininterval=0.5, smoothing=0.1,
             )  # fmt: skip
 
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
     def rate(self, tally: Tally) -> float:
-        elapsed = max(time.monotonic() - self.started, 1e-9)
-        return (tally.inputs - (self._start_inputs or 0)) / elapsed
+        """Messages per second of this run (a resumed job's earlier runs excluded)."""
+        return (tally.inputs - (self._start_inputs or 0)) / max(self.elapsed(), 1e-9)
 
     def update(self, tally: Tally) -> None:
         if self._start_inputs is None:

@@ -253,6 +253,8 @@ def run_backfill(
     stored = checkpoint.counts()
     tally = Tally.from_dict(stored) if stored else Tally()
     loop = _Loop(context, sinks, dead_letters, checkpoint, progress, opts, tally)
+    if progress is not None:
+        progress.update(tally)  # the baseline: a resumed job's rate counts this run only
     previous: dict[signal.Signals, Any] = {}
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
