@@ -348,6 +348,14 @@ class MessageStore:
             counts[status] = n
         return counts
 
+    def reasons(self, status: str) -> dict[str, int]:
+        """Messages of ``status`` (``filtered``, ``failed``) counted by their one-line reason."""
+        rows = self._query(
+            "SELECT COALESCE(error_reason, ''), COUNT(*) FROM messages WHERE status=? GROUP BY 1 ORDER BY 2 DESC",
+            (status,),
+        )
+        return {str(r): int(n) for r, n in rows}
+
     def oldest_unfinished(self) -> float | None:
         rows = self._query("SELECT MIN(received_at) FROM messages WHERE status IN ('received','mapped')")
         return float(rows[0][0]) if rows and rows[0][0] is not None else None

@@ -113,6 +113,10 @@ def test_service_end_to_end(engine: EngineProcess, scout_messages: list[Path]) -
         [sys.executable, "-m", "engine", "status", "--config", str(engine.config_path)],
         capture_output=True, text=True, cwd=REPO, check=True).stdout)
     assert report["total"] == 4 and report["unfinished"] == 0
+    assert report["counts"]["failed"] == 1 and report["failed_by_reason"] == {
+        "no PID segment: a report without a patient cannot be converted": 1
+    }
+    assert report["counts"]["filtered"] == sum(report["filtered_by_reason"].values())
 
     assert engine.terminate() == 0
     # `engine map` with the same config writes byte-identical files
