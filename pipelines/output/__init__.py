@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
+
+import orjson
 
 from pipelines.common.model import Report
 
@@ -25,6 +28,22 @@ def shape(report: Report, model: str = "document") -> tuple[dict[str, Any], str]
     return bundle, kind
 
 
+#: A number token that orjson may spell differently from ``json.dumps`` (``repr``): exponent notation
+#: (``1e-07`` vs ``1e-7``) or a value below 1e-4 (``2.5e-05`` vs ``0.000025``). Text inside strings can match
+#: too; that only costs the slower path.
+_FLOAT_RISK = re.compile(rb"[:,\[]-?(?:\d+(?:\.\d+)?e[-+]?\d+|0\.0000\d*)[,\]}]")
+
+
 def serialize(resource: dict[str, Any]) -> bytes:
-    """One canonical serialization (insertion order, compact, UTF-8): same input, byte-identical output."""
+    """One canonical serialization (insertion order, compact, UTF-8): same input, byte-identical output.
+
+    The bytes are those of ``json.dumps(resource, ensure_ascii=False, separators=(",", ":"))``, produced by
+    orjson (about 10x faster); when a float could be spelled differently, or orjson refuses a value (an
+    integer beyond 64 bits), ``json.dumps`` writes it instead."""
+    try:
+        out = orjson.dumps(resource)
+    except orjson.JSONEncodeError:
+        out = b""
+    if out and _FLOAT_RISK.search(out) is None:
+        return out
     return json.dumps(resource, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
