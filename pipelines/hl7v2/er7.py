@@ -11,6 +11,7 @@ strings indexed by HL7 field number (``seg[3]`` is field 3; for MSH, ``seg[1]`` 
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -178,13 +179,20 @@ def _delimiters(fs: str, enc: str) -> Delimiters:
     return Delimiters(fs, comp, rep, esc, sub)
 
 
+@functools.lru_cache(maxsize=32)
+def _glue_patterns(fs: str) -> tuple[re.Pattern[str], re.Pattern[str]]:
+    """(candidate, splitter) for glued segments with field separator ``fs``; compiled once per separator."""
+    candidate = re.compile(r"(?:[ \t]|<[cC][rR]>)(" + _KNOWN_SEGMENTS + ")" + re.escape(fs))
+    glued = re.compile(r"(?:[ \t]+|<[cC][rR]>)(?=(?:" + _KNOWN_SEGMENTS + ")" + re.escape(fs) + ")")
+    return candidate, glued
+
+
 def _segment_lines(text: str, fs: str) -> list[str]:
     text = text.replace("\r\n", "\r").replace("\n", "\r")
     lines = text.split("\r")
-    candidate = re.compile(r"(?:[ \t]|<[cC][rR]>)(" + _KNOWN_SEGMENTS + ")" + re.escape(fs))
+    candidate, glued = _glue_patterns(fs)
     if candidate.search(text) is None:
         return lines  # the common case: no glued segments anywhere
-    glued = re.compile(r"(?:[ \t]+|<[cC][rR]>)(?=(?:" + _KNOWN_SEGMENTS + ")" + re.escape(fs) + ")")
     out: list[str] = []
     for line in lines:
         out.extend(p for p in glued.split(line) if p != "")

@@ -28,10 +28,12 @@ def shape(report: Report, model: str = "document") -> tuple[dict[str, Any], str]
     return bundle, kind
 
 
-#: A number token that orjson may spell differently from ``json.dumps`` (``repr``): exponent notation
-#: (``1e-07`` vs ``1e-7``) or a value below 1e-4 (``2.5e-05`` vs ``0.000025``). Text inside strings can match
-#: too; that only costs the slower path.
-_FLOAT_RISK = re.compile(rb"[:,\[]-?(?:\d+(?:\.\d+)?e[-+]?\d+|0\.0000\d*)[,\]}]")
+#: A float that orjson may spell differently from ``json.dumps`` (``repr``): exponent notation (``1e-07`` vs
+#: ``1e-7``, ``1e+16`` vs ``1e16``) or a value below 1e-4 (``2.5e-05`` vs ``0.000025``). The patterns start at
+#: the literal ``e`` (the regex engine's fast scan) and may also match text inside strings (``"type 2e5"``);
+#: that only costs the slower path.
+_EXPONENT = re.compile(rb"e[-+]?\d+[,\]}]")
+_SMALL = b"0.0000"
 
 
 def serialize(resource: dict[str, Any]) -> bytes:
@@ -44,6 +46,6 @@ def serialize(resource: dict[str, Any]) -> bytes:
         out = orjson.dumps(resource)
     except orjson.JSONEncodeError:
         out = b""
-    if out and _FLOAT_RISK.search(out) is None:
+    if out and _SMALL not in out and _EXPONENT.search(out) is None:
         return out
     return json.dumps(resource, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
