@@ -4,6 +4,7 @@ does not configure one, the value keeps the default offset and every ``dateTime`
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -35,12 +36,17 @@ def _mark(holder: dict[str, Any], name: str) -> None:
     value = holder.get(name)
     if not isinstance(value, str) or "T" not in value:
         return
+    span = _span(value)
+    if span is not None:
+        period = {"start": span[0], "end": span[1]}
+        holder[f"_{name}"] = {"extension": [{"url": URL, "valuePeriod": period}]}
+
+
+@functools.lru_cache(maxsize=4096)
+def _span(value: str) -> tuple[str, str] | None:
+    """(start, end) of the ±12 h period around a dateTime; cached (the same times recur in one Bundle)."""
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
-        return
-    period = {
-        "start": (moment - timedelta(hours=12)).isoformat(),
-        "end": (moment + timedelta(hours=12)).isoformat(),
-    }
-    holder[f"_{name}"] = {"extension": [{"url": URL, "valuePeriod": period}]}
+        return None
+    return (moment - timedelta(hours=12)).isoformat(), (moment + timedelta(hours=12)).isoformat()
