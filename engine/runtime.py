@@ -97,9 +97,15 @@ class Runtime:
             self.dead_letters = FolderDeadLetters(s.dlq_folder.path, deferred=True)
         else:
             self.dead_letters = _kafka("KafkaDeadLetters")(s.dlq_kafka)
+        if s.worker.processes > 0:  # conversion in other processes: intake keeps this interpreter to itself
+            from engine.pooled import PooledConverter
+
+            self.converter: Converter | PooledConverter = PooledConverter(s.mapping, processes=s.worker.processes)
+        else:
+            self.converter = Converter(s.mapping)
         self.worker = Worker(
             self.source,
-            Converter(s.mapping),
+            self.converter,  # type: ignore[arg-type]
             self.sinks,
             self.dead_letters,
             policy=s.worker.retry,
@@ -228,6 +234,10 @@ class Runtime:
     def close(self) -> None:
         self.stop.set()
         self.stop_intake()
+        closer = getattr(getattr(self, "converter", None), "close", None)
+        if callable(closer):
+            with contextlib.suppress(Exception):
+                closer()
         for sink in self.sinks:
             with contextlib.suppress(Exception):
                 sink.close()

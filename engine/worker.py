@@ -38,7 +38,7 @@ from tenacity import (
     wait_random,
 )
 
-from engine.convert import Converter, Filtered, Output
+from engine.convert import Conversion, Converter, Filtered, Output
 from engine.errors import BackPressure, PermanentError, TransientError
 from engine.observability.metrics import Heartbeat, Metrics
 from engine.sinks.base import DeadLetterSink, Sink
@@ -155,7 +155,12 @@ class Worker:
 
     def process(self, envelopes: Sequence[Envelope]) -> None:
         started = time.monotonic()
-        plans = [self._convert(env) for env in envelopes]
+        many = getattr(self.converter, "convert_many", None)  # engine.pooled.PooledConverter: other processes
+        if callable(many):
+            conversions: list[Conversion | None] = list(many([env.payload for env in envelopes]))
+        else:
+            conversions = [None] * len(envelopes)
+        plans = [self._convert(env, conv) for env, conv in zip(envelopes, conversions, strict=True)]
         if isinstance(self.source, OutcomeSource):
             recorder = self.source
             items = [(p.envelope, [o.bundle_id for o in p.outputs]) for p in plans]
@@ -197,11 +202,12 @@ class Worker:
 
     # -- steps --------------------------------------------------------------------------------------
 
-    def _convert(self, envelope: Envelope) -> _Plan:
+    def _convert(self, envelope: Envelope, conversion: Conversion | None = None) -> _Plan:
         self.metrics.received.labels(source=envelope.source).inc()
         plan = _Plan(envelope)
         try:
-            conversion = self.converter.convert(envelope.payload)
+            if conversion is None:
+                conversion = self.converter.convert(envelope.payload)
         except PERMANENT as exc:
             plan.dead.append((envelope.payload, _reason(exc), type(exc).__name__))
             return plan
