@@ -246,7 +246,7 @@ def test_no_acknowledged_message_is_lost_across_sigkills(engine: EngineProcess) 
     sidecars = [json.loads(p.read_text()) for p in cfg.dlq.glob("*.json")]
     assert not [p for p in cfg.dlq.iterdir() if p.name.startswith(".")]
     controls = Counter(s["headers"].get("hl7.control-id") for s in sidecars if s["source"] == "mllp")
-    assert set(controls) == rejected_controls and set(controls.values()) == {1}
+    assert set(controls) == rejected_controls and set(controls.values()) <= {1}
     sops = Counter(s["headers"].get("dicom.sop-instance-uid") for s in sidecars if s["source"] == "dicom")
     assert set(sops) == rejected_srs and set(sops.values()) <= {1}
     assert all((cfg.dlq / s["payload_file"]).exists() for s in sidecars)
