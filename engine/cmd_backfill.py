@@ -5,9 +5,9 @@ bulk and batch files (FHS/BHS, back to back), MLLP-framed captures, listener log
 layout); see :mod:`engine.backfill.formats`. Outputs go to the deployment's sinks (``sinks.folder``,
 ``sinks.kafka``: the service's :class:`engine.sinks.base.Sink` interface), rejections to its dead letters
 (``dlq``), and the checkpoint to its message store (``store.path``; ``--checkpoint FILE`` for a deployment
-without one). All cores by default (``--workers``, 0 = in this process). Running the same command again
-after a kill or Ctrl-C continues where it stopped; after completion it converts nothing and prints the same
-summary.
+without one). All cores by default (``--workers``, 0 = in this process; inputs under 2 MiB in process).
+Running the same command again after a kill or Ctrl-C continues where it stopped; after completion it
+converts nothing and prints the same summary.
 
 Exit codes: 0 done, nothing rejected; 1 done, something rejected (the rest converted); 2 usage or
 configuration error; 130 interrupted (SIGINT/SIGTERM; progress committed).
@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import fcntl
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from typing import Any
 from engine.backfill.checkpoint import SqliteCheckpoint, job_id
 from engine.backfill.formats import iter_files
 from engine.backfill.progress import Progress
-from engine.backfill.run import Interrupted, Options, run_backfill
+from engine.backfill.run import Interrupted, Options, auto_workers, run_backfill
 from engine.errors import ConfigError
 from engine.sinks.base import DeadLetterSink, Sink
 
@@ -37,7 +36,10 @@ def register(sub: Any) -> None:
     p = sub.add_parser("backfill", help="convert archives (directories, bulk files, listener logs); resumable")
     p.add_argument("sources", nargs="+", type=Path, metavar="SOURCE", help="files or directories (recursive)")
     p.add_argument("--config", required=True, type=Path, help="deployment YAML (mapping, sinks, dlq, store)")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="worker processes (default: all cores)")
+    p.add_argument(
+        "--workers", type=int, default=None,
+        help="worker processes (default: all cores; in process for inputs under 2 MiB); 0 = in this process",
+    )  # fmt: skip
     p.add_argument("--report", type=Path, help="write the final summary as JSON to this file")
     p.add_argument("--checkpoint", type=Path, help="SQLite checkpoint file (default: the config's store.path)")
     p.add_argument("--progress-interval", type=float, default=10.0, help="seconds between plain progress lines")
@@ -75,7 +77,7 @@ def _run(args: argparse.Namespace) -> int:
     if missing:
         print(f"engine backfill: no such file or directory: {', '.join(missing)}", file=sys.stderr)
         return 2
-    if args.workers < 0:
+    if args.workers is not None and args.workers < 0:
         print("engine backfill: --workers must be 0 or more", file=sys.stderr)
         return 2
     try:
@@ -97,9 +99,11 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     checkpoint = SqliteCheckpoint(Path(db), job, args.sources)
     files = list(iter_files(args.sources))
-    progress = Progress(sum(f.size for f in files), interval=args.progress_interval)
+    total = sum(f.size for f in files)
+    progress = Progress(total, interval=args.progress_interval)
+    workers = auto_workers(args.workers, total)
     options = Options(
-        workers=args.workers, limit=settings.mapping.max_message_bytes, flush_seconds=max(0.0, args.commit_interval)
+        workers=workers, limit=settings.mapping.max_message_bytes, flush_seconds=max(0.0, args.commit_interval)
     )
     code = 0
     try:
@@ -121,7 +125,7 @@ def _run(args: argparse.Namespace) -> int:
         **tally.as_dict(),
         "elapsed_s": round(progress.elapsed(), 3),
         "messages_per_s": round(progress.rate(tally), 1),
-        "workers": args.workers,
+        "workers": workers,
     }
     print(progress.summary(tally), file=sys.stderr)
     if args.report is not None:

@@ -29,7 +29,7 @@ import yaml
 
 from engine.backfill.checkpoint import MemoryCheckpoint
 from engine.backfill.formats import iter_files
-from engine.backfill.run import Interrupted, Options, run_backfill
+from engine.backfill.run import Interrupted, Options, auto_workers, run_backfill
 from engine.outcomes import Output
 from engine.sources.base import Envelope
 from pipelines.context import MappingContext
@@ -45,7 +45,10 @@ def register(sub: Any) -> None:
     p.add_argument("--model", default="document", choices=["document"], help="output model (default: document)")
     p.add_argument("--out", type=Path, help="output directory (default: Bundles to stdout, one per line)")
     p.add_argument("--config", type=Path, help="YAML with a `mapping:` section (sender profiles)")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="worker processes (0: in process)")
+    p.add_argument(
+        "--workers", type=int, default=None,
+        help="worker processes (default: all cores; in process for inputs under 2 MiB); 0 = in this process",
+    )  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="do not list rejected messages on stderr")
     p.set_defaults(func=_run)
 
@@ -133,10 +136,11 @@ def _run(args: argparse.Namespace) -> int:
         print(f"engine map: bad configuration: {exc}", file=sys.stderr)
         return 2
     bundles, rejected = _Bundles(args.out), _Rejected(args.out, args.quiet)
-    options = Options(workers=max(0, args.workers), limit=ctx.max_message_bytes, model=args.model)
+    files = list(iter_files(args.inputs))
+    workers = auto_workers(args.workers, sum(f.size for f in files))
+    options = Options(workers=workers, limit=ctx.max_message_bytes, model=args.model)
     try:
-        tally = run_backfill(list(iter_files(args.inputs)), ctx, [bundles], rejected, MemoryCheckpoint(),
-                             options=options)  # fmt: skip
+        tally = run_backfill(files, ctx, [bundles], rejected, MemoryCheckpoint(), options=options)
     except Interrupted as exc:
         print(f"engine map: {exc}", file=sys.stderr)
         return 130

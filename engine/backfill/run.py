@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import collections
+import os
 import signal
 import time
 from collections.abc import Iterator, Sequence
@@ -39,7 +40,18 @@ from engine.sinks.base import DeadLetterSink, Sink
 from engine.sources.base import CONTENT_DICOM, CONTENT_HL7V2, Envelope
 from pipelines.context import MappingContext
 
-__all__ = ["Interrupted", "Options", "run_backfill"]
+__all__ = ["SMALL_INPUT", "Interrupted", "Options", "auto_workers", "run_backfill"]
+
+#: Inputs below this many bytes are converted in the command's own process by default: starting worker
+#: processes costs more than it saves.
+SMALL_INPUT = 2 * 1024 * 1024
+
+
+def auto_workers(requested: int | None, total_bytes: int) -> int:
+    """``requested`` when given, else every core, or 0 (in process) for a small input."""
+    if requested is not None:
+        return max(0, requested)
+    return 0 if total_bytes < SMALL_INPUT else (os.cpu_count() or 1)
 
 
 class Interrupted(Exception):
@@ -113,7 +125,10 @@ class _Loop:
                     if self.stop:
                         return
             except OSError as exc:
-                last = _Item(f, upto + 1, b"", first=f"cannot read file: {exc.strerror or type(exc).__name__}")
+                if last is not None:  # frames before the read error stand; the error is the next frame
+                    yield last
+                index = last.index + 1 if last is not None else upto + 1
+                last = _Item(f, index, b"", first=f"cannot read file: {exc.strerror or type(exc).__name__}")
             if last is None:
                 last = _Item(f, upto, None, first="", eof=True)  # nothing (more) in this file
             last.eof = True
