@@ -1,16 +1,16 @@
 """Folder sink: one ``<bundle_id>.json`` per output, written atomically, containing exactly ``Output.body``.
 
 ``write`` only buffers; ``flush`` makes the whole batch durable with one sync instead of one fsync per file:
-it writes each buffered body to a dot-prefixed temporary file in the same directory (no fsync), makes all of
-them durable at once with ``syncfs(2)`` on the directory's file system (:func:`sync_files`), then
-``os.replace``s each over ``<bundle_id>.json`` and fsyncs the directory once. Data is durable before any
-rename, so a reader never sees a partial file and a crash never leaves a half-written Bundle; ``flush``
-returns (and the store marks the batch published) only after the directory fsync. ``syncfs`` flushes every
-dirty page of that file system, so put the outbox on a volume of its own when other heavy writers share
-the disk; where ``syncfs`` is missing, each file is fsynced. Re-publishing the
-same report overwrites its file (bundle ids are deterministic), which makes at-least-once delivery
-converge to exactly one file per Bundle. ``OSError`` (disk full, permissions) is left to the worker,
-which treats it as transient.
+it writes each buffered body to a dot-prefixed temporary file in the same directory (no fsync; created on a
+small thread pool, since file creation is I/O latency), makes all of them durable at once with ``syncfs(2)``
+on the directory's file system (:func:`sync_files`), then ``os.replace``s each over ``<bundle_id>.json``
+and fsyncs the directory once. Data is durable before any rename, so a reader never sees a partial file and
+a crash never leaves a half-written Bundle; ``flush`` returns (and the store marks the batch published)
+only after the directory fsync. ``syncfs`` flushes every dirty page of that file system, so put the outbox
+on a volume of its own when other heavy writers share the disk; where ``syncfs`` is missing, each file is
+fsynced. Re-publishing the same report overwrites its file (bundle ids are deterministic), which makes
+at-least-once delivery converge to exactly one file per Bundle. ``OSError`` (disk full, permissions) is
+left to the worker, which treats it as transient.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import ctypes.util
 import os
 import re
 from collections.abc import Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 
 from engine.convert import Output
@@ -85,22 +86,26 @@ def _write_tmp(tmp: Path, data: bytes) -> None:
         os.close(fd)
 
 
-def write_batch(directory: Path, files: Sequence[tuple[str, bytes]]) -> None:
+def write_batch(directory: Path, files: Sequence[tuple[str, bytes]], *, pool: Executor | None = None) -> None:
     """Write ``(name, data)`` pairs atomically and durably with one data sync and one directory fsync:
-    temporary files, :func:`sync_files`, ``os.replace`` each, fsync the directory."""
+    temporary files (created on ``pool`` when given), :func:`sync_files`, ``os.replace`` each, fsync the
+    directory. On failure no temporary file is left behind and the error propagates."""
     if not files:
         return
-    staged: list[tuple[Path, Path]] = []
+    pid = os.getpid()
+    staged = [(directory / f"{TMP_PREFIX}{name}.{pid}", directory / name, data) for name, data in files]
     try:
-        for name, data in files:
-            tmp = directory / f"{TMP_PREFIX}{name}.{os.getpid()}"
-            _write_tmp(tmp, data)
-            staged.append((tmp, directory / name))
-        sync_files(directory, [tmp for tmp, _ in staged])
-        for tmp, target in staged:
+        if pool is not None and len(staged) > 1:
+            for _ in pool.map(lambda item: _write_tmp(item[0], item[2]), staged):
+                pass
+        else:
+            for tmp, _, data in staged:
+                _write_tmp(tmp, data)
+        sync_files(directory, [tmp for tmp, _, _ in staged])
+        for tmp, target, _ in staged:
             os.replace(tmp, target)
     except BaseException:
-        for tmp, _ in staged:
+        for tmp, _, _ in staged:
             with contextlib.suppress(OSError):
                 tmp.unlink()
         raise
@@ -140,13 +145,17 @@ def remove_stale_tmp(directory: Path) -> None:
 
 
 class FolderSink:
+    """``write`` buffers; ``flush`` writes the batch with :func:`write_batch` (temporary files created on a small
+    thread pool: file creation is I/O latency that overlaps; one sync; renames; one directory fsync)."""
+
     name = "folder"
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, threads: int = 4) -> None:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         remove_stale_tmp(self.path)
         self._pending: dict[str, bytes] = {}
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="folder-sink") if threads else None
 
     def write(self, output: Output, envelope: Envelope) -> None:
         if not _SAFE_NAME.match(output.bundle_id):
@@ -156,11 +165,14 @@ class FolderSink:
     def flush(self) -> None:
         if not self._pending:
             return
-        write_batch(self.path, [(f"{bundle_id}.json", body) for bundle_id, body in self._pending.items()])
+        files = [(f"{bundle_id}.json", body) for bundle_id, body in self._pending.items()]
+        write_batch(self.path, files, pool=self._pool)
         self._pending.clear()
 
     def healthy(self) -> bool:
         return self.path.is_dir() and os.access(self.path, os.W_OK)
 
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
         self._pending.clear()
