@@ -62,7 +62,7 @@ def _destinations(settings: Any) -> tuple[list[Sink], DeadLetterSink, str]:
         names.append(f"folder:{Path(settings.folder_sink.path).resolve()}")
     if settings.kafka_sink is not None:
         sinks.append(_kafka("KafkaSink")(settings.kafka_sink))
-        names.append(f"kafka:{getattr(settings.kafka_sink, 'topic', '')}")
+        names.append(f"kafka:{getattr(settings.kafka_sink, 'output_topic', '')}")
     if settings.dlq_folder is not None:
         dead: DeadLetterSink = FolderDeadLetters(settings.dlq_folder.path, deferred=True)
     else:
