@@ -181,7 +181,20 @@ class MllpCapture(_Delimited):
         return b"\x0b" in head and b"\x1c" in head
 
 
-_MSH_AT_LINE = re.compile(rb"[\r\n](?=MSH[^A-Za-z0-9\r\n])")
+def _next_msh(buf: bytes, start: int) -> int:
+    """Offset of the next ``MSH`` that starts a line (after CR or LF) and is followed by a field separator
+    (not alphanumeric, not a line end), at or after ``start``; -1 when there is none. A ``bytes.find`` loop:
+    the scan is on the reading process's hot path."""
+    pos = buf.find(b"MSH", max(start, 1))
+    while pos >= 0:
+        if buf[pos - 1] in (13, 10):
+            nxt = buf[pos + 3 : pos + 4]
+            if nxt and not nxt.isalnum() and nxt not in (b"\r", b"\n"):
+                return pos
+            if not nxt:
+                return -1  # the separator is in the next block
+        pos = buf.find(b"MSH", pos + 3)
+    return -1
 
 
 class Er7Stream:
@@ -198,10 +211,10 @@ class Er7Stream:
             buf += block
             pos = look = 0
             while True:
-                m = _MSH_AT_LINE.search(buf, look + 1)
-                if m is None:
+                cut = _next_msh(buf, look + 1)
+                if cut < 0:
                     break
-                cut = look = m.end()
+                look = cut
                 head = buf[pos:cut].lstrip(_WS).removeprefix(b"\xef\xbb\xbf")
                 if head.startswith((b"FHS", b"BHS")) and b"\rMSH" not in head and b"\nMSH" not in head:
                     continue  # batch header segments stay with the first message of the batch

@@ -53,7 +53,7 @@ def _load_syncfs() -> object | None:
 _SYNCFS = _load_syncfs()
 
 
-def sync_files(directory: Path, paths: Sequence[Path]) -> None:
+def sync_files(directory: Path, paths: Sequence[str | Path]) -> None:
     """Make the data of ``paths`` (files in ``directory``) durable: one ``syncfs(2)`` for the batch, or an
     fsync per file where ``syncfs`` is unavailable."""
     if not paths:
@@ -75,7 +75,7 @@ def sync_files(directory: Path, paths: Sequence[Path]) -> None:
             os.close(fd)
 
 
-def _write_tmp(tmp: Path, data: bytes) -> None:
+def _write_tmp(tmp: str | Path, data: bytes) -> None:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         view = memoryview(data)
@@ -86,28 +86,36 @@ def _write_tmp(tmp: Path, data: bytes) -> None:
         os.close(fd)
 
 
-def write_batch(directory: Path, files: Sequence[tuple[str, bytes]], *, pool: Executor | None = None) -> None:
+def _write_all(items: Sequence[tuple[str, str, bytes]]) -> None:
+    for tmp, _, data in items:
+        _write_tmp(tmp, data)
+
+
+def write_batch(
+    directory: Path, files: Sequence[tuple[str, bytes]], *, pool: Executor | None = None, slices: int = 1
+) -> None:
     """Write ``(name, data)`` pairs atomically and durably with one data sync and one directory fsync:
-    temporary files (created on ``pool`` when given), :func:`sync_files`, ``os.replace`` each, fsync the
-    directory. On failure no temporary file is left behind and the error propagates."""
+    temporary files (created on ``pool`` in ``slices`` parallel slices when given), :func:`sync_files`,
+    ``os.replace`` each, fsync the directory. On failure no temporary file is left behind and the error
+    propagates."""
     if not files:
         return
-    pid = os.getpid()
-    staged = [(directory / f"{TMP_PREFIX}{name}.{pid}", directory / name, data) for name, data in files]
+    base, pid = os.fspath(directory), os.getpid()
+    staged = [(f"{base}/{TMP_PREFIX}{name}.{pid}", f"{base}/{name}", data) for name, data in files]
     try:
-        if pool is not None and len(staged) > 1:
-            for _ in pool.map(lambda item: _write_tmp(item[0], item[2]), staged):
-                pass
+        if pool is not None and len(staged) > 1 and slices > 1:
+            step = -(-len(staged) // slices)
+            for future in [pool.submit(_write_all, staged[i : i + step]) for i in range(0, len(staged), step)]:
+                future.result()
         else:
-            for tmp, _, data in staged:
-                _write_tmp(tmp, data)
+            _write_all(staged)
         sync_files(directory, [tmp for tmp, _, _ in staged])
         for tmp, target, _ in staged:
             os.replace(tmp, target)
     except BaseException:
         for tmp, _, _ in staged:
             with contextlib.suppress(OSError):
-                tmp.unlink()
+                os.unlink(tmp)
         raise
     fsync_dir(directory)
 
@@ -155,6 +163,7 @@ class FolderSink:
         self.path.mkdir(parents=True, exist_ok=True)
         remove_stale_tmp(self.path)
         self._pending: dict[str, bytes] = {}
+        self._threads = threads
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="folder-sink") if threads else None
 
     def write(self, output: Output, envelope: Envelope) -> None:
@@ -166,7 +175,7 @@ class FolderSink:
         if not self._pending:
             return
         files = [(f"{bundle_id}.json", body) for bundle_id, body in self._pending.items()]
-        write_batch(self.path, files, pool=self._pool)
+        write_batch(self.path, files, pool=self._pool, slices=self._threads)
         self._pending.clear()
 
     def healthy(self) -> bool:
