@@ -77,6 +77,7 @@ class _Bundles:
     """The map command's sink: files in ``out`` (or stdout); counts distinct Bundle ids."""
 
     name = "map"
+    concurrent_flush = True
 
     def __init__(self, out: Path | None) -> None:
         self.out = out

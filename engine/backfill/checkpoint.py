@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -68,12 +69,13 @@ class Checkpoint(Protocol):
 
 
 class SqliteCheckpoint:
-    """The checkpoint of one job in ``path``; used from one thread (the backfill's main loop)."""
+    """The checkpoint of one job in ``path``; ``claim`` (reading loop) and ``commit`` (flush thread) share a lock."""
 
     def __init__(self, path: Path, job: str, sources: Sequence[Path]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.job = job
-        self.conn = sqlite3.connect(path, isolation_level=None, timeout=30)
+        self.conn = sqlite3.connect(path, isolation_level=None, timeout=30, check_same_thread=False)
+        self._lock = threading.Lock()  # claim() from the reading loop, commit() from the flush thread
         self.conn.execute("PRAGMA busy_timeout=30000")
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=FULL")
@@ -104,6 +106,10 @@ class SqliteCheckpoint:
         (an exact duplicate), else None (and the key is recorded for this unit)."""
         if not keys:
             return []
+        with self._lock:
+            return self._claim(keys)
+
+    def _claim(self, keys: Sequence[tuple[bytes, str]]) -> list[str | None]:
         found: dict[bytes, str] = {}
         digests = list({k for k, _ in keys})
         for i in range(0, len(digests), 500):
@@ -129,6 +135,10 @@ class SqliteCheckpoint:
     def commit(self, files: Iterable[tuple[InputFile, int, bool]], counts: dict[str, Any]) -> None:
         """Record watermarks and counts (after the sinks flushed) and make everything since the last commit
         durable in one transaction."""
+        with self._lock:
+            self._commit(files, counts)
+
+    def _commit(self, files: Iterable[tuple[InputFile, int, bool]], counts: dict[str, Any]) -> None:
         now = time.time()
         self.conn.executemany(
             "INSERT INTO backfill_files (job, path, size, mtime_ns, done_upto, finished) VALUES (?, ?, ?, ?, ?, ?) "

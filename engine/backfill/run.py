@@ -25,7 +25,7 @@ import os
 import signal
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -105,6 +105,11 @@ class _Loop:
         self.since_flush = 0
         self.last_flush = time.monotonic()
         self.stop = False
+        concurrent = all(getattr(x, "concurrent_flush", False) for x in self.sinks) and (
+            getattr(dead_letters, "concurrent_flush", False) or not hasattr(dead_letters, "flush")
+        )
+        self._flusher = ThreadPoolExecutor(1, thread_name_prefix="backfill-flush") if concurrent else None
+        self._commit: Future[None] | None = None
 
     # -- reading ------------------------------------------------------------------------------------
 
@@ -208,21 +213,36 @@ class _Loop:
             headers={"input": str(item.file.path), "frame": str(item.index)},
         )
 
-    def maybe_commit(self, force: bool = False) -> None:
-        due = self.since_flush >= self.options.flush_every or time.monotonic() - self.last_flush >= (
-            self.options.flush_seconds
-        )
-        if not (force or due) or not self.marks:
-            return
+    def _flush_and_commit(self, marks: list[tuple[InputFile, int, bool]], counts: dict[str, Any]) -> None:
         for sink in self.sinks:
             sink.flush()
         flush = getattr(self.dead_letters, "flush", None)
         if callable(flush):
             flush()
-        self.checkpoint.commit(list(self.marks.values()), self.tally.as_dict())
+        self.checkpoint.commit(marks, counts)
+
+    def maybe_commit(self, force: bool = False) -> None:
+        """Flush the sinks, then commit the checkpoint for everything consumed so far. With sinks that allow
+        it (``concurrent_flush``) this runs on a background thread while reading and converting go on; one
+        flush at a time, and the loop waits for it when ``4 * flush_every`` messages piled up meanwhile."""
+        o = self.options
+        if self._commit is not None and (force or self._commit.done() or self.since_flush >= 4 * o.flush_every):
+            self._commit.result()  # re-raises a failure of the background flush
+            self._commit = None
+        due = self.since_flush >= o.flush_every or time.monotonic() - self.last_flush >= o.flush_seconds
+        if not (force or due) or not self.marks or self._commit is not None:
+            return
+        marks, counts = list(self.marks.values()), self.tally.as_dict()
         self.marks.clear()
         self.since_flush = 0
         self.last_flush = time.monotonic()
+        if self._flusher is None:
+            self._flush_and_commit(marks, counts)
+            return
+        self._commit = self._flusher.submit(self._flush_and_commit, marks, counts)
+        if force:
+            self._commit.result()
+            self._commit = None
 
     # -- driving ------------------------------------------------------------------------------------
 
@@ -248,6 +268,8 @@ class _Loop:
             self.maybe_commit(force=True)
         finally:
             executor.shutdown(wait=not self.stop, cancel_futures=True)
+            if self._flusher is not None:
+                self._flusher.shutdown(wait=True)
 
 
 def run_backfill(

@@ -35,6 +35,7 @@ def _extension(payload: bytes, content_type: str) -> str:
 
 class FolderDeadLetters:
     name = "dlq-folder"
+    concurrent_flush = True  # ``put`` (deferred) may run while ``flush`` writes the previous batch
 
     def __init__(self, path: str | Path, *, deferred: bool = False) -> None:
         self.path = Path(path)
@@ -70,9 +71,14 @@ class FolderDeadLetters:
 
     def flush(self) -> None:
         """Make every deferred dead letter durable (one sync for the batch)."""
-        if self._pending:
-            write_batch(self.path, list(self._pending.items()))
-            self._pending.clear()
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, {}  # puts made meanwhile go to the next batch
+        try:
+            write_batch(self.path, list(pending.items()))
+        except BaseException:
+            self._pending = {**pending, **self._pending}
+            raise
 
     def healthy(self) -> bool:
         return self.path.is_dir() and os.access(self.path, os.W_OK)

@@ -157,6 +157,7 @@ class FolderSink:
     thread pool: file creation is I/O latency that overlaps; one sync; renames; one directory fsync)."""
 
     name = "folder"
+    concurrent_flush = True  # ``write`` may run while ``flush`` writes the previous batch (backfill)
 
     def __init__(self, path: str | Path, *, threads: int = 4) -> None:
         self.path = Path(path)
@@ -174,9 +175,13 @@ class FolderSink:
     def flush(self) -> None:
         if not self._pending:
             return
-        files = [(f"{bundle_id}.json", body) for bundle_id, body in self._pending.items()]
-        write_batch(self.path, files, pool=self._pool, slices=self._threads)
-        self._pending.clear()
+        pending, self._pending = self._pending, {}  # writes made meanwhile go to the next batch
+        try:
+            write_batch(self.path, [(f"{b}.json", body) for b, body in pending.items()], pool=self._pool,
+                        slices=self._threads)  # fmt: skip
+        except BaseException:
+            self._pending = {**pending, **self._pending}  # retried at the next flush
+            raise
 
     def healthy(self) -> bool:
         return self.path.is_dir() and os.access(self.path, os.W_OK)
