@@ -72,6 +72,7 @@ class Runtime:
         self.intake: list[tuple[str, Any]] = []  # (name, listener with stop())
         self.worker: Worker | None = None
         self._intake_stopped = False
+        self._intake_started = False  # /readyz is 503 until every configured listener is started
         self._store_lock: BinaryIO | None = None
 
     # -- construction -------------------------------------------------------------------------------
@@ -132,6 +133,7 @@ class Runtime:
         if h is None:
             return
         checks: dict[str, Callable[[], bool]] = {"worker": lambda: self.worker is not None and not self.worker.paused}
+        checks["intake"] = lambda: self._intake_started
         if self.store is not None:
             store = self.store
             checks["store"] = store.healthy
@@ -211,6 +213,7 @@ class Runtime:
                 if resumed:
                     log.info("resuming unfinished messages", extra={"count": resumed})
             self._start_intake()
+            self._intake_started = True
         except Exception as exc:  # port in use, unusable directory, broker unreachable, ...
             log.error("cannot start", extra={"error_class": type(exc).__name__, "reason": str(exc)[:300]})
             self.close()
