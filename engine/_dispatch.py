@@ -13,7 +13,7 @@ from pipelines.errors import MappingError, StatusOnly, UnsupportedMessage
 from pipelines.hl7v2 import map_message, split_stream
 from pipelines.output import serialize, shape
 
-__all__ = ["convert_bytes", "is_dicom", "partition_key"]
+__all__ = ["convert_bytes", "convert_dicom", "convert_message", "is_dicom", "partition_key"]
 
 
 _DICOM_JSON = re.compile(rb'^\s*[\[{]\s*(?:\{\s*)?"[0-9A-Fa-f]{8}"\s*:\s*\{\s*"vr"')
@@ -50,7 +50,7 @@ def convert_bytes(data: bytes, ctx: MappingContext, model: str) -> Conversion:
         return result
     if is_dicom(data):
         result.messages = 1
-        _convert_dicom(data, ctx, model, result)
+        convert_dicom(data, ctx, model, result)
         return result
     if data[:2] in (b"\xff\xfe", b"\xfe\xff"):  # a UTF-16 file (e.g. saved as "Unicode" on Windows)
         with contextlib.suppress(UnicodeDecodeError):
@@ -70,25 +70,32 @@ def convert_bytes(data: bytes, ctx: MappingContext, model: str) -> Conversion:
                 reason = "empty message"
             result.rejections.append(Rejection(n, reason, chunk.raw, "ParseError"))
             continue
-        try:
-            reports = map_message(chunk.data, ctx)
-            outputs = [_output(r, model) for r in reports]
-        except StatusOnly as exc:
-            outputs = _status_outputs(exc, model)  # harmonized model only; else filtered like UnsupportedMessage
-            if not outputs:
-                result.filtered.append(Filtered(n, one_line(str(exc)), chunk.raw, "UnsupportedMessage"))
-                continue
-        except UnsupportedMessage as exc:  # well-formed, not a report: filtered, never a dead letter
-            result.filtered.append(Filtered(n, one_line(str(exc)), chunk.raw, type(exc).__name__))
-            continue
-        except MappingError as exc:
-            result.rejections.append(Rejection(n, one_line(str(exc)), chunk.raw, type(exc).__name__))
-            continue
-        result.outputs.extend(outputs)
+        convert_message(chunk.data, chunk.raw, n, ctx, model, result)
     return result
 
 
-def _convert_dicom(data: bytes, ctx: MappingContext, model: str, result: Conversion) -> None:
+def convert_message(data: bytes, raw: bytes, n: int, ctx: MappingContext, model: str, result: Conversion) -> None:
+    """One framed HL7 v2 message (``data``; ``raw`` = its original bytes) into ``result``: outputs, or one
+    :class:`Filtered` (:class:`UnsupportedMessage` and subclasses), or one :class:`Rejection` (any other
+    :class:`MappingError`)."""
+    try:
+        reports = map_message(data, ctx)
+        outputs = [_output(r, model) for r in reports]
+    except StatusOnly as exc:
+        outputs = _status_outputs(exc, model)  # harmonized model only; else filtered like UnsupportedMessage
+        if not outputs:
+            result.filtered.append(Filtered(n, one_line(str(exc)), raw, "UnsupportedMessage"))
+            return
+    except UnsupportedMessage as exc:
+        result.filtered.append(Filtered(n, one_line(str(exc)), raw, type(exc).__name__))
+        return
+    except MappingError as exc:
+        result.rejections.append(Rejection(n, one_line(str(exc)), raw, type(exc).__name__))
+        return
+    result.outputs.extend(outputs)
+
+
+def convert_dicom(data: bytes, ctx: MappingContext, model: str, result: Conversion) -> None:
     try:
         from pipelines.dicom_sr import map_dicom
     except ImportError:
@@ -99,7 +106,7 @@ def _convert_dicom(data: bytes, ctx: MappingContext, model: str, result: Convers
     try:
         reports = map_dicom(data, ctx)
         result.outputs.extend(_output(r, model) for r in reports)
-    except UnsupportedMessage as exc:  # not a report (image, presentation state, ...): filtered
+    except UnsupportedMessage as exc:
         result.filtered.append(Filtered(1, one_line(str(exc)), data, type(exc).__name__))
     except MappingError as exc:
         result.rejections.append(Rejection(1, one_line(str(exc)), data, type(exc).__name__))

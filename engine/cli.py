@@ -21,7 +21,7 @@ EPILOG = """exit codes (every command; see each command's --help):
   3  `engine run` stopped on an unexpected error"""
 
 #: Subcommand modules; each exposes ``register(subparsers)`` which sets ``func(args) -> int`` as default.
-COMMANDS = ("map", "run", "validate", "status", "replay", "send")
+COMMANDS = ("map", "backfill", "run", "validate", "status", "replay", "send")
 
 
 class HelpFormatter(argparse.HelpFormatter):

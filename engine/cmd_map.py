@@ -1,19 +1,40 @@
-"""``engine map [--model document] [--config FILE] [--out DIR] INPUT...``"""
+"""``engine map [--model document] [--config FILE] [--out DIR] [--workers N] INPUT...``: convert files or
+whole directories (recursive) with no server running.
+
+One implementation with ``engine backfill`` (:mod:`engine.backfill.run`: the same readers, process pool,
+duplicate check and outcomes); ``engine map`` differs only in where things go and that it keeps no
+checkpoint: one JSON file per output Bundle in ``--out`` named ``<bundle id>.json`` (write-then-rename, no
+fsync: the inputs stay in place), or the Bundles on stdout, one per line, in input order. ``summary.json``::
+
+    {"inputs": messages seen, "bundles": distinct Bundles written (a resend overwrites its file),
+     "bundles_counted": "distinct", "outputs": Bundle writes, "duplicates": exact repeats not converted again,
+     "filtered": {reason: messages}, "rejected": [{"input": "<file>#<n>", "reason": ...}]}
+
+The original bytes of each rejected message go under ``rejected/`` (``<8 hex of the path>_<file name>#<n>``).
+Exit 0 when nothing was rejected, 1 when something was (everything else is still converted), 2 on usage
+errors; one line per rejected message on stderr, never a traceback for bad input.
+"""
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from engine.convert import Converter
-from engine.mapcmd import run_map
+from engine.backfill.checkpoint import MemoryCheckpoint
+from engine.backfill.formats import iter_files
+from engine.backfill.run import Interrupted, Options, auto_workers, run_backfill
+from engine.outcomes import Output
+from engine.sources.base import Envelope
 from pipelines.context import MappingContext
 
-__all__ = ["register"]
+__all__ = ["load_mapping_context", "register", "write_atomic"]
 
 DEFAULT_MAPPING = Path(__file__).resolve().parent.parent / "config" / "mapping-senders.yaml"
 
@@ -37,6 +58,10 @@ def register(sub: Any) -> None:
     p.add_argument("--model", default="document", choices=model_names(), help="output model (default: document)")
     p.add_argument("--out", type=Path, help="output directory (default: Bundles to stdout, one per line)")
     p.add_argument("--config", type=Path, help="YAML with a `mapping:` section (sender profiles)")
+    p.add_argument(
+        "--workers", type=int, default=None,
+        help="worker processes (default: all cores; in process for inputs under 2 MiB); 0 = in this process",
+    )  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="do not list rejected messages on stderr")
     p.set_defaults(func=_run)
 
@@ -56,6 +81,68 @@ def load_mapping_context(config: Path | None) -> MappingContext:
     return MappingContext.from_mapping(data.get("mapping"))
 
 
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write-then-rename, so a reader never sees a partial file (no fsync: a batch conversion whose inputs
+    stay in place; the service's folder sink syncs, see engine/sinks/folder.py)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+    os.replace(tmp, path)
+
+
+class _Bundles:
+    """The map command's sink: files in ``out`` (or stdout); counts distinct Bundle ids."""
+
+    name = "map"
+    concurrent_flush = True
+
+    def __init__(self, out: Path | None) -> None:
+        self.out = out
+        self.ids: set[str] = set()
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+
+    def write(self, output: Output, envelope: Envelope) -> None:
+        self.ids.add(output.bundle_id)
+        if self.out is None:
+            sys.stdout.buffer.write(output.body + b"\n")
+        else:
+            write_atomic(self.out / f"{output.bundle_id}.json", output.body)
+
+    def flush(self) -> None:
+        if self.out is None:
+            sys.stdout.buffer.flush()
+
+    def close(self) -> None:
+        return None
+
+
+class _Rejected:
+    """The map command's dead letters: ``out/rejected/<8 hex of the path>_<file name>#<n>`` and a list."""
+
+    name = "map-rejected"
+
+    def __init__(self, out: Path | None, quiet: bool) -> None:
+        self.out, self.quiet = out, quiet
+        self.items: list[dict[str, str]] = []
+
+    def put(self, envelope: Envelope, payload: bytes, reason: str, error_class: str) -> None:
+        path = Path(envelope.headers.get("input", envelope.id))
+        number = envelope.id.rsplit("#", 1)[-1]
+        label = f"{path}#{number}"
+        self.items.append({"input": label, "reason": reason})
+        if not self.quiet:
+            print(f"rejected {label}: {reason}", file=sys.stderr)
+        if self.out is not None:
+            rejected_dir = self.out / "rejected"
+            rejected_dir.mkdir(exist_ok=True)
+            tag = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]
+            write_atomic(rejected_dir / f"{tag}_{path.name}#{number}", payload)
+
+    def close(self) -> None:
+        return None
+
+
 def _run(args: argparse.Namespace) -> int:
     missing = [str(p) for p in args.inputs if not p.exists()]
     if missing:
@@ -66,10 +153,29 @@ def _run(args: argparse.Namespace) -> int:
     except (OSError, ValueError, yaml.YAMLError) as exc:
         print(f"engine map: bad configuration: {exc}", file=sys.stderr)
         return 2
-    summary = run_map(Converter(ctx, args.model), list(args.inputs), args.out, quiet=args.quiet)
+    bundles, rejected = _Bundles(args.out), _Rejected(args.out, args.quiet)
+    files = list(iter_files(args.inputs))
+    workers = auto_workers(args.workers, sum(f.size for f in files))
+    options = Options(workers=workers, limit=ctx.max_message_bytes, model=args.model)
+    try:
+        tally = run_backfill(files, ctx, [bundles], rejected, MemoryCheckpoint(), options=options)
+    except Interrupted as exc:
+        print(f"engine map: {exc}", file=sys.stderr)
+        return 130
+    summary = {
+        "inputs": tally.inputs,
+        "bundles": len(bundles.ids),
+        "bundles_counted": "distinct Bundle ids (a resend of the same Bundle overwrites its file)",
+        "outputs": tally.outputs,
+        "duplicates": tally.duplicates,
+        "filtered": dict(sorted(tally.filtered.items())),
+        "rejected": rejected.items,
+    }
     if args.out is not None:
+        write_atomic(args.out / "summary.json", json.dumps(summary, indent=2).encode("utf-8") + b"\n")
         print(
-            f"{summary.inputs} messages, {summary.bundles} bundles, {len(summary.rejected)} rejected -> {args.out}",
+            f"{tally.inputs} messages, {len(bundles.ids)} bundles, {sum(tally.filtered.values())} filtered, "
+            f"{tally.duplicates} duplicates, {len(rejected.items)} rejected -> {args.out}",
             file=sys.stderr,
         )
-    return 1 if summary.rejected else 0
+    return 1 if rejected.items else 0

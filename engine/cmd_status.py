@@ -1,4 +1,8 @@
-"""``engine status --config FILE``: message counts per status in the message store, as JSON."""
+"""``engine status --config FILE``: message counts per status in the message store, as JSON.
+
+``counts`` has every status (``received``, ``mapped``, ``published``, ``failed`` = dead-lettered,
+``filtered`` = not a report); ``filtered_by_reason`` and ``failed_by_reason`` break the last two down by
+their one-line reason."""
 
 from __future__ import annotations
 
@@ -43,6 +47,7 @@ def status(args: argparse.Namespace) -> int:
     try:
         counts = store.counts()
         oldest = store.oldest_unfinished()
+        filtered, failed = store.reasons("filtered"), store.reasons("failed")
     except TransientError as exc:
         print(f"engine status: {exc}", file=sys.stderr)
         return 1
@@ -54,6 +59,8 @@ def status(args: argparse.Namespace) -> int:
         "total": sum(counts.values()),
         "unfinished": counts["received"] + counts["mapped"],
         "oldest_unfinished_age_s": round(time.time() - oldest, 3) if oldest is not None else None,
+        "filtered_by_reason": filtered,
+        "failed_by_reason": failed,
     }
     print(json.dumps(report, sort_keys=True))
     return 0

@@ -38,9 +38,15 @@ def partition_key_for(payload: bytes, context: MappingContext | None = None) -> 
     """The partition key of a raw message before it is stored (Kafka raw topics): the same key its
     outputs get (SHA-256 of the issuer-qualified accession, else Study UID, else report id, else patient),
     so an ORU and the SR of one study, and every version of one report, stay in order on one partition.
-    None when the message cannot be mapped (it will be dead-lettered anyway). For a stream of several
+    Read from the header alone (MSH/ORC/OBR, or the DICOM header: :mod:`engine.routing`), never by
+    converting the message. None when the message is not an ORU or cannot be read. For a stream of several
     messages, the first message's key."""
-    from engine._dispatch import convert_bytes
+    from engine._dispatch import is_dicom
+    from engine.routing import dicom_key, hl7_key
+    from pipelines.hl7v2 import split_stream
 
-    result = convert_bytes(payload, context or MappingContext(), "document")
-    return result.outputs[0].partition_key if result.outputs else None
+    ctx = context or MappingContext()
+    if is_dicom(payload):
+        return dicom_key(payload, ctx)
+    chunk = next((c for c in split_stream(payload) if not c.junk), None)
+    return hl7_key(chunk.data, ctx) if chunk is not None else None

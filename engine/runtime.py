@@ -73,7 +73,7 @@ class Runtime:
         self.health: HealthServer | None = None
         self.intake: list[tuple[str, Any]] = []  # (name, listener with stop())
         self.worker: Worker | None = None
-        self.converter: Converter | None = None
+        self.converter: Any = None  # Converter, or engine.pooled.PooledConverter (worker.processes > 0)
         self.door: DoorRejects | None = None
         self._intake_stopped = False
         self._intake_started = False  # /readyz stays 503 until every listener is bound
@@ -104,10 +104,15 @@ class Runtime:
 
             self.sinks.append(FhirSink(s.fhir_sink))
         if s.dlq_folder is not None:
-            self.dead_letters = FolderDeadLetters(s.dlq_folder.path)
+            self.dead_letters = FolderDeadLetters(s.dlq_folder.path, deferred=True)
         else:
             self.dead_letters = _kafka("KafkaDeadLetters")(s.dlq_kafka)
-        self.converter = Converter(s.mapping, model=s.model)
+        if s.worker.processes > 0:  # conversion in other processes: intake keeps this interpreter to itself
+            from engine.pooled import PooledConverter
+
+            self.converter = PooledConverter(s.mapping, model=s.model, processes=s.worker.processes)
+        else:
+            self.converter = Converter(s.mapping, model=s.model)
         self.door = DoorRejects(self.dead_letters, self.metrics)  # listener rejections: counted and kept
         self.worker = Worker(
             self.source,
@@ -252,6 +257,10 @@ class Runtime:
             self.console.stop()
             self.console = None
         self.stop_intake()
+        closer = getattr(getattr(self, "converter", None), "close", None)
+        if callable(closer):
+            with contextlib.suppress(Exception):
+                closer()
         for sink in self.sinks:
             with contextlib.suppress(Exception):
                 sink.close()

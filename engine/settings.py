@@ -12,7 +12,8 @@ Sections (unknown keys are errors)::
     sinks:     folder: {path}   kafka: KafkaSettings.from_mapping
                fhir: engine.publishers.settings.FhirSettings.from_mapping (model, FHIR_BASE_URL, auth, TLS, ...)
     dlq:       folder: {path}   kafka: KafkaSettings.from_mapping      (one of them is required)
-    worker:    {batch_size, poll_timeout, drain_timeout, retry: {attempts, initial, maximum, jitter, backpressure}}
+    worker:    {batch_size, poll_timeout, drain_timeout, processes (conversion processes, 0 = in process),
+                retry: {attempts, initial, maximum, jitter, backpressure}}
     health:    {host, port, live_timeout}
     logging:   {level, format: json|text}
     console:   engine.console.settings.ConsoleSettings.from_mapping (message console + API; off when absent)
@@ -134,6 +135,7 @@ class WorkerSettings:
     poll_timeout: float = 0.5
     drain_timeout: float = 10.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    processes: int = 1  # conversion processes (engine.pooled); 0 = convert in the service's own process
 
 
 @dataclass(frozen=True, slots=True)
@@ -349,7 +351,7 @@ def parse_settings(data: Any, environ: Mapping[str, str] | None = None, source_f
     store = _store(_section(data, "store", "")) if needs_store or "store" in data else None
 
     worker_raw = _section(data, "worker", "")
-    _keys(worker_raw, {"batch_size", "poll_timeout", "drain_timeout", "retry"}, "worker")
+    _keys(worker_raw, {"batch_size", "poll_timeout", "drain_timeout", "processes", "retry"}, "worker")
     retry_raw = _section(worker_raw, "retry", "worker.")
     _keys(retry_raw, {"attempts", "initial", "maximum", "jitter", "backpressure"}, "worker.retry")
     retry = RetryPolicy(
@@ -364,6 +366,7 @@ def parse_settings(data: Any, environ: Mapping[str, str] | None = None, source_f
         poll_timeout=_number(worker_raw, "poll_timeout", 0.5, "worker", low=0.01),
         drain_timeout=_number(worker_raw, "drain_timeout", 10.0, "worker"),
         retry=retry,
+        processes=_integer(worker_raw, "processes", 1, "worker", low=0, high=256),
     )
 
     health = None

@@ -11,7 +11,9 @@
   and not yet acknowledged. Because the status lives in the file, unfinished messages are resumed
   after a crash or restart simply by polling again.
 * Status per message: ``received`` (landed) -> ``mapped`` (converted, outputs being published) ->
-  ``published`` (every output confirmed) or ``failed`` (at least one part went to the dead letters).
+  ``published`` (every output confirmed) or ``failed`` (at least one part went to the dead letters) or
+  ``filtered`` (nothing to convert: not a report; ``error_class`` holds the category, ``error_reason``
+  the reason; no dead letter).
   ``engine replay`` sets rows back to ``received`` (``replays`` + 1); ``engine status`` counts them.
 
 Stored per message: the original bytes, source name, content type, PHI-free headers (JSON), received
@@ -45,6 +47,7 @@ from engine.store_schema import migrate
 
 __all__ = [
     "FAILED",
+    "FILTERED",
     "MAPPED",
     "PUBLISHED",
     "RECEIVED",
@@ -56,7 +59,8 @@ __all__ = [
 ]
 
 RECEIVED, MAPPED, PUBLISHED, FAILED = "received", "mapped", "published", "failed"
-STATUSES = (RECEIVED, MAPPED, PUBLISHED, FAILED)
+FILTERED = "filtered"  # not a report (lab ORU, ADT, non-report DICOM): reason + category kept, no dead letter
+STATUSES = (RECEIVED, MAPPED, PUBLISHED, FAILED, FILTERED)
 UNFINISHED = (RECEIVED, MAPPED)
 
 _SCHEMA = """
@@ -90,9 +94,9 @@ FinishListener = Callable[[str, str, str], None]
 class Outcome:
     """Final result of one envelope, recorded when the worker acknowledges it."""
 
-    status: str  # PUBLISHED or FAILED
-    reason: str | None = None  # one PHI-free line (first dead letter), None when published
-    error_class: str | None = None
+    status: str  # PUBLISHED, FAILED or FILTERED
+    reason: str | None = None  # one PHI-free line (first dead letter / filter reason), None when published
+    error_class: str | None = None  # error class, or the filter category
     outputs: tuple[str, ...] = ()  # bundle ids written
 
 
@@ -338,7 +342,7 @@ class MessageStore:
         dead_letters: bool = False,
     ) -> int:
         """Set matching finished messages back to ``received`` (replay); returns how many."""
-        clauses = ["status IN ('published','failed')"]
+        clauses = ["status IN ('published','failed','filtered')"]
         params: list[Any] = []
         if ids:
             clauses.append(f"id IN ({','.join('?' * len(ids))})")
@@ -389,6 +393,14 @@ class MessageStore:
         for status, n in self._query("SELECT status, COUNT(*) FROM messages GROUP BY status"):
             counts[status] = n
         return counts
+
+    def reasons(self, status: str) -> dict[str, int]:
+        """Messages of ``status`` (``filtered``, ``failed``) counted by their one-line reason."""
+        rows = self._query(
+            "SELECT COALESCE(error_reason, ''), COUNT(*) FROM messages WHERE status=? GROUP BY 1 ORDER BY 2 DESC",
+            (status,),
+        )
+        return {str(r): int(n) for r, n in rows}
 
     def oldest_unfinished(self) -> float | None:
         rows = self._query("SELECT MIN(received_at) FROM messages WHERE status IN ('received','mapped')")

@@ -9,6 +9,9 @@ Failure classes (decided once, here):
 * **permanent** (:class:`engine.errors.PermanentError`, :class:`pipelines.errors.MappingError`, and
   converter rejections): the failed message's own original bytes go to the dead-letter sink with a
   one-line reason; the rest of the batch carries on.
+* **filtered** (converter :class:`engine.outcomes.Filtered`: not a report, e.g. a lab ORU or an ADT): no
+  dead letter; the store records status ``filtered`` with the reason and category, and
+  ``engine_messages_filtered_total{source,reason}`` counts it.
 * **anything else** propagates out of :meth:`Worker.run` (the runtime logs it and exits non-zero); the
   envelopes of the batch stay unacknowledged, so the store resumes them after restart.
 
@@ -35,12 +38,12 @@ from tenacity import (
     wait_random,
 )
 
-from engine.convert import Converter, Output
+from engine.convert import Conversion, Converter, Filtered, Output
 from engine.errors import BackPressure, PermanentError, TransientError
 from engine.observability.metrics import Heartbeat, Metrics
 from engine.sinks.base import DeadLetterSink, Sink
 from engine.sources.base import Envelope, Source
-from engine.store import FAILED, PUBLISHED, Outcome
+from engine.store import FAILED, FILTERED, PUBLISHED, Outcome
 from pipelines.errors import MappingError
 
 __all__ = ["RetryPolicy", "Stopped", "Worker"]
@@ -81,6 +84,7 @@ class _Plan:
     outputs: list[Output] = field(default_factory=list)
     dead: list[tuple[bytes, str, str]] = field(default_factory=list)  # (raw, reason, error_class)
     details: dict[str, Any] | None = None  # what a sink's PermanentError adds (e.g. the server's OperationOutcome)
+    filtered: list[Filtered] = field(default_factory=list)
 
 
 def _reason(exc: BaseException) -> str:
@@ -152,7 +156,12 @@ class Worker:
 
     def process(self, envelopes: Sequence[Envelope]) -> None:
         started = time.monotonic()
-        plans = [self._convert(env) for env in envelopes]
+        many = getattr(self.converter, "convert_many", None)  # engine.pooled.PooledConverter: other processes
+        if callable(many):
+            conversions: list[Conversion | None] = list(many([env.payload for env in envelopes]))
+        else:
+            conversions = [None] * len(envelopes)
+        plans = [self._convert(env, conv) for env, conv in zip(envelopes, conversions, strict=True)]
         if isinstance(self.source, OutcomeSource):
             recorder = self.source
             items = [(p.envelope, [o.bundle_id for o in p.outputs]) for p in plans]
@@ -171,6 +180,9 @@ class Worker:
                         "reason": reason,
                     },
                 )
+        flush_dead = getattr(self.dead_letters, "flush", None)
+        if callable(flush_dead):  # deferred dead letters: durable (one sync) before the acknowledgement
+            self._transient(flush_dead, "dead letters")
         self._acknowledge(plans)
         now_wall, elapsed = time.time(), time.monotonic() - started
         for plan in plans:
@@ -191,17 +203,25 @@ class Worker:
 
     # -- steps --------------------------------------------------------------------------------------
 
-    def _convert(self, envelope: Envelope) -> _Plan:
+    def _convert(self, envelope: Envelope, conversion: Conversion | None = None) -> _Plan:
         self.metrics.received.labels(source=envelope.source).inc()
         plan = _Plan(envelope)
         try:
-            conversion = self.converter.convert(envelope.payload)
+            if conversion is None:
+                conversion = self.converter.convert(envelope.payload)
         except PERMANENT as exc:
             plan.dead.append((envelope.payload, _reason(exc), type(exc).__name__))
             return plan
         plan.outputs.extend(conversion.outputs)
         plan.dead.extend((r.raw, r.reason, r.error_class) for r in conversion.rejections)
-        if not plan.outputs and not plan.dead and not conversion.filtered:  # filtered: counted, never dead
+        plan.filtered.extend(conversion.filtered)
+        for item in conversion.filtered:
+            self.metrics.count_filtered(envelope.source, item.reason)
+            log.info(
+                "filtered",
+                extra={"envelope_id": envelope.id, "source": envelope.source, "reason": item.reason},
+            )
+        if not plan.outputs and not plan.dead and not plan.filtered:
             plan.dead.append((envelope.payload, "input contains no message", "RejectedInput"))
         return plan
 
@@ -273,6 +293,9 @@ class Worker:
                 bundles = tuple(o.bundle_id for o in p.outputs)
                 if p.dead:
                     outcomes.append((p.envelope, Outcome(FAILED, p.dead[0][1], p.dead[0][2], bundles)))
+                elif p.filtered and not p.outputs:
+                    first = p.filtered[0]
+                    outcomes.append((p.envelope, Outcome(FILTERED, first.reason, first.category)))
                 else:
                     outcomes.append((p.envelope, Outcome(PUBLISHED, outputs=bundles)))
             self._transient(lambda: source.finish(outcomes), "store")

@@ -4,15 +4,19 @@
 
     MappingError                 the message cannot be converted; ``reason`` is one line, PHI-free
     ├── ParseError               not well-formed HL7 v2 / DICOM (truncated, binary, empty, oversized)
+    ├── InvalidReport            a report (ORU^R01 / SR document) that lacks what a conversion needs
+    │                            (no PID, no OBR, encapsulated document without its data)
     ├── ModelRequirement         a report, but without what the chosen output model needs (IMR: identifiers
     │                            of patient/organisation/interpreter, Study UID, modality, sign-off time)
-    └── UnsupportedMessage       well-formed but not a radiology report (lab ORU, order, other type)
+    └── UnsupportedMessage       well-formed but not a radiology report (lab ORU, order, other type,
+        │                        status-only ORU without OBX content, non-report DICOM object)
         ├── RetractedContent     a report whose every content row is withdrawn (HL7 OBX-11 W/D)
         └── StatusOnly           an ORU without report content whose OBR groups carry a status (OBR-25) for
                                  orders/studies; ``updates`` holds them for the harmonized model
 
-``UnsupportedMessage`` and its subclasses are "filtered" outcomes (nothing to convert, with the reason), the
-other ``MappingError`` classes are rejections (dead letter).
+The runtime turns :class:`UnsupportedMessage` (and its subclasses) into the *filtered* outcome (counted by
+reason, never a dead letter) and every other :class:`MappingError` into a *rejection* (dead letter with
+the original bytes): see ``engine/outcomes.py``.
 """
 
 from __future__ import annotations
@@ -22,7 +26,15 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from pipelines.common.model import StatusUpdate
 
-__all__ = ["MappingError", "ModelRequirement", "ParseError", "RetractedContent", "StatusOnly", "UnsupportedMessage"]
+__all__ = [
+    "InvalidReport",
+    "MappingError",
+    "ModelRequirement",
+    "ParseError",
+    "RetractedContent",
+    "StatusOnly",
+    "UnsupportedMessage",
+]
 
 
 class MappingError(Exception):
@@ -38,6 +50,10 @@ class ModelRequirement(MappingError):
     identifier: no patient identifier, no IMR report). Permanent: dead letter with the reason."""
 
 
+class InvalidReport(MappingError):
+    """A message that is a report (ORU^R01, SR document) but cannot be converted: rejected, dead-lettered."""
+
+
 class UnsupportedMessage(MappingError):
     """A well-formed message that is not an imaging report."""
 
@@ -51,6 +67,8 @@ class RetractedContent(UnsupportedMessage):
 
     def __init__(self, reason: str = REASON) -> None:
         super().__init__(reason)
+
+
 class StatusOnly(UnsupportedMessage):
     """No report content, but order status notifications (:class:`~pipelines.common.model.StatusUpdate`).
 

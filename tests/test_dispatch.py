@@ -38,6 +38,21 @@ def test_partition_key_at_landing_matches_outputs(converter: Any) -> None:
     assert partition_key_for(b"not hl7") is None
 
 
+def test_header_partition_key_equals_output_key_on_every_sample(converter: Any) -> None:
+    """The landing key is read from MSH/OBR or the DICOM header, never by converting: it must still be the
+    key of the outputs, for every shared HL7 v2 message and DICOM SR file that converts."""
+    from engine.backfill.formats import frames_of, iter_files
+
+    checked = 0
+    for f in iter_files(sorted(TESTDATA.glob("hl7v2-*")) + sorted(TESTDATA.glob("dicom-sr-*"))):
+        for frame in frames_of(f.path, 1 << 24):
+            outputs = converter.convert(frame.raw).outputs
+            if outputs:
+                assert partition_key_for(frame.raw, converter.context) == outputs[0].partition_key, f.path.name
+                checked += 1
+    assert checked > 850
+
+
 def test_uuid_for_is_rfc_uuid5() -> None:
     import uuid
 

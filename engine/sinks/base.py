@@ -35,7 +35,9 @@ class DeadLetterSink(Protocol):
     name: str
 
     def put(self, envelope: Envelope, payload: bytes, reason: str, error_class: str) -> None:
-        """Store durably before returning. ``payload`` is the failed message's original bytes (for a
+        """Store durably before returning, or, for a sink that also has ``flush()`` (e.g.
+        ``FolderDeadLetters(deferred=True)``), buffer until ``flush`` (the worker and the backfill call it
+        before they acknowledge / commit). ``payload`` is the failed message's original bytes (for a
         multi-message inbox file, only the failed message); ``reason`` is one PHI-free line. The worker passes
         ``details=`` (a JSON-able dict, e.g. a FHIR OperationOutcome) only when a sink's error carries it; the
         folder and Kafka dead letters keep it."""

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from engine.sinks.folder import atomic_write, fsync_dir, remove_stale_tmp
+from engine.sinks.folder import atomic_write, fsync_dir, remove_stale_tmp, write_batch
 from engine.sources.base import CONTENT_DICOM, CONTENT_HL7V2, Envelope
 
 __all__ = ["FolderDeadLetters"]
@@ -38,11 +38,14 @@ def _extension(payload: bytes, content_type: str) -> str:
 
 class FolderDeadLetters:
     name = "dlq-folder"
+    concurrent_flush = True  # ``put`` (deferred) may run while ``flush`` writes the previous batch
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, deferred: bool = False) -> None:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         remove_stale_tmp(self.path)
+        self.deferred = deferred
+        self._pending: dict[str, bytes] = {}
 
     def put(
         self, envelope: Envelope, payload: bytes, reason: str, error_class: str, details: dict[str, Any] | None = None
@@ -65,10 +68,25 @@ class FolderDeadLetters:
         }
         if details:
             sidecar["details"] = details
-        atomic_write(self.path, data_name, payload, sync_dir=False)
         body = json.dumps(sidecar, indent=2, sort_keys=True).encode() + b"\n"
+        if self.deferred:
+            self._pending[data_name] = payload
+            self._pending[f"{digest}.json"] = body
+            return
+        atomic_write(self.path, data_name, payload, sync_dir=False)
         atomic_write(self.path, f"{digest}.json", body, sync_dir=False)
         fsync_dir(self.path)
+
+    def flush(self) -> None:
+        """Make every deferred dead letter durable (one sync for the batch)."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, {}  # puts made meanwhile go to the next batch
+        try:
+            write_batch(self.path, list(pending.items()))
+        except BaseException:
+            self._pending = {**pending, **self._pending}
+            raise
 
     def healthy(self) -> bool:
         return self.path.is_dir() and os.access(self.path, os.W_OK)

@@ -17,7 +17,7 @@ from pipelines.common.model import Attachment, Concept, Report
 from pipelines.dicom_sr.build import base_report
 from pipelines.dicom_sr.header import Header
 from pipelines.dicom_sr.reader import text
-from pipelines.errors import UnsupportedMessage
+from pipelines.errors import InvalidReport
 
 __all__ = ["Document", "map_encapsulated", "read_document"]
 
@@ -35,7 +35,7 @@ class Document:
 def read_document(ds: Dataset, kind: str) -> Document:
     raw = ds.get("EncapsulatedDocument")
     if not isinstance(raw, (bytes, bytearray)) or not raw:
-        raise UnsupportedMessage("encapsulated document object without Encapsulated Document data")
+        raise InvalidReport("encapsulated document object without Encapsulated Document data")
     data = bytes(raw)
     length = ds.get("EncapsulatedDocumentLength")
     if isinstance(length, int) and 0 < length <= len(data):
@@ -43,7 +43,7 @@ def read_document(ds: Dataset, kind: str) -> Document:
     elif data.endswith(b"\x00"):  # even-length padding (PDF and XML never end in NUL)
         data = data[:-1]
     if kind == "pdf" and not data.startswith(b"%PDF"):
-        raise UnsupportedMessage("Encapsulated PDF object whose document is not a PDF")
+        raise InvalidReport("Encapsulated PDF object whose document is not a PDF")
     mime = text(ds, "MIMETypeOfEncapsulatedDocument") or _MIME[kind]
     title = text(ds, "DocumentTitle") or ("Imaging report (PDF)" if kind == "pdf" else "Imaging report (CDA)")
     return Document(kind, data, mime, title)

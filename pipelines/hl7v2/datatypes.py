@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from functools import lru_cache
 
@@ -203,6 +204,7 @@ def _split_dtm(raw: str) -> tuple[list[str], str | None] | None:
     return parts, offset
 
 
+@functools.lru_cache(maxsize=4096)  # pure; MSH-7/OBR-7/OBR-22 recur within and across messages
 def dtm_date(raw: str) -> str | None:
     split = _split_dtm(raw)
     if split is None:
@@ -211,6 +213,7 @@ def dtm_date(raw: str) -> str | None:
     return "-".join(p[:3])
 
 
+@functools.lru_cache(maxsize=4096)  # pure; MSH-7/OBR-7/OBR-22 recur within and across messages
 def dtm_datetime(raw: str, default_offset: str) -> str | None:
     """DTM -> FHIR dateTime; a time without offset gets ``default_offset`` (FHIR requires one)."""
     split = _split_dtm(raw)
@@ -226,6 +229,7 @@ def dtm_datetime(raw: str, default_offset: str) -> str | None:
     return f"{date}T{time}{offset or default_offset}"
 
 
+@functools.lru_cache(maxsize=4096)  # pure; MSH-7/OBR-7/OBR-22 recur within and across messages
 def dtm_instant(raw: str, default_offset: str) -> str | None:
     """DTM -> FHIR instant (seconds and offset required); None when the value has no day precision."""
     split = _split_dtm(raw)

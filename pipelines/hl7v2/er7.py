@@ -11,6 +11,7 @@ strings indexed by HL7 field number (``seg[3]`` is field 3; for MSH, ``seg[1]`` 
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -197,13 +198,26 @@ def _delimiters(fs: str, enc: str) -> Delimiters:
     return Delimiters(fs, comp, rep, esc, sub)
 
 
+_KNOWN_IDS = re.compile("(?:" + _KNOWN_SEGMENTS + ")")
+
+
+@functools.lru_cache(maxsize=32)
+def _glue_patterns(fs: str) -> tuple[re.Pattern[str], re.Pattern[str]]:
+    """(prefilter, splitter) for glued segments with field separator ``fs``; compiled once per separator.
+    The prefilter starts at the literal field separator (the regex engine's fast scan) and looks back for
+    a space, tab or ``<cr>`` and a 3-character id; the id is then checked against the known segments."""
+    f = re.escape(fs)
+    prefilter = re.compile(f + r"(?:(?<=[ \t][A-Z][A-Z0-9]{2}" + f + r")|(?<=<[cC][rR]>[A-Z][A-Z0-9]{2}" + f + "))")
+    glued = re.compile(r"(?:[ \t]+|<[cC][rR]>)(?=(?:" + _KNOWN_SEGMENTS + ")" + f + ")")
+    return prefilter, glued
+
+
 def _segment_lines(text: str, fs: str) -> list[str]:
     text = text.replace("\r\n", "\r").replace("\n", "\r")
     lines = text.split("\r")
-    candidate = re.compile(r"(?:[ \t]|<[cC][rR]>)(" + _KNOWN_SEGMENTS + ")" + re.escape(fs))
-    if candidate.search(text) is None:
+    prefilter, glued = _glue_patterns(fs)
+    if not any(_KNOWN_IDS.fullmatch(text, m.start() - 3, m.start()) for m in prefilter.finditer(text)):
         return lines  # the common case: no glued segments anywhere
-    glued = re.compile(r"(?:[ \t]+|<[cC][rR]>)(?=(?:" + _KNOWN_SEGMENTS + ")" + re.escape(fs) + ")")
     out: list[str] = []
     for line in lines:
         out.extend(p for p in glued.split(line) if p != "")

@@ -22,7 +22,7 @@ import re
 from pipelines.common.ids import digest, slug
 from pipelines.common.model import Ident, Order, Organization, Patient, Report, StatusUpdate, Study
 from pipelines.context import MappingContext, SenderProfile
-from pipelines.errors import RetractedContent, StatusOnly, UnsupportedMessage
+from pipelines.errors import InvalidReport, MappingError, RetractedContent, StatusOnly, UnsupportedMessage
 from pipelines.hl7v2 import classify
 from pipelines.hl7v2 import datatypes as dt
 from pipelines.hl7v2.er7 import Delimiters, Message
@@ -55,10 +55,10 @@ def map_oru(msg: Message, ctx: MappingContext) -> list[Report]:
     base = f"{ctx.system_base}/{site}"
     blocks = _patient_blocks(msg.segments[1:])
     if not blocks:
-        raise UnsupportedMessage("no PID segment: a report without a patient cannot be converted")
+        raise InvalidReport("no PID segment: a report without a patient cannot be converted")
     performer = _organization(msh, d, profile, base, ctx)
     reports: list[Report] = []
-    failure: UnsupportedMessage | None = None
+    failure: MappingError | None = None
     updates: list[StatusUpdate] = []
     for block in blocks:
         try:
@@ -66,7 +66,7 @@ def map_oru(msg: Message, ctx: MappingContext) -> list[Report]:
         except StatusOnly as exc:
             updates.extend(exc.updates)
             failure = failure or exc
-        except UnsupportedMessage as exc:
+        except (UnsupportedMessage, InvalidReport) as exc:
             failure = failure or exc
     if not reports:
         assert failure is not None
@@ -102,7 +102,7 @@ def _map_patient_result(
     groups, _header = split_groups(block)
     pid = block[0]
     if not groups:
-        raise UnsupportedMessage("no OBR segment: the message carries no order/result group")
+        raise InvalidReport("no OBR segment: the message carries no order/result group")
     contents = [read_observations(g.obx, d, base, msg.charset) for g in groups]
     if not any(_has_content(c) for c in contents) and any(c.retracted for c in contents):
         raise RetractedContent()  # every content row is OBX-11 W/D: publish nothing of it

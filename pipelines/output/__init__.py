@@ -7,7 +7,10 @@ The deployment models (``document``, ``rest``, and those other modules register)
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
+
+import orjson
 
 from pipelines.common.model import Report
 
@@ -49,6 +52,24 @@ def shape(report: Report, model: str = "document") -> tuple[dict[str, Any], str]
     return shaper_for(model)(report)
 
 
+#: A float that orjson may spell differently from ``json.dumps`` (``repr``): exponent notation (``1e-07`` vs
+#: ``1e-7``, ``1e+16`` vs ``1e16``) or a value below 1e-4 (``2.5e-05`` vs ``0.000025``). The patterns start at
+#: the literal ``e`` (the regex engine's fast scan) and may also match text inside strings (``"type 2e5"``);
+#: that only costs the slower path.
+_EXPONENT = re.compile(rb"e[-+]?\d+[,\]}]")
+_SMALL = b"0.0000"
+
+
 def serialize(resource: dict[str, Any]) -> bytes:
-    """One canonical serialization (insertion order, compact, UTF-8): same input, byte-identical output."""
+    """One canonical serialization (insertion order, compact, UTF-8): same input, byte-identical output.
+
+    The bytes are those of ``json.dumps(resource, ensure_ascii=False, separators=(",", ":"))``, produced by
+    orjson (about 10x faster); when a float could be spelled differently, or orjson refuses a value (an
+    integer beyond 64 bits), ``json.dumps`` writes it instead."""
+    try:
+        out = orjson.dumps(resource)
+    except orjson.JSONEncodeError:
+        out = b""
+    if out and _SMALL not in out and _EXPONENT.search(out) is None:
+        return out
     return json.dumps(resource, ensure_ascii=False, separators=(",", ":")).encode("utf-8")

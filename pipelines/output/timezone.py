@@ -4,8 +4,8 @@ does not configure one, the value keeps the default offset and every ``dateTime`
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime, timedelta
-from functools import lru_cache
 from typing import Any
 
 __all__ = ["mark_uncertain"]
@@ -37,14 +37,14 @@ def _mark(holder: dict[str, Any], name: str) -> None:
     if not isinstance(value, str) or "T" not in value:
         return
     span = _span(value)
-    if span is None:
-        return
-    holder[f"_{name}"] = {"extension": [{"url": URL, "valuePeriod": {"start": span[0], "end": span[1]}}]}
+    if span is not None:
+        period = {"start": span[0], "end": span[1]}
+        holder[f"_{name}"] = {"extension": [{"url": URL, "valuePeriod": period}]}
 
 
-@lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=4096)
 def _span(value: str) -> tuple[str, str] | None:
-    """(start, end) of the ±12 h uncertainty around a dateTime (pure; one report repeats its times)."""
+    """(start, end) of the ±12 h period around a dateTime; cached (the same times recur in one Bundle)."""
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:

@@ -13,7 +13,7 @@ __all__ = ["REJECTED", "SR_DIRS", "SR_FILES", "by_type", "file", "one", "resourc
 SR_DIRS = sorted(p for p in TESTDATA.glob("dicom-sr-*") if p.is_dir())
 SR_FILES = sorted(p for d in SR_DIRS for p in d.rglob("*") if p.is_file() and p.suffix == ".dcm")
 
-#: Files that carry no report, with a fragment of the reason they must be rejected with.
+#: Files that carry no report, with a fragment of the reason they are filtered with (not dead-lettered).
 REJECTED = {
     "Tag-0040-A170-VR-CS.dcm": "retired SR trial SOP Class",
     "ESR_non-dose.dcm": "no report content",

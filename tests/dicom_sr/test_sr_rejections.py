@@ -12,7 +12,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from pipelines.context import MappingContext
 from pipelines.dicom_sr import map_dicom
-from pipelines.errors import MappingError, ParseError, UnsupportedMessage
+from pipelines.errors import InvalidReport, MappingError, ParseError
 from pipelines.output import serialize, shape
 from tests.dicom_sr.helpers import SR_FILES, file
 
@@ -45,6 +45,16 @@ def _reject(converter: Any, data: bytes) -> str:
     return reason
 
 
+def _filter(converter: Any, data: bytes) -> str:
+    """Not a report: filtered with a one-line reason, never a dead letter."""
+    result = converter.convert(data)
+    assert not result.outputs and not result.rejections
+    assert len(result.filtered) == 1
+    reason: str = result.filtered[0].reason
+    assert reason and "\n" not in reason and result.filtered[0].category == "UnsupportedMessage"
+    return reason
+
+
 def test_truncated_file(converter: Any) -> None:
     data = file("CT-RDSR-Siemens-Multi-2.dcm").read_bytes()
     for cut in (len(data) // 3, len(data) // 2, len(data) - 40):
@@ -52,13 +62,13 @@ def test_truncated_file(converter: Any) -> None:
 
 
 def test_image_sop_class(converter: Any) -> None:
-    reason = _reject(converter, _dataset("1.2.840.10008.5.1.4.1.1.2", Rows=2, Columns=2, Modality="CT"))
+    reason = _filter(converter, _dataset("1.2.840.10008.5.1.4.1.1.2", Rows=2, Columns=2, Modality="CT"))
     assert "CT Image Storage" in reason and "not a report" in reason
 
 
 def test_key_object_selection_and_presentation_state(converter: Any) -> None:
-    assert "Key Object Selection" in _reject(converter, _dataset("1.2.840.10008.5.1.4.1.1.88.59"))
-    assert "presentation state" in _reject(converter, _dataset("1.2.840.10008.5.1.4.1.1.11.1"))
+    assert "Key Object Selection" in _filter(converter, _dataset("1.2.840.10008.5.1.4.1.1.88.59"))
+    assert "presentation state" in _filter(converter, _dataset("1.2.840.10008.5.1.4.1.1.11.1"))
 
 
 def test_garbage_behind_a_dicom_preamble(converter: Any) -> None:
@@ -77,7 +87,7 @@ def test_pdf_object_without_a_pdf() -> None:
         EncapsulatedDocument=b"not a pdf!",
         MIMETypeOfEncapsulatedDocument="application/pdf",
     )
-    with pytest.raises(UnsupportedMessage, match="not a PDF"):
+    with pytest.raises(InvalidReport, match="not a PDF"):
         map_dicom(data, MappingContext())
 
 

@@ -100,7 +100,6 @@ def test_charsets(converter: Any) -> None:
         (RAW[:60], "truncated message"),
         (b"\x00\x01\x02\x89PNG\r\n\x1a\n" * 20, "binary data"),
         (b"%PDF-1.4 not hl7\n", "not an HL7 v2 message"),
-        (b"MSH|^~\\&|A|B|C|D|20250101||ADT^A01|1|P|2.5\rPID|1||123||DOE^JOHN\r", "is not ORU^R01"),
         (msg([s for s in SEGMENTS if not s.startswith(b"PID")]), "no PID segment"),
         (msg([s for s in SEGMENTS if not s.startswith((b"OBR", b"OBX", b"ORC"))]), "no OBR segment"),
         (b"MSH|^~\\&|A|B\rPID|1\rOBR|1\rOBX|1|TX|x||\x00\x00\x00\r", "binary data"),
@@ -112,6 +111,15 @@ def test_bad_input_rejected_with_reason(converter: Any, data: bytes, reason: str
     assert len(result.rejections) == 1
     assert reason in result.rejections[0].reason
     assert result.rejections[0].raw == data or data.strip() == b""
+
+
+def test_non_report_filtered_not_rejected(converter: Any) -> None:
+    """A well-formed message that is not a report (here an ADT) is filtered with its reason: no dead letter."""
+    data = b"MSH|^~\\&|A|B|C|D|20250101||ADT^A01|1|P|2.5\rPID|1||123||DOE^JOHN\r"
+    result = converter.convert(data)
+    assert not result.outputs and not result.rejections
+    assert [(f.category, f.raw) for f in result.filtered] == [("UnsupportedMessage", data)]
+    assert "is not ORU^R01" in result.filtered[0].reason
 
 
 def test_oversized_message_rejected() -> None:
@@ -183,7 +191,7 @@ def test_nte_comments_and_several_patients(converter: Any) -> None:
     assert one(a, "DiagnosticReport")["conclusion"] == "No acute disease.\nDiscussed with Dr. Who at 11:50."
     assert one(b, "DiagnosticReport")["basedOn"][0]["identifier"]["value"] == "ACC2"
     only_nte = converter.convert(msh + status_only)
-    assert only_nte.rejections[0].reason.startswith("no report content")
+    assert not only_nte.rejections and only_nte.filtered[0].reason.startswith("no report content")
 
 
 def test_utf16_file_with_bom(converter: Any) -> None:

@@ -116,6 +116,8 @@ def test_service_end_to_end(engine: EngineProcess, scout_messages: list[Path]) -
         [sys.executable, "-m", "engine", "status", "--config", str(engine.config_path)],
         capture_output=True, text=True, cwd=REPO, check=True).stdout)
     assert report["total"] == 5 and report["unfinished"] == 0
+    assert report["counts"]["failed"] == 1
+    assert report["counts"]["filtered"] == sum(report["filtered_by_reason"].values()) >= 1
 
     assert engine.terminate() == 0
     # `engine map` with the same config writes byte-identical files

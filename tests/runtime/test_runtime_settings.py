@@ -114,7 +114,7 @@ def test_status_and_replay(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
 
     assert main(["status", "--config", str(cfg)]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["counts"] == {"received": 1, "mapped": 0, "published": 1, "failed": 1}
+    assert report["counts"] == {"received": 1, "mapped": 0, "published": 1, "failed": 1, "filtered": 0}
     assert report["unfinished"] == 1 and report["total"] == 3
 
     assert main(["replay", "--config", str(cfg)]) == 2  # a selector is required

@@ -12,7 +12,7 @@ import pytest
 
 from engine.errors import TransientError
 from engine.sources.base import CONTENT_HL7V2
-from engine.store import FAILED, PUBLISHED, MessageStore, Outcome, StoreSource
+from engine.store import FAILED, FILTERED, PUBLISHED, MessageStore, Outcome, StoreSource
 
 
 def _land(store: MessageStore, payload: bytes, **headers: str) -> str:
@@ -36,7 +36,7 @@ def test_land_reopen_and_resume(tmp_path: Path) -> None:
     assert resumed[0].payload == b"MSH|^~\\&|1"
     assert resumed[0].headers == {"control_id": "1"}
     assert source.poll(10, 0.0) == []  # handed out once until acked
-    assert store.counts() == {"received": 4, "mapped": 0, "published": 1, "failed": 0}
+    assert store.counts() == {"received": 4, "mapped": 0, "published": 1, "failed": 0, "filtered": 0}
     store.close()
 
 
@@ -61,6 +61,22 @@ def test_status_transitions_and_requeue(tmp_path: Path) -> None:
     assert store.get(b).replays == 1  # type: ignore[union-attr]
     assert store.requeue(ids=[a]) == 1
     assert store.requeue(since=0.0, until=1.0) == 0  # nothing received in 1970
+    store.close()
+
+
+def test_filtered_status_counted_by_reason_and_replayable(tmp_path: Path) -> None:
+    store = MessageStore(tmp_path / "m.db")
+    source = StoreSource(store)
+    ids = [_land(store, bytes([65 + i])) for i in range(3)]
+    envs = source.poll(10, 0.0)
+    lab = "laboratory result (specimen or lab service section), not an imaging report"
+    source.finish([(e, Outcome(FILTERED, lab, "UnsupportedMessage")) for e in envs[:2]]
+                  + [(envs[2], Outcome(FAILED, "no PID segment", "InvalidReport"))])  # fmt: skip
+    assert store.counts()["filtered"] == 2 and store.counts()["failed"] == 1
+    assert store.reasons("filtered") == {lab: 2} and store.reasons("failed") == {"no PID segment": 1}
+    assert source.poll(10, 0.0) == []  # finished: not handed out again
+    assert store.requeue(ids=[ids[0]]) == 1  # a replay (e.g. after a mapping change) picks it up again
+    assert [e.id for e in source.poll(10, 0.0)] == [ids[0]]
     store.close()
 
 

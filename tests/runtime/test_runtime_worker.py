@@ -90,6 +90,7 @@ def test_samples_end_to_end(tmp_path: Path, scout_messages: list[Path]) -> None:
     store, worker, _sink, _sleeps, metrics = _setup(tmp_path)
     converter = Converter()
     expected: dict[str, bytes] = {}
+    filtered: list[str] = []
     rejected: list[bytes] = []
     ids = []
     broken = scout_messages[3].read_bytes().rstrip(b"\r\n") + b"\rNTE|1||\x00\x00\r"  # NUL bytes: ParseError
@@ -97,41 +98,50 @@ def test_samples_end_to_end(tmp_path: Path, scout_messages: list[Path]) -> None:
         ids.append(_land(store, data))
         conversion = converter.convert(data)
         expected.update({f"{o.bundle_id}.json": o.body for o in conversion.outputs})
+        filtered.extend(f.reason for f in conversion.filtered)
         rejected.extend(r.raw for r in conversion.rejections)
     assert rejected == [broken]  # status-only ORUs of the feed are filtered (not reports), never dead letters
+    assert filtered, "the sample set includes status-only ORUs (not reports)"
     _drain(worker)
 
     assert _outbox(tmp_path) == expected  # byte-identical to the converter (= `engine map`) output
-    sidecars = _dlq(tmp_path)
-    assert sorted((tmp_path / "dlq" / str(s["payload_file"])).read_bytes() for s in sidecars) == sorted(rejected)
+    sidecars = _dlq(tmp_path)  # only the rejection: filtered messages are not dead letters
+    assert sorted((tmp_path / "dlq" / str(s["payload_file"])).read_bytes() for s in sidecars) == rejected
     assert all(s["error_class"] == "ParseError" and s["reason"] for s in sidecars)
     counts = store.counts()
-    assert counts["failed"] == len(rejected) and counts["published"] == len(scout_messages)
+    assert counts["failed"] == 1 and counts["filtered"] == len(filtered)
+    assert counts["published"] == len(scout_messages) - len(filtered)
     assert counts["received"] == counts["mapped"] == 0
-    published = [store.get(i) for i in ids]
-    datas = [p.read_bytes() for p in scout_messages]
-    filtered = {i for i, d in zip(ids, datas, strict=False) if not converter.convert(d).outputs}
-    assert all(m is not None and (m.outputs or m.status == "failed" or m.id in filtered) for m in published)
+    stored = [store.get(i) for i in ids]
+    for m in stored:
+        assert m is not None and (m.outputs or m.status in ("filtered", "failed"))
+        if m.status == "filtered":
+            assert m.error_class == "UnsupportedMessage" and m.error_reason in filtered
     assert metrics.registry.get_sample_value("engine_messages_received_total", {"source": "test"}) == len(ids)
-    assert metrics.registry.get_sample_value(
-        "engine_dead_letters_total", {"error_class": "ParseError"}) == len(rejected)
+    for reason in set(filtered):
+        assert metrics.registry.get_sample_value(
+            "engine_messages_filtered_total", {"source": "test", "reason": reason}) == filtered.count(reason)
+    assert metrics.registry.get_sample_value("engine_dead_letters_total", {"error_class": "UnsupportedMessage"}) is None
+    assert metrics.registry.get_sample_value("engine_dead_letters_total", {"error_class": "ParseError"}) == 1
     store.close()
 
 
 def test_multi_message_input_dead_letters_only_the_bad_message(tmp_path: Path, scout_messages: list[Path]) -> None:
     good = scout_messages[1].read_bytes()
-    bad = scout_messages[3].read_bytes().rstrip(b"\r\n") + b"\rNTE|1||\x00\x00\r"  # NUL bytes: ParseError
+    bad = b"\r".join(s for s in good.replace(b"\n", b"\r").split(b"\r") if not s.startswith(b"PID"))  # no PID
     conversion = Converter().convert(bad)
     assert conversion.rejections and not conversion.outputs
-    store, worker, _sink, _sleeps, _metrics = _setup(tmp_path)
+    assert conversion.rejections[0].error_class == "InvalidReport"  # a report that cannot be converted
+    store, worker, _sink, _sleeps, metrics = _setup(tmp_path)
     eid = _land(store, good.rstrip(b"\r\n") + b"\r" + bad)
     _drain(worker)
     assert len(_outbox(tmp_path)) == 1
     [sidecar] = _dlq(tmp_path)
     assert (tmp_path / "dlq" / str(sidecar["payload_file"])).read_bytes().startswith(b"MSH")
-    assert sidecar["envelope_id"] == eid
+    assert sidecar["envelope_id"] == eid and sidecar["error_class"] == "InvalidReport"
     message = store.get(eid)
     assert message is not None and message.status == "failed" and len(message.outputs) == 1
+    assert metrics.registry.get_sample_value("engine_dead_letters_total", {"error_class": "InvalidReport"}) == 1
     store.close()
 
 
@@ -159,7 +169,7 @@ def test_persistent_transient_failure_pauses_intake_then_recovers(tmp_path: Path
     _land(store, scout_messages[2].read_bytes())
     assert worker.run_once(timeout=0.0) == 1
     assert not worker.paused and metrics.registry.get_sample_value("engine_intake_paused") == 0
-    assert store.counts() == {"received": 0, "mapped": 0, "published": 2, "failed": 0}
+    assert store.counts() == {"received": 0, "mapped": 0, "published": 2, "failed": 0, "filtered": 0}
     store.close()
 
 

@@ -1,0 +1,178 @@
+"""The service end to end: MLLP in on several connections -> message store -> worker -> Bundle durable in the
+outbox; ACK latency while the worker runs; and the landing-time partition key (Kafka path).
+
+    .venv/bin/python bench/bench_service.py [--copies 3] [--connections 4] [--processes 1]
+        [--bootstrap HOST:PORT]
+
+Starts ``engine run`` (a real subprocess: MLLP listener, SQLite store, worker with ``--processes``
+conversion processes, folder sink and dead letters with one sync per batch) on free loopback ports,
+sends the 900-message WashU feed ``--copies`` times (distinct control ids and filler numbers) over
+``--connections`` persistent connections (send, wait for the ACK, next), and measures:
+
+* ACK rate and ACK latency median / p99 while the worker converts;
+* end to end: messages per second from the first send until every message is finished in the store
+  (``published``/``filtered``/``failed``: each Bundle renamed into the outbox and synced);
+* ``partition_key_for`` (the Kafka landing key, read from MSH/OBR alone) per CPU-second, against a full
+  conversion per message (what the landing did before);
+* with ``--bootstrap``: Kafka landing rate (``KafkaLanding.land``, ``acks=all``, 4 threads) to that broker.
+
+Timing lives here, never in tests. The machine is shared: quote medians of several runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from bench_backfill import build_oru  # noqa: E402
+from bench_mllp import load_messages, sender  # noqa: E402
+
+from engine.backfill.formats import frames_of  # noqa: E402
+from engine.cmd_map import load_mapping_context  # noqa: E402
+from engine.convert import Converter, partition_key_for  # noqa: E402
+
+CONFIG = """
+mapping:
+  system_base: "urn:imaging-engine:sid"
+  senders:
+    - {sending_application: SOMERIS, sending_facility: ABCHOSP, accession_field: OBR-3,
+       accession_system: "urn:imaging-engine:sid/ABCHOSP/accession"}
+  default: {accession_field: OBR-18}
+store: {path: ROOT/store}
+sources: {mllp: {host: 127.0.0.1, port: MLLP}}
+sinks: {folder: {path: ROOT/outbox}}
+dlq: {folder: {path: ROOT/dlq}}
+worker: {batch_size: 200, processes: PROCESSES}
+health: {host: 127.0.0.1, port: HEALTH}
+logging: {level: WARNING}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def finished(db: Path) -> int:
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
+            row = conn.execute("SELECT COUNT(*) FROM messages WHERE status IN ('published','filtered','failed')")
+            return int(row.fetchone()[0])
+    except sqlite3.Error:
+        return 0
+
+
+def service(copies: int, connections: int, processes: int) -> None:
+    with tempfile.TemporaryDirectory(prefix="bench-service-") as tmp:
+        root = Path(tmp)
+        build_oru(root / "in", 900 * copies)
+        messages = [f.raw.rstrip(b"\r") for p in sorted((root / "in").iterdir()) for f in frames_of(p, 1 << 24)]
+        mllp, health = free_port(), free_port()
+        cfg = root / "engine.yaml"
+        text = CONFIG.replace("ROOT", str(root)).replace("MLLP", str(mllp)).replace("HEALTH", str(health))
+        cfg.write_text(text.replace("PROCESSES", str(processes)))
+        log = open(root / "engine.log", "wb")  # noqa: SIM115
+        engine = subprocess.Popen([sys.executable, "-m", "engine", "run", "--config", str(cfg)], stderr=log, cwd=ROOT)
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                try:
+                    socket.create_connection(("127.0.0.1", mllp), timeout=1).close()
+                    break
+                except OSError:
+                    time.sleep(0.2)
+            ctx = mp.get_context("fork")
+            start = ctx.Event()
+            pipes, procs = [], []
+            for i in range(connections):
+                receive, send = ctx.Pipe(duplex=False)
+                proc = ctx.Process(target=sender, args=(mllp, messages[i::connections], start, send), daemon=True)
+                proc.start()
+                pipes.append(receive)
+                procs.append(proc)
+            time.sleep(0.3)
+            t0 = time.perf_counter()
+            start.set()
+            results = [p.recv() for p in pipes]
+            acked = max(end for _, _, end in results) - t0
+            db = root / "store" / "messages.db"
+            while finished(db) < len(messages) and engine.poll() is None:
+                time.sleep(0.05)
+            done = time.perf_counter() - t0
+        finally:
+            engine.terminate()
+            engine.wait(30)
+            log.close()
+        latencies = sorted(lat for lats, _, _ in results for lat in lats)
+        errors = sum(e for _, e, _ in results)
+        p99 = statistics.quantiles(latencies, n=100)[98] * 1000
+        outbox = sum(1 for p in (root / "outbox").iterdir() if not p.name.startswith("."))
+        print(f"service, {len(messages):,} messages over {connections} MLLP connections, {processes} conversion "
+              f"process(es): ACKs {len(messages) / acked:,.0f}/s (median {statistics.median(latencies) * 1000:.1f} ms, "
+              f"p99 {p99:.1f} ms, {errors} not AA); end to end {len(messages) / done:,.0f} messages/s "
+              f"({outbox:,} Bundles durable in the outbox)")  # fmt: skip
+
+
+def keys() -> None:
+    ctx = load_mapping_context(None)
+    conv = Converter(ctx)
+    messages = load_messages(ROOT.parent / "shared" / "testdata" / "hl7v2-washu-scout" / "bulk" / "scout-all-oru.hl7")
+    for label, fn in (("partition_key_for (header only)", lambda m: partition_key_for(m, ctx)),
+                      ("full conversion (before)", conv.convert)):  # fmt: skip
+        t = time.process_time()
+        for m in messages:
+            fn(m)
+        cpu = time.process_time() - t
+        print(f"landing key, {label}: {len(messages) / cpu:,.0f} messages per CPU-second")
+
+
+def kafka_landing(bootstrap: str, count: int = 3000, threads: int = 4) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from engine.kafka import KafkaLanding
+    from engine.kafka.settings import KafkaSettings
+
+    settings = KafkaSettings.from_mapping({"bootstrap_servers": bootstrap})
+    landing = KafkaLanding(settings)
+    messages = load_messages(ROOT.parent / "shared" / "testdata" / "hl7v2-washu-scout" / "bulk" / "scout-all-oru.hl7")
+    batch = [messages[i % len(messages)] for i in range(count)]
+
+    def land(m: bytes) -> str:
+        return landing.land(m, content_type="x-application/hl7-v2+er7", source="bench", headers={})
+
+    land(batch[0])
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(land, batch))
+    rate = count / (time.perf_counter() - t0)
+    print(f"Kafka landing ({threads} threads, acks=all, keyed from the header): {rate:,.0f} messages/s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--copies", type=int, default=3)
+    parser.add_argument("--connections", type=int, default=4)
+    parser.add_argument("--processes", type=int, default=1)
+    parser.add_argument("--bootstrap")
+    args = parser.parse_args()
+    keys()
+    service(args.copies, args.connections, args.processes)
+    if args.bootstrap:
+        kafka_landing(args.bootstrap)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""Where the time goes, per ORU message: CPU time of each stage over the 900-message WashU feed.
+
+    .venv/bin/python bench/profile_oru.py [--passes 3]
+    .venv/bin/pyinstrument bench/profile_oru.py          # the call tree (pyinstrument is a test dependency)
+
+Stages: framing (``split_stream``), tokenizing (``er7.parse_message``), mapping (``map_oru``), shaping
+(``shape``), serializing (``serialize``), partition key. Date caches are cleared before every pass, so
+repeated passes do not flatter the figures. Timing lives here, never in tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from engine._dispatch import partition_key  # noqa: E402
+from engine.backfill.formats import frames_of  # noqa: E402
+from engine.cmd_map import load_mapping_context  # noqa: E402
+from pipelines.errors import MappingError  # noqa: E402
+from pipelines.hl7v2 import datatypes, split_stream  # noqa: E402
+from pipelines.hl7v2.er7 import decode_message, parse_message  # noqa: E402
+from pipelines.hl7v2.oru import map_oru  # noqa: E402
+from pipelines.output import serialize, shape, timezone  # noqa: E402
+
+BULK = ROOT.parent / "shared" / "testdata" / "hl7v2-washu-scout" / "bulk" / "scout-all-oru.hl7"
+STAGES = ("framing", "tokenizing", "mapping", "shaping", "serializing", "partition key")
+
+
+def one_pass(frames: list[bytes], totals: dict[str, float] | None) -> None:
+    ctx = load_mapping_context(None)
+    for fn in (datatypes.dtm_date, datatypes.dtm_datetime, datatypes.dtm_instant, timezone._span):
+        fn.cache_clear()
+    clock = time.process_time
+    for raw in frames:
+        t0 = clock()
+        chunk = split_stream(raw)[0]
+        t1 = clock()
+        text, codec = decode_message(chunk.data)
+        msg = parse_message(text)
+        msg.charset = codec
+        t2 = clock()
+        try:
+            reports = map_oru(msg, ctx)
+        except MappingError:
+            continue
+        t3 = clock()
+        bundles = [shape(r, "document")[0] for r in reports]
+        t4 = clock()
+        for bundle in bundles:
+            serialize(bundle)
+        t5 = clock()
+        for report in reports:
+            partition_key(report)
+        t6 = clock()
+        if totals is not None:
+            for stage, a, b in zip(STAGES, (t0, t1, t2, t3, t4, t5), (t1, t2, t3, t4, t5, t6), strict=True):
+                totals[stage] += b - a
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--passes", type=int, default=3)
+    args = parser.parse_args()
+    frames = [f.raw for f in frames_of(BULK, 1 << 24)]
+    one_pass(frames, None)  # warm-up
+    totals = dict.fromkeys(STAGES, 0.0)
+    for _ in range(args.passes):
+        one_pass(frames, totals)
+    n = args.passes * len(frames)
+    total = sum(totals.values())
+    print("| stage | us per message | share |\n|---|---|---|")
+    for stage, seconds in totals.items():
+        print(f"| {stage} | {seconds / n * 1e6:,.0f} | {100 * seconds / total:.0f} % |")
+    print(f"| total | {total / n * 1e6:,.0f} | {n / total:,.0f} messages per CPU-second |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""Conversion in worker processes: a :class:`concurrent.futures.ProcessPoolExecutor` whose workers each hold
+one :class:`engine.convert.Converter` (built once by the pool initializer), fed with batches of frames.
+
+Batches (tens of frames) amortise the inter-process hand-over; the caller keeps a bounded number of batches
+in flight and consumes results in submission order, which keeps every report's versions in input order and
+bounds memory. ``workers=0`` converts in the calling process (same interface, no pool).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from typing import Any
+
+from engine.convert import Converter
+from engine.outcomes import Conversion, Filtered
+from pipelines.context import MappingContext
+
+__all__ = ["InlineExecutor", "convert_batch", "make_executor"]
+
+_converter: Converter | None = None
+
+
+def _watch_parent(pid: int) -> None:
+    """A worker whose backfill process died (SIGKILL, OOM killer) exits instead of waiting forever on its
+    task queue (the pool's queues never report EOF to a worker that holds both pipe ends)."""
+    while True:
+        time.sleep(0.5)
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            os._exit(1)
+        except PermissionError:
+            continue
+
+
+def _init(context: MappingContext, model: str, parent: int | None = None) -> None:
+    global _converter
+    _converter = Converter(context, model)
+    if parent is not None:
+        threading.Thread(target=_watch_parent, args=(parent,), name="parent-watch", daemon=True).start()
+
+
+def convert_batch(frames: Sequence[bytes]) -> list[Conversion]:
+    """Convert each frame; filtered outcomes drop their bytes (never dead-lettered, so never shipped back)."""
+    assert _converter is not None, "pool worker not initialised"
+    results: list[Conversion] = []
+    for raw in frames:
+        result = _converter.convert(raw)
+        if result.filtered:
+            result.filtered = [Filtered(f.index, f.reason, b"", f.category) for f in result.filtered]
+        results.append(result)
+    return results
+
+
+class InlineExecutor(Executor):
+    """Runs each task at submit time in the calling process (``--workers 0``)."""
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as exc:
+            future.set_exception(exc)
+        return future
+
+
+def make_executor(workers: int, context: MappingContext, model: str) -> Executor:
+    """A process pool of ``workers`` processes (``forkserver`` start: no inherited threads or open store
+    connections), or an :class:`InlineExecutor` for ``workers == 0``."""
+    if workers <= 0:
+        _init(context, model)
+        return InlineExecutor()
+    methods = multiprocessing.get_all_start_methods()
+    ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+    return ProcessPoolExecutor(
+        max_workers=workers, mp_context=ctx, initializer=_init, initargs=(context, model, os.getpid())
+    )

@@ -1,0 +1,313 @@
+"""The backfill loop shared by ``engine backfill`` and ``engine map``.
+
+::
+
+    files (walked, sorted) -> frames (streaming readers, formats.py) -> exact-duplicate check (checkpoint)
+      -> batches -> process pool (pool.py) -> results in submission order -> sinks.write / dead letters
+      -> every ``flush_every`` messages or ``flush_seconds``: sinks.flush() -> checkpoint.commit()
+
+* **Bounded memory.** At most ``inflight`` batches (``batch`` frames each) exist at any time; reading stops
+  while the oldest batch is not consumed. A slow sink (a Kafka broker waiting for ``acks=all``, a slow disk)
+  blocks the consumer, so reading and converting stop too: back-pressure, no unbounded buffer.
+* **Order.** Results are consumed in input order, so a corrected report is never written before the
+  preliminary that precedes it in the archive (per report identifier, and globally).
+* **Exactly the same output after a kill.** Outputs are written before the checkpoint commit that covers
+  them; a re-run skips committed frames and re-converts the rest; Bundle ids are deterministic and sinks
+  overwrite, so the output set is identical.
+* **Outcomes.** Each message is converted (outputs), filtered (counted by reason) or rejected (dead letter
+  with its original bytes, counted by reason); a frame whose message key was seen before is a duplicate.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from engine.backfill.checkpoint import Checkpoint
+from engine.backfill.formats import FORMATS, Frame, InputFile, LogFormat, frames_of, message_key
+from engine.backfill.pool import convert_batch, make_executor
+from engine.backfill.progress import Progress, Tally
+from engine.outcomes import Conversion
+from engine.sinks.base import DeadLetterSink, Sink
+from engine.sources.base import CONTENT_DICOM, CONTENT_HL7V2, Envelope
+from pipelines.context import MappingContext
+
+__all__ = ["SMALL_INPUT", "Interrupted", "Options", "auto_workers", "run_backfill"]
+
+#: Inputs below this many bytes are converted in the command's own process by default: starting worker
+#: processes costs more than it saves.
+SMALL_INPUT = 2 * 1024 * 1024
+
+
+def auto_workers(requested: int | None, total_bytes: int) -> int:
+    """``requested`` when given, else every core, or 0 (in process) for a small input."""
+    if requested is not None:
+        return max(0, requested)
+    return 0 if total_bytes < SMALL_INPUT else (os.cpu_count() or 1)
+
+
+class Interrupted(Exception):
+    """SIGTERM/SIGINT: consumed work was flushed and committed; the rest is left for the next run."""
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    workers: int = 0  # 0: convert in this process
+    batch: int = 64  # frames per task
+    batch_bytes: int = 4 << 20  # or fewer frames when they are large
+    inflight_per_worker: int = 4  # bounded queue: batches waiting or converting per worker
+    flush_every: int = 4000  # messages between sink flushes + checkpoint commits
+    flush_seconds: float = 2.0
+    limit: int = 16 * 1024 * 1024  # largest frame (MappingContext.max_message_bytes)
+    model: str = "document"
+    formats: tuple[LogFormat, ...] = FORMATS
+
+
+@dataclass(slots=True)
+class _Item:
+    file: InputFile
+    index: int
+    raw: bytes | None  # None: a duplicate of ``first``
+    first: str | None = None
+    eof: bool = False  # last frame of its file
+    size: int = 0  # bytes of the frame in the file
+
+
+_Batch = tuple[list[_Item], "Future[list[Conversion]]"]
+
+
+def _label(f: InputFile, index: int) -> str:
+    return f"{f.path}#{index}"
+
+
+class _Loop:
+    def __init__(
+        self,
+        context: MappingContext,
+        sinks: Sequence[Sink],
+        dead_letters: DeadLetterSink,
+        checkpoint: Checkpoint,
+        progress: Progress | None,
+        options: Options,
+        tally: Tally,
+    ) -> None:
+        self.context, self.sinks, self.dead_letters = context, list(sinks), dead_letters
+        self.checkpoint, self.progress, self.options, self.tally = checkpoint, progress, options, tally
+        self.marks: dict[Path, tuple[InputFile, int, bool]] = {}
+        self.since_flush = 0
+        self.last_flush = time.monotonic()
+        self.stop = False
+        concurrent = all(getattr(x, "concurrent_flush", False) for x in self.sinks) and (
+            getattr(dead_letters, "concurrent_flush", False) or not hasattr(dead_letters, "flush")
+        )
+        self._flusher = ThreadPoolExecutor(1, thread_name_prefix="backfill-flush") if concurrent else None
+        self._commit: Future[None] | None = None
+
+    # -- reading ------------------------------------------------------------------------------------
+
+    def items(self, files: Sequence[InputFile]) -> Iterator[_Item]:
+        for f in files:
+            upto, finished = self.checkpoint.done_upto(f)
+            if finished:
+                continue
+            try:
+                frames: Iterator[Frame] = frames_of(f.path, self.options.limit, self.options.formats)
+                last: _Item | None = None
+                for frame in frames:
+                    if frame.index <= upto:
+                        continue
+                    if last is not None:
+                        yield last
+                    last = _Item(f, frame.index, frame.raw, size=len(frame.raw))
+                    if self.stop:
+                        return
+            except OSError as exc:
+                if last is not None:  # frames before the read error stand; the error is the next frame
+                    yield last
+                index = last.index + 1 if last is not None else upto + 1
+                last = _Item(f, index, b"", first=f"cannot read file: {exc.strerror or type(exc).__name__}")
+            if last is None:
+                last = _Item(f, upto, None, first="", eof=True)  # nothing (more) in this file
+            last.eof = True
+            yield last
+
+    def batches(self, files: Sequence[InputFile]) -> Iterator[list[_Item]]:
+        batch: list[_Item] = []
+        size = 0
+        for item in self.items(files):
+            batch.append(item)
+            size += len(item.raw or b"")
+            if len(batch) >= self.options.batch or size >= self.options.batch_bytes:
+                yield self._dedupe(batch)
+                batch, size = [], 0
+        if batch:
+            yield self._dedupe(batch)
+
+    def _dedupe(self, batch: list[_Item]) -> list[_Item]:
+        live = [it for it in batch if it.raw is not None and it.first is None]
+        firsts = self.checkpoint.claim([(message_key(it.raw or b""), _label(it.file, it.index)) for it in live])
+        for it, first in zip(live, firsts, strict=True):
+            if first is not None:
+                it.raw, it.first = None, first
+        return batch
+
+    # -- consuming ----------------------------------------------------------------------------------
+
+    def consume(self, items: list[_Item], results: list[Conversion]) -> None:
+        it_results = iter(results)
+        for item in items:
+            if item.raw is None:
+                if item.first:  # "" marks an empty end-of-file item
+                    self.tally.inputs += 1
+                    self.tally.duplicates += 1
+            elif item.first is not None:  # unreadable file
+                self.tally.inputs += 1
+                self._reject(item, 1, item.first, "ReadError", b"")
+            else:
+                self._outcome(item, next(it_results))
+            self.tally.bytes += item.size
+            self.marks[item.file.path] = (item.file, item.index, item.eof)
+            if item.eof:
+                self.tally.files += 1
+        if self.progress is not None:
+            self.progress.update(self.tally)
+
+    def _outcome(self, item: _Item, result: Conversion) -> None:
+        self.tally.inputs += result.messages
+        self.since_flush += result.messages
+        assert item.raw is not None
+        envelope = self._envelope(item, item.raw)
+        if result.outputs:
+            self.tally.converted += result.messages - len(result.rejections) - len(result.filtered)
+        for output in result.outputs:
+            for sink in self.sinks:
+                sink.write(output, envelope)
+            self.tally.outputs += 1
+        for filtered in result.filtered:
+            self.tally.filter(filtered.reason)
+        for rej in result.rejections:
+            self._reject(item, rej.index, rej.reason, rej.error_class, rej.raw)
+
+    def _reject(self, item: _Item, n: int, reason: str, error_class: str, raw: bytes) -> None:
+        self.tally.reject(reason)
+        label = _label(item.file, item.index) if n == 1 else f"{_label(item.file, item.index)}.{n}"
+        self.dead_letters.put(self._envelope(item, raw, label), raw, reason, error_class)
+
+    def _envelope(self, item: _Item, raw: bytes, label: str | None = None) -> Envelope:
+        dicom = raw[128:132] == b"DICM"
+        return Envelope(
+            id=label or _label(item.file, item.index),
+            payload=raw,
+            content_type=CONTENT_DICOM if dicom else CONTENT_HL7V2,
+            source="backfill",
+            received_at=item.file.mtime_ns / 1e9,
+            position=(str(item.file.path), item.index),
+            headers={"input": str(item.file.path), "frame": str(item.index)},
+        )
+
+    def _flush_and_commit(self, marks: list[tuple[InputFile, int, bool]], counts: dict[str, Any]) -> None:
+        for sink in self.sinks:
+            sink.flush()
+        flush = getattr(self.dead_letters, "flush", None)
+        if callable(flush):
+            flush()
+        self.checkpoint.commit(marks, counts)
+
+    def maybe_commit(self, force: bool = False) -> None:
+        """Flush the sinks, then commit the checkpoint for everything consumed so far. With sinks that allow
+        it (``concurrent_flush``) this runs on a background thread while reading and converting go on; one
+        flush at a time, and the loop waits for it when ``4 * flush_every`` messages piled up meanwhile."""
+        o = self.options
+        if self._commit is not None and (force or self._commit.done() or self.since_flush >= 4 * o.flush_every):
+            self._commit.result()  # re-raises a failure of the background flush
+            self._commit = None
+        due = self.since_flush >= o.flush_every or time.monotonic() - self.last_flush >= o.flush_seconds
+        if not (force or due) or not self.marks or self._commit is not None:
+            return
+        marks, counts = list(self.marks.values()), self.tally.as_dict()
+        self.marks.clear()
+        self.since_flush = 0
+        self.last_flush = time.monotonic()
+        if self._flusher is None:
+            self._flush_and_commit(marks, counts)
+            return
+        self._commit = self._flusher.submit(self._flush_and_commit, marks, counts)
+        if force:
+            self._commit.result()
+            self._commit = None
+
+    # -- driving ------------------------------------------------------------------------------------
+
+    def run(self, files: Sequence[InputFile]) -> None:
+        o = self.options
+        executor = make_executor(o.workers, self.context, o.model)
+        pending: collections.deque[_Batch] = collections.deque()
+        limit = max(1, o.workers) * o.inflight_per_worker
+        try:
+            for batch in self.batches(files):
+                frames = [it.raw for it in batch if it.raw is not None and it.first is None]
+                pending.append((batch, executor.submit(convert_batch, frames)))
+                while len(pending) >= limit or (pending and pending[0][1].done()):
+                    items, future = pending.popleft()
+                    self.consume(items, future.result())
+                    self.maybe_commit()
+                if self.stop:
+                    break
+            while pending:
+                items, future = pending.popleft()
+                self.consume(items, future.result())
+                self.maybe_commit()
+            self.maybe_commit(force=True)
+        finally:
+            executor.shutdown(wait=not self.stop, cancel_futures=True)
+            if self._flusher is not None:
+                self._flusher.shutdown(wait=True)
+
+
+def run_backfill(
+    files: Sequence[InputFile],
+    context: MappingContext,
+    sinks: Sequence[Sink],
+    dead_letters: DeadLetterSink,
+    checkpoint: Checkpoint,
+    *,
+    options: Options | None = None,
+    progress: Progress | None = None,
+    handle_signals: bool = True,
+) -> Tally:
+    """Convert every frame of ``files`` (see the module docstring); returns the job's cumulative tally
+    (a resumed job includes what earlier runs committed). Raises :class:`Interrupted` after a graceful
+    stop (SIGTERM/SIGINT), with everything consumed flushed and committed."""
+    opts = options or Options(limit=context.max_message_bytes)
+    stored = checkpoint.counts()
+    tally = Tally.from_dict(stored) if stored else Tally()
+    loop = _Loop(context, sinks, dead_letters, checkpoint, progress, opts, tally)
+    if progress is not None:
+        progress.update(tally)  # the baseline: a resumed job's rate counts this run only
+    previous: dict[signal.Signals, Any] = {}
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        loop.stop = True
+
+    if handle_signals:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, on_signal)
+    try:
+        loop.run(files)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if progress is not None:
+            progress.close()
+    if loop.stop:
+        raise Interrupted(f"stopped after {tally.inputs} messages; run the same command again to continue")
+    checkpoint.finish(tally.as_dict())
+    return tally
