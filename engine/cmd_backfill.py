@@ -33,7 +33,17 @@ __all__ = ["register"]
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("backfill", help="convert archives (directories, bulk files, listener logs); resumable")
+    p = sub.add_parser(
+        "backfill",
+        help="convert archives (directories, bulk files, listener logs); resumable",
+        description="Convert archived HL7 v2 and DICOM SR inputs (directories read recursively, bulk and FHS/BHS "
+        "batch files, MLLP captures, listener logs) to the deployment's sinks (folder, Kafka, FHIR server) with "
+        "all cores, a checkpoint in the deployment's store (a re-run after a kill continues where it stopped; "
+        "exact duplicate messages are counted once), progress on stderr and a final summary.",
+        epilog="exit codes:\n  0  done, nothing rejected\n  1  done, some messages rejected (dead letters; the rest "
+        "converted)\n  2  usage or configuration error, or a source does not exist\n  130  interrupted "
+        "(SIGINT/SIGTERM): progress committed, run the same command again to continue",
+    )
     p.add_argument("sources", nargs="+", type=Path, metavar="SOURCE", help="files or directories (recursive)")
     p.add_argument("--config", required=True, type=Path, help="deployment YAML (mapping, sinks, dlq, store)")
     p.add_argument(
@@ -63,6 +73,11 @@ def _destinations(settings: Any) -> tuple[list[Sink], DeadLetterSink, str]:
     if settings.kafka_sink is not None:
         sinks.append(_kafka("KafkaSink")(settings.kafka_sink))
         names.append(f"kafka:{getattr(settings.kafka_sink, 'output_topic', '')}")
+    if settings.fhir_sink is not None:  # the FHIR publisher (sinks.fhir): same Sink interface as the service
+        from engine.publishers.fhir import FhirSink
+
+        sinks.append(FhirSink(settings.fhir_sink))
+        names.append(f"fhir:{settings.fhir_sink.model}")
     if settings.dlq_folder is not None:
         dead: DeadLetterSink = FolderDeadLetters(settings.dlq_folder.path, deferred=True)
     else:
@@ -103,7 +118,10 @@ def _run(args: argparse.Namespace) -> int:
     progress = Progress(total, interval=args.progress_interval)
     workers = auto_workers(args.workers, total)
     options = Options(
-        workers=workers, limit=settings.mapping.max_message_bytes, flush_seconds=max(0.0, args.commit_interval)
+        workers=workers,
+        limit=settings.mapping.max_message_bytes,
+        flush_seconds=max(0.0, args.commit_interval),
+        model=settings.model,
     )
     code = 0
     try:

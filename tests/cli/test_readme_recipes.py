@@ -2,8 +2,9 @@
 
 The lines are read from README.md (the ones naming MESSAGE.hl7 and REPORT.dcm), so README and test cannot
 drift apart; only the ports and the file are substituted. For each file the service must produce the Bundles
-`engine map` produces from the same file (same sender profiles), and a file that `engine map` converts
-completely must be acknowledged without error (exit 0).
+`engine map` produces from the same file (same sender profiles); a file that `engine map` converts
+completely must be acknowledged without error (exit 0), and one with filtered or rejected messages must be
+answered so (`AR`/`AE`, C-STORE failure status; `ack: converted`).
 """
 
 from __future__ import annotations
@@ -93,12 +94,21 @@ def test_readme_recipes_on_every_shared_sample(engine: EngineProcess) -> None:
             assert result.returncode != 0 and "Parse error in sequence (0040,a170)" in result.stderr, name
             assert not expected.outputs, name
             continue
-        if not expected.rejections and result.returncode != 0:
+        clean = not expected.rejections and not expected.filtered
+        if clean and result.returncode != 0:
             failures.append(f"{name}: exit {result.returncode}: {(result.stdout + result.stderr)[-300:]}")
             continue
-        if result.returncode not in (0, 1):
-            failures.append(f"{name}: exit {result.returncode}: {result.stderr[-300:]}")
-            continue
+        if not clean:  # the sender is told: AR (not a report) / AE (not converted); C-STORE 0xC001 / 0xC002
+            if dicom and result.returncode == 0:
+                failures.append(f"{name}: filtered/rejected by engine map but stored as converted (0x0000)")
+                continue
+            if not dicom:
+                # per message: AR / AE, "not sent" (junk between log frames), or CA only when the message's
+                # MSH-15/16 asked for an accept acknowledgement and no application acknowledgement
+                told = {line.split()[2] for line in result.stdout.splitlines() if len(line.split()) > 2}
+                if result.returncode not in (0, 1) or not (told & {"AR", "AE", "not"} or told <= {"CA", "sent"}):
+                    failures.append(f"{name}: exit {result.returncode}, ACKs {sorted(told)}: {result.stderr[-300:]}")
+                    continue
         wanted = {o.bundle_id for o in expected.outputs}
         deadline = time.monotonic() + 60
         while True:

@@ -9,9 +9,18 @@ REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared"
 
 #: paths the engine creates at run time, placeholders and paths inside the container: not repository files.
-RUNTIME = ("var/", "../var/", "DIR/", "OUT/", "/app/", "done/", "failed/", "/livez", "/readyz", "/metrics")
+RUNTIME = (
+    "var/", "../var/", "DIR/", "OUT/", "/app/", "done/", "failed/", "rejected/", ".landed/", "summary.json",
+    "/livez", "/readyz", "/metrics", "/api/", "/console/", "application/",
+)
 #: where a bare file name may live (the README's layout table names modules by file name)
-SEARCH = [REPO, REPO / "config", *sorted(p for p in (REPO / "pipelines").iterdir() if p.is_dir()), SHARED / "docs"]
+SEARCH = [
+    REPO,
+    REPO / "config",
+    *sorted(p for top in ("pipelines", "engine", "tests") for p in (REPO / top).iterdir() if p.is_dir()),
+    SHARED / "docs",
+    SHARED / "tools" / "fhir-validator",
+]
 FILE = re.compile(r"\.(py|ya?ml|md|sh|toml|hl7|dcm|log|json|cfg|txt)$")
 
 
