@@ -80,7 +80,7 @@ def convert_message(data: bytes, raw: bytes, n: int, ctx: MappingContext, model:
     :class:`MappingError`)."""
     try:
         reports = map_message(data, ctx)
-        outputs = [_output(r, model) for r in reports]
+        outputs = [_output(r, model, ctx) for r in reports]
     except StatusOnly as exc:
         outputs = _status_outputs(exc, model)  # harmonized model only; else filtered like UnsupportedMessage
         if not outputs:
@@ -105,7 +105,7 @@ def convert_dicom(data: bytes, ctx: MappingContext, model: str, result: Conversi
         return
     try:
         reports = map_dicom(data, ctx)
-        result.outputs.extend(_output(r, model) for r in reports)
+        result.outputs.extend(_output(r, model, ctx) for r in reports)
     except UnsupportedMessage as exc:
         result.filtered.append(Filtered(1, one_line(str(exc)), data, type(exc).__name__))
     except MappingError as exc:
@@ -145,8 +145,8 @@ def _status_outputs(exc: StatusOnly, model: str) -> list[Output]:
     return outputs
 
 
-def _output(report: Report, model: str) -> Output:
-    bundle, kind = shape(report, model)
+def _output(report: Report, model: str, ctx: MappingContext) -> Output:
+    bundle, kind = shape(report, model, ctx.model_options(model))
     if kind in ("document", "minimal"):
         dr = bundle["entry"][1 if kind == "document" else 0]["resource"]
     else:  # transaction / batch models: the report's DiagnosticReport wherever it sits

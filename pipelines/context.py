@@ -51,6 +51,13 @@ class MappingContext:
     system_base: str = DEFAULT_SYSTEM_BASE
     default_timezone: str = "+00:00"  # used for `instant` fields when the source has no offset
     max_message_bytes: int = 16 * 1024 * 1024
+    #: per output model, its options (``mapping.models``): ``imr: {wado_rs: {SITE|default: URL}, pdf: bool}``,
+    #: ``harmonized: {patient_update: complete|never}``; read by the model's shaper (pipelines.output.models)
+    models: Mapping[str, Mapping[str, Any]] = field(default_factory=dict, hash=False)
+
+    def model_options(self, model: str) -> Mapping[str, Any]:
+        """The options configured for output ``model`` (empty when none)."""
+        return self.models.get(model, {})
 
     def sender(self, application: str, facility: str) -> SenderProfile:
         for profile in self.senders:
@@ -65,7 +72,7 @@ class MappingContext:
     def from_mapping(cls, data: Mapping[str, Any] | None) -> MappingContext:
         """Build from the ``mapping:`` section of a config YAML (validated, unknown keys rejected)."""
         data = dict(data or {})
-        allowed = {"senders", "default", "system_base", "default_timezone", "max_message_bytes"}
+        allowed = {"senders", "default", "system_base", "default_timezone", "max_message_bytes", "models"}
         unknown = set(data) - allowed
         if unknown:
             raise ValueError(f"unknown mapping settings: {', '.join(sorted(unknown))}")
@@ -77,7 +84,34 @@ class MappingContext:
             system_base=str(data.get("system_base", DEFAULT_SYSTEM_BASE)),
             default_timezone=str(data.get("default_timezone", "+00:00")),
             max_message_bytes=int(data.get("max_message_bytes", 16 * 1024 * 1024)),
+            models=_models(data.get("models") or {}),
         )
+
+
+#: output model -> the option keys its shaper reads (see pipelines.output.imr.ImrOptions, harmonized.HarmonizedOptions)
+MODEL_OPTIONS = {"imr": {"wado_rs", "pdf"}, "harmonized": {"patient_update"}}
+
+
+def _models(data: Any) -> dict[str, dict[str, Any]]:
+    """``mapping.models``: per model, its options (unknown models or keys are errors)."""
+    if not isinstance(data, Mapping):
+        raise ValueError("models: expected a mapping of model name to options")
+    out: dict[str, dict[str, Any]] = {}
+    for name, options in data.items():
+        if name not in MODEL_OPTIONS:
+            raise ValueError(f"models.{name}: no options for this model (known: {', '.join(sorted(MODEL_OPTIONS))})")
+        if not isinstance(options, Mapping):
+            raise ValueError(f"models.{name}: expected a mapping")
+        unknown = set(options) - MODEL_OPTIONS[name]
+        if unknown:
+            raise ValueError(f"models.{name}: unknown settings: {', '.join(sorted(unknown))}")
+        wado = options.get("wado_rs", {})
+        if not isinstance(wado, Mapping) or not all(
+            isinstance(v, str) and v.startswith(("https://", "http://")) for v in wado.values()
+        ):
+            raise ValueError(f"models.{name}.wado_rs: expected {{site or default: http(s) URL}}")
+        out[str(name)] = {**options, "wado_rs": {str(k): str(v) for k, v in wado.items()}} if wado else dict(options)
+    return out
 
 
 def _profile(data: Mapping[str, Any], where: str) -> SenderProfile:

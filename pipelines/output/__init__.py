@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -29,27 +30,36 @@ def shape_document_model(report: Report) -> tuple[dict[str, Any], str]:
     return bundle, kind
 
 
-def shape_harmonized_model(report: Report) -> tuple[dict[str, Any], str]:
-    """The ``harmonized`` model (approach 3): a transaction Bundle, kind "harmonized"."""
-    from pipelines.output.harmonized import shape_harmonized
+def shape_harmonized_model(
+    report: Report, options: Mapping[str, Any] | None = None
+) -> tuple[dict[str, Any], str]:
+    """The ``harmonized`` model (approach 3): a transaction Bundle, kind "harmonized". ``options``:
+    ``mapping.models.harmonized`` (``patient_update``)."""
+    from pipelines.output.harmonized import HarmonizedOptions, shape_harmonized
 
-    return shape_harmonized(report), "harmonized"
-
-
-def shape_imr_model(report: Report) -> tuple[dict[str, Any], str]:
-    """The ``imr`` model (IHE IMR Report Creator, RAD-141): a transaction Bundle, kind "imr"."""
-    from pipelines.output.imr import shape_imr
-
-    return shape_imr(report), "imr"
+    return shape_harmonized(report, HarmonizedOptions(**dict(options or {}))), "harmonized"
 
 
-def shape(report: Report, model: str = "document") -> tuple[dict[str, Any], str]:
-    """Return (Bundle, kind) for a report in the given output model (ValueError for an unknown model)."""
+def shape_imr_model(report: Report, options: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], str]:
+    """The ``imr`` model (IHE IMR Report Creator, RAD-141): a transaction Bundle, kind "imr". ``options``:
+    ``mapping.models.imr`` (``wado_rs`` per site, ``pdf``)."""
+    from pipelines.output.imr import ImrOptions, shape_imr
+
+    opts = dict(options or {})
+    return shape_imr(report, ImrOptions(wado_rs=opts.get("wado_rs", {}), pdf=bool(opts.get("pdf", False)))), "imr"
+
+
+def shape(
+    report: Report, model: str = "document", options: Mapping[str, Any] | None = None
+) -> tuple[dict[str, Any], str]:
+    """Return (Bundle, kind) for a report in the given output model (ValueError for an unknown model);
+    ``options`` are the model's settings (:meth:`pipelines.context.MappingContext.model_options`)."""
     if model == "document":
         return shape_document_model(report)
     from pipelines.output.models import shaper_for
 
-    return shaper_for(model)(report)
+    shaper = shaper_for(model)
+    return shaper(report, options) if options else shaper(report)
 
 
 #: A float that orjson may spell differently from ``json.dumps`` (``repr``): exponent notation (``1e-07`` vs

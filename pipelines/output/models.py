@@ -33,11 +33,10 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from pipelines.common.model import Report
-
 __all__ = ["MODELS", "TRANSACTION", "Model", "Shaper", "get_model", "model_names", "register", "shaper_for"]
 
-Shaper = Callable[[Report], tuple[dict[str, Any], str]]
+#: shaper(report) or shaper(report, options) -> (Bundle, kind); options: the model's ``mapping.models`` settings
+Shaper = Callable[..., tuple[dict[str, Any], str]]
 
 TRANSACTION = ("system:transaction",)
 

@@ -353,11 +353,11 @@ def test_all_rows_retracted_is_filtered_not_published(converter: Any, status: st
         obr25="C",
     )
     result = converter.convert(data)
-    assert not result.outputs
-    [rej] = result.rejections
-    assert rej.reason == "all report content retracted (OBX-11 W/D)"
-    assert rej.error_class == "RetractedContent"
-    assert b"wrong patient" not in rej.reason.encode()
+    assert not result.outputs and not result.rejections  # filtered: nothing published, no dead letter
+    [filtered] = result.filtered
+    assert filtered.reason == "all report content retracted (OBX-11 W/D)"
+    assert filtered.category == "RetractedContent"
+    assert b"wrong patient" not in filtered.reason.encode()
     assert issubclass(RetractedContent, UnsupportedMessage)  # the runtime's "filtered" family
 
 

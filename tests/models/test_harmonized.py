@@ -150,8 +150,9 @@ def test_status_only_oru_stays_filtered_in_the_document_model() -> None:
 
     result = Converter(context(), "document").convert(oru(text=None, impression=None, obr25="X"))
     assert not result.outputs
-    assert [r.reason for r in result.rejections] == ["no report content: no text, coded finding or document in any OBX"]
-    assert result.rejections[0].error_class == "UnsupportedMessage"
+    assert not result.rejections  # not a report in this model: filtered, never a dead letter
+    assert [f.reason for f in result.filtered] == ["no report content: no text, coded finding or document in any OBX"]
+    assert result.filtered[0].category == "UnsupportedMessage"
 
 
 def test_status_only_without_order_status_is_not_converted() -> None:
@@ -159,7 +160,7 @@ def test_status_only_without_order_status_is_not_converted() -> None:
     from tests.models.oru_factory import context
 
     result = Converter(context(), "harmonized").convert(oru(text=None, impression=None, obr25="Y"))
-    assert not result.outputs and len(result.rejections) == 1
+    assert not result.outputs and not result.rejections and len(result.filtered) == 1
     assert order_statuses("Y") is None and order_statuses("in progress") == ("active", None)
 
 
