@@ -4,7 +4,6 @@ SR text included): the shapers enforce the primitive rules as they build, pre-bu
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from pipelines.common.model import (
     Attachment,
@@ -22,19 +21,10 @@ from pipelines.common.model import (
     Study,
 )
 from pipelines.output import serialize, shape
+from tests.fhir_strings import strings
 
 BAD = "x\x00\x01\x07\x0b\x0c\x1b\x1f\x7f\r\ny"
 FORBIDDEN = {chr(c) for c in range(0x20)} - {"\t", "\n", "\r"}
-
-
-def strings(value: Any) -> list[str]:
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, dict):
-        return [s for v in value.values() for s in strings(v)]
-    if isinstance(value, list):
-        return [s for v in value for s in strings(v)]
-    return []
 
 
 def report(with_study: bool) -> Report:

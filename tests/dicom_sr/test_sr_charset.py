@@ -19,6 +19,7 @@ from pipelines.errors import ParseError
 from tests.conftest import TESTDATA
 from tests.dicom_sr.builder import build_sr, code, container, item
 from tests.dicom_sr.helpers import by_type, load, one
+from tests.fhir_strings import strings as _strings
 
 FIELD_REPORT_17 = TESTDATA / "field-reports" / "17-sr-item-level-charset-latin1-in-utf8.dcm"
 FINDINGS = code("121070", "DCM", "Findings")
@@ -43,16 +44,6 @@ def _texts(items: list[Item]) -> list[str]:
             out.append(i.name.meaning)
         out.extend(_texts(i.children))
     return out
-
-
-def _strings(node: Any) -> list[str]:
-    if isinstance(node, str):
-        return [node]
-    if isinstance(node, dict):
-        return [s for v in node.values() for s in _strings(v)]
-    if isinstance(node, list):
-        return [s for v in node for s in _strings(v)]
-    return []
 
 
 def _note(bundle: dict[str, Any], section_loinc: str) -> str:

@@ -10,6 +10,7 @@ import pytest
 from pipelines.dicom_sr.tid2000 import narrative_when
 from tests.dicom_sr.builder import build_sr, code, container, item
 from tests.dicom_sr.helpers import load, one
+from tests.fhir_strings import strings as _strings
 
 FINDINGS = code("121070", "DCM", "Findings")
 FINDING = code("121071", "DCM", "Finding")
@@ -68,16 +69,6 @@ def test_date_time_datetime_items_in_the_report(converter: Any) -> None:
         "No acute findings.",
     ]
     assert "+00:00" not in text and "093000" not in text
-
-
-def _strings(node: Any) -> list[str]:
-    if isinstance(node, str):
-        return [node]
-    if isinstance(node, dict):
-        return [s for v in node.values() for s in _strings(v)]
-    if isinstance(node, list):
-        return [s for v in node for s in _strings(v)]
-    return []
 
 
 def test_control_characters_in_sr_text_never_reach_fhir(converter: Any) -> None:

@@ -19,6 +19,7 @@ from pipelines.common.primitives import clean_text
 from pipelines.hl7v2 import datatypes as dt
 from pipelines.hl7v2.er7 import NONE, Delimiters, parse_message
 from pipelines.hl7v2.fields import components, escape, field, repetitions, unescape
+from tests.fhir_strings import strings
 
 FORBIDDEN = frozenset(chr(c) for c in range(0x20)) - {"\t", "\n", "\r"}
 SEPARATOR_CHARS = "|^~\\&#$*!@%`}{?+=:;'\"<>/,_"
@@ -108,16 +109,6 @@ def test_tokenizer_fields_decode_clean(pid5: str, obx5: str) -> None:
                 for comp in rep.split(d.component):
                     for sub in comp.split(d.subcomponent):
                         assert no_control(unescape(sub, d))
-
-
-def strings(value: Any) -> list[str]:
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, dict):
-        return [s for v in value.values() for s in strings(v)]
-    if isinstance(value, list):
-        return [s for v in value for s in strings(v)]
-    return []
 
 
 ORU = (

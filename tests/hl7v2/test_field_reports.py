@@ -10,20 +10,11 @@ import pytest
 
 from pipelines.errors import RetractedContent, UnsupportedMessage
 from tests.conftest import TESTDATA, profile_errors
+from tests.fhir_strings import strings
 from tests.hl7v2.helpers import bundles, one, resources, section_note
 
 REPORTS = TESTDATA / "field-reports"
 FORBIDDEN = {chr(c) for c in range(0x20) if chr(c) not in "\t\n\r"}
-
-
-def strings(value: Any) -> list[str]:
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, dict):
-        return [s for v in value.values() for s in strings(v)]
-    if isinstance(value, list):
-        return [s for v in value for s in strings(v)]
-    return []
 
 
 def assert_clean(bundle: dict[str, Any]) -> None:
