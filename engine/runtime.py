@@ -113,7 +113,10 @@ class Runtime:
             self.converter = PooledConverter(s.mapping, model=s.model, processes=s.worker.processes)
         else:
             self.converter = Converter(s.mapping, model=s.model)
-        self.door = DoorRejects(self.dead_letters, self.metrics)  # listener rejections: counted and kept
+        # Listener rejections are counted and kept. They happen on listener threads, outside any worker batch, so
+        # they get a dead-letter folder of their own that syncs on every put (the worker's defers to its batch).
+        door_dead = FolderDeadLetters(s.dlq_folder.path) if s.dlq_folder is not None else self.dead_letters
+        self.door = DoorRejects(door_dead, self.metrics)
         self.worker = Worker(
             self.source,
             self.converter,

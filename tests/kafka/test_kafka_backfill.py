@@ -10,6 +10,7 @@ from typing import Any
 
 from engine.cli import main
 from engine.convert import Converter
+from engine.settings import load_settings
 from tests.conftest import TESTDATA
 from tests.kafka.kafka_helpers import read_topic
 
@@ -41,7 +42,7 @@ def test_backfill_to_kafka(tmp_path: Path, bootstrap: str, make_settings: Callab
     report = tmp_path / "report.json"
     assert main(["backfill", "--config", str(cfg), "--workers", "0", "--report", str(report), str(src)]) == 1
 
-    converter = Converter()
+    converter = Converter(load_settings(cfg).mapping)  # the sender profiles the backfill loads by default
     expected = [o for f in sorted(src.iterdir()) for o in converter.convert(f.read_bytes()).outputs]
     records = read_topic(bootstrap, settings.output_topic, expect=len(expected), timeout=60)
     assert sorted(r.value for r in records) == sorted(o.body for o in expected)
