@@ -18,17 +18,26 @@ version that arrives late (older than what the server holds) is *stale*: its Doc
 ``superseded`` and nothing else of the transaction is sent (the document Bundle is), so the newer Composition,
 DiagnosticReport and copies stay (:func:`documents_only`).
 Versions of one report are sent in order by the sink (grouped by report id), never concurrently.
+
+The ``harmonized`` model has no DocumentReference: its report versions are versions of one DiagnosticReport found
+by identifier (``PUT DiagnosticReport?identifier=...``). :func:`harmonized_stale` asks the server for that
+DiagnosticReport; when the server's is newer (``issued`` later, or the same ``issued`` with a higher status rank:
+a P resent after the F, a resend of the F after an OBX-11 ``U`` or a cancel patched the status), the version is
+stale and nothing of it is sent: the shared resources it would create already exist (the newer version created
+them by the same identifiers), and its DiagnosticReport, Composition, findings and Provenances must not overwrite
+the newer ones. A resend of the current version is sent (identical updates, no-ops on the server).
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any, Protocol
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
-__all__ = ["apply_supersede", "documents_only"]
+__all__ = ["apply_supersede", "documents_only", "harmonized_stale"]
 
-_RANK = {"registered": 0, "partial": 1, "preliminary": 2, "final": 3, "appended": 4, "amended": 5, "corrected": 6}
+_RANK = {"registered": 0, "partial": 1, "preliminary": 2, "final": 3, "appended": 4, "amended": 5, "corrected": 6,
+         "cancelled": 7, "entered-in-error": 8}
 
 
 class _Requester(Protocol):
@@ -36,9 +45,9 @@ class _Requester(Protocol):
                 params: dict[str, str] | None = None) -> dict[str, Any]: ...
 
 
-def _when(doc: dict[str, Any]) -> float:
+def _when(doc: dict[str, Any], element: str = "date") -> float:
     try:
-        return datetime.fromisoformat(str(doc.get("date", "")).replace("Z", "+00:00")).timestamp()
+        return datetime.fromisoformat(str(doc.get(element, "")).replace("Z", "+00:00")).timestamp()
     except ValueError:
         return 0.0
 
@@ -156,3 +165,22 @@ def _rewrite(node: Any, urls: dict[str, str]) -> Any:
     if isinstance(node, list):
         return [_rewrite(item, urls) for item in node]
     return node
+
+
+_REPORT_UPDATE = "DiagnosticReport?identifier="
+
+
+def harmonized_stale(client: _Requester, transaction: dict[str, Any]) -> bool:
+    """True when ``transaction`` conditionally updates a DiagnosticReport (``PUT DiagnosticReport?identifier=``,
+    the harmonized model) of which the server already holds a newer version (module docstring); one search."""
+    entry = next((e for e in transaction.get("entry", []) if e.get("request", {}).get("method") == "PUT"
+                  and str(e["request"].get("url", "")).startswith(_REPORT_UPDATE)), None)
+    if entry is None:
+        return False
+    ours = entry.get("resource", {})
+    page = client.request("GET", "DiagnosticReport", params={
+        "identifier": unquote(entry["request"]["url"][len(_REPORT_UPDATE):]), "_count": "10"})
+    held = [e["resource"] for e in page.get("entry", []) if e.get("resource", {}).get("resourceType")
+            == "DiagnosticReport"]
+    mine = (_when(ours, "issued"), _RANK.get(str(ours.get("status")), 0))
+    return any((_when(dr, "issued"), _RANK.get(str(dr.get("status")), 0)) > mine for dr in held)
