@@ -21,9 +21,9 @@ is the entry point of document access).
 
 Before a transaction that carries a DocumentReference with a report identifier is sent, earlier versions of the
 report are superseded in the same transaction (:mod:`engine.publishers.supersede`; ``supersede: false`` turns it
-off); a harmonized version older than the server's DiagnosticReport is not sent at all
-(:func:`engine.publishers.supersede.harmonized_stale`). With ``validate: true`` each unit first passes
-:mod:`engine.publishers.gate` (PermanentError otherwise).
+off); a harmonized version older than the server's DiagnosticReport is not sent at all, and the resend of
+the version the server holds never replaces the Patient (:func:`engine.publishers.supersede.harmonized_version`).
+With ``validate: true`` each unit first passes :mod:`engine.publishers.gate` (PermanentError otherwise).
 
 ``write`` builds and checks the unit (permanent problems surface at once, per envelope); ``flush`` sends what was
 written: outputs of one report (``Output.report_id``) in order, different reports concurrently, at most
@@ -43,7 +43,7 @@ from engine.convert import Output
 from engine.errors import PermanentError, TransientError
 from engine.publishers.client import FhirClient, FhirRejected, outcome_reason
 from engine.publishers.settings import FhirSettings
-from engine.publishers.supersede import apply_supersede, documents_only, harmonized_stale
+from engine.publishers.supersede import apply_supersede, documents_only, harmonized_version, keep_patient
 from engine.sources.base import Envelope
 from pipelines.output.docref import document_transaction
 from pipelines.output.rest import DOCUMENT_KIND
@@ -127,11 +127,15 @@ class FhirSink:
                     log.info("stale report version: only its DocumentReference and Bundle are written",
                              extra={"bundle_id": unit.get("id")})
                     unit = documents_only(unit)
-                elif harmonized_stale(self.client, unit):
-                    log.info("stale report version: the server holds a newer DiagnosticReport, nothing is sent",
-                             extra={"bundle_id": unit.get("id")})
-                    self.sent += 1
-                    return {}
+                else:
+                    version = harmonized_version(self.client, unit)
+                    if version == "stale":
+                        log.info("stale report version: the server holds a newer DiagnosticReport, nothing is sent",
+                                 extra={"bundle_id": unit.get("id")})
+                        self.sent += 1
+                        return {}
+                    if version == "resend":
+                        unit = keep_patient(unit)
             response = self.client.request("POST", "", unit)
             if unit["type"] == "batch":
                 _check_batch(response, unit)

@@ -252,13 +252,16 @@ def test_engine_run_harmonized(fhir: HapiServer, tmp_path: Path, monkeypatch: py
         before = snapshot(fhir.url, _TYPES)
         (engine.config.inbox / "sr-again.json").write_bytes(sr)
         wait_for(lambda: finished(tmp_path) == 10, 90, "the SR resend published")
+        send_mllp(engine, [*versions, second])  # the ORUs again after the SR: the SR's Patient stays
+        wait_for(lambda: finished(tmp_path) == 14, 120, "resends after the SR published")
+        assert store_counts(tmp_path) == {"published": 14}, engine.log_tail()
         assert snapshot(fhir.url, _TYPES) == before
 
         send_mllp(engine, [hoc.oru(text=None, impression=None, obr25="X", control="3"),  # status-only: cancel
                            hoc.oru(text=None, impression=None, obr25="S", control="4", accession="NONE-1",
                                    study_uid="1.2.3.999")])  # status-only for an unknown order: 404 PATCH entries
-        wait_for(lambda: finished(tmp_path) == 12, 90, "status-only messages published")
-        assert store_counts(tmp_path) == {"published": 12}, engine.log_tail()
+        wait_for(lambda: finished(tmp_path) == 16, 90, "status-only messages published")
+        assert store_counts(tmp_path) == {"published": 16}, engine.log_tail()
         assert search(fhir.url, "ServiceRequest", identifier=f"{ACCESSION_SYSTEM}|{hoc.ACCESSION}")[0]["status"] \
             == "revoked"
         assert search(fhir.url, "ImagingStudy", identifier=f"urn:dicom:uid|urn:oid:{hoc.STUDY_UID}")[0]["status"] \

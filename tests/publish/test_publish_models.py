@@ -14,7 +14,7 @@ from engine.convert import Converter
 from engine.errors import PermanentError
 from engine.publishers.fhir import publish_unit
 from engine.publishers.gate import check_unit
-from engine.publishers.supersede import apply_supersede, documents_only
+from engine.publishers.supersede import apply_supersede, documents_only, harmonized_version, keep_patient
 from pipelines.errors import MappingError
 from pipelines.output.docref import document_transaction
 from pipelines.output.models import get_model, model_names
@@ -182,3 +182,34 @@ def test_gate_passes_our_units_and_stops_broken_ones() -> None:
     tx["entry"][-1]["resource"]["category"] = [{"coding": [{"system": "http://loinc.org", "code": "85430-7"}]}]
     with pytest.raises(PermanentError, match="Medical-Imaging"):
         check_unit(tx)
+
+
+class _Reports:
+    """What the server holds: DiagnosticReports found by the harmonized version check."""
+
+    def __init__(self, reports: list[dict[str, Any]]) -> None:
+        self.reports = reports
+
+    def request(self, method: str, url: str, body: dict[str, Any] | None = None,
+                params: dict[str, str] | None = None) -> dict[str, Any]:
+        assert method == "GET" and url == "DiagnosticReport" and params and "|" in params["identifier"]
+        return {"entry": [{"resource": r} for r in self.reports]}
+
+
+def test_harmonized_version_new_resend_stale_and_patient_kept() -> None:
+    p, f, c = (_one("harmonized", m)[1] for m in SAMPLE[:3])
+    dr_of = {name: next(e["resource"] for e in tx["entry"] if e["resource"]["resourceType"] == "DiagnosticReport")
+             for name, tx in (("p", p), ("f", f), ("c", c))}
+    assert harmonized_version(_Reports([]), f) == "new"
+    assert harmonized_version(_Reports([dr_of["p"]]), f) == "new"
+    assert harmonized_version(_Reports([dr_of["f"]]), f) == "resend"
+    assert harmonized_version(_Reports([dr_of["c"]]), f) == "stale"
+    assert harmonized_version(_Reports([{**dr_of["f"], "status": "cancelled"}]), f) == "stale"
+    assert harmonized_version(_Reports([]), json.loads(Converter(model="rest").convert(SAMPLE[1]).outputs[-1].body)) \
+        == "new"  # not a harmonized transaction: no search
+    patient = next(e for e in f["entry"] if e["resource"]["resourceType"] == "Patient")
+    kept = next(e for e in keep_patient(f)["entry"] if e["resource"]["resourceType"] == "Patient")
+    assert patient["request"]["method"] == "PUT"  # a complete message replaces; its resend only creates if absent
+    assert kept["request"] == {"method": "POST", "url": "Patient",
+                               "ifNoneExist": patient["request"]["url"].split("?", 1)[1]}
+    assert kept["fullUrl"] == patient["fullUrl"] and kept["resource"] == patient["resource"]
