@@ -12,6 +12,7 @@ from pipelines.context import MappingContext
 from pipelines.errors import MappingError, StatusOnly, UnsupportedMessage
 from pipelines.hl7v2 import map_message, split_stream
 from pipelines.output import serialize, shape
+from pipelines.output.rest import split_documents
 
 __all__ = ["convert_bytes", "convert_dicom", "convert_message", "is_dicom", "partition_key"]
 
@@ -80,7 +81,7 @@ def convert_message(data: bytes, raw: bytes, n: int, ctx: MappingContext, model:
     :class:`MappingError`)."""
     try:
         reports = map_message(data, ctx)
-        outputs = [_output(r, model, ctx) for r in reports]
+        outputs = [o for r in reports for o in _outputs(r, model, ctx)]
     except StatusOnly as exc:
         outputs = _status_outputs(exc, model)  # harmonized model only; else filtered like UnsupportedMessage
         if not outputs:
@@ -105,7 +106,7 @@ def convert_dicom(data: bytes, ctx: MappingContext, model: str, result: Conversi
         return
     try:
         reports = map_dicom(data, ctx)
-        result.outputs.extend(_output(r, model, ctx) for r in reports)
+        result.outputs.extend(o for r in reports for o in _outputs(r, model, ctx))
     except UnsupportedMessage as exc:
         result.filtered.append(Filtered(1, one_line(str(exc)), data, type(exc).__name__))
     except MappingError as exc:
@@ -145,19 +146,19 @@ def _status_outputs(exc: StatusOnly, model: str) -> list[Output]:
     return outputs
 
 
-def _output(report: Report, model: str, ctx: MappingContext) -> Output:
+def _outputs(report: Report, model: str, ctx: MappingContext) -> list[Output]:
+    """The outputs of one report version: one Bundle, or for the ``rest`` model the document Bundle and then the
+    transaction (:func:`pipelines.output.rest.split_documents`), all with the report's ``report_id`` (sinks keep
+    them in order)."""
     bundle, kind = shape(report, model, ctx.model_options(model))
     if kind in ("document", "minimal"):
         dr = bundle["entry"][1 if kind == "document" else 0]["resource"]
     else:  # transaction / batch models: the report's DiagnosticReport wherever it sits
         dr = next((e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "DiagnosticReport"),
                   bundle)
-    return Output(
-        bundle_id=bundle["id"],
-        body=serialize(bundle),
-        # harmonized transactions update the DiagnosticReport by identifier (no id in the resource)
-        report_id=dr.get("id") or uuid_for("DiagnosticReport", report.identifier.system, report.identifier.value),
-        partition_key=partition_key(report),
-        kind=kind,
-        ids=dict(report.ids),
-    )
+    # harmonized transactions update the DiagnosticReport by identifier (no id in the resource)
+    report_id = dr.get("id") or uuid_for("DiagnosticReport", report.identifier.system, report.identifier.value)
+    parts = [(bundle, kind)] if kind in ("document", "minimal") else split_documents(bundle, kind)
+    key = partition_key(report)
+    return [Output(bundle_id=part["id"], body=serialize(part), report_id=report_id, partition_key=key,
+                   kind=part_kind, ids=dict(report.ids)) for part, part_kind in parts]

@@ -87,3 +87,12 @@ def official_validation(tmp_path_factory: pytest.TempPathFactory) -> Any:
 def official_validate(official_validation: Any) -> Any:
     """``official_validate(paths) -> {path: FileReport}``: from the session's run, else one more JVM run."""
     return official_validation.validate
+
+
+@pytest.fixture(scope="session")
+def hapi(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The session's one real HAPI FHIR R5 server (tests/fhir_server.py), shared by tests/publish and tests/models.
+    Skips locally, fails under CI=true, when it cannot start."""
+    from tests.fhir_server import session_server
+
+    yield from session_server(tmp_path_factory.mktemp("hapi") / "hapi.log")

@@ -3,7 +3,9 @@
 ``HapiServer.start()`` runs ``run.sh --port <port>`` (0 the first time) and waits for its ``ready <url>`` line;
 ``stop()`` sends SIGTERM (the data is in memory and gone afterwards); ``restart()`` starts it again on the *same*
 port, so an engine configured with the URL reconnects; ``expunge()`` empties it between tests.
-``FHIR_TEST_BASE_URL`` points the tests at an already running server instead (restart tests then skip).
+``FHIR_TEST_BASE_URL`` (or ``HAPI_FHIR_BASE_URL``) points the tests at an already running server instead (restart
+tests then skip). :func:`session_server` is the body of the one session fixture ``hapi`` (tests/conftest.py) that
+every test of the suite needing a FHIR server shares.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_SH = ROOT.parent / "shared" / "tools" / "hapi-fhir-r5" / "run.sh"
@@ -31,7 +35,7 @@ class HapiServer:
     def __init__(self, log_path: Path) -> None:
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
-        self.url = os.environ.get("FHIR_TEST_BASE_URL", "")
+        self.url = (os.environ.get("FHIR_TEST_BASE_URL") or os.environ.get("HAPI_FHIR_BASE_URL") or "").rstrip("/")
         self.external = bool(self.url)
         self.port = 0
 
@@ -89,3 +93,20 @@ class HapiServer:
             except httpx.TransportError:
                 return
             time.sleep(0.2)
+
+
+def session_server(log_path: Path) -> Iterator[HapiServer]:
+    """Start the session's server (or use the external one); unavailable: skip locally, fail when CI=true."""
+    server = HapiServer(log_path)
+    t0 = time.monotonic()
+    try:
+        server.start()
+    except ServerUnavailable as exc:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"HAPI FHIR server unavailable under CI: {exc}", pytrace=False)
+        pytest.skip(f"HAPI FHIR server unavailable: {exc}")
+    print(f"\n[hapi] {server.url} ready in {time.monotonic() - t0:.1f}s")
+    try:
+        yield server
+    finally:
+        server.stop()

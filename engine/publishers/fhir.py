@@ -3,13 +3,17 @@
 What is sent for an :class:`engine.convert.Output` (by the Bundle type of ``Output.body``):
 
 * ``transaction`` / ``batch`` (models ``rest``, ``harmonized``, ``imr``): POSTed to the base URL as is;
+* a document Bundle of kind ``rest-document`` (model ``rest``: the document that the next output, the
+  transaction, points at): ``PUT Bundle/<id>`` as is;
 * ``document`` / ``collection`` (model ``document``, approach 1): wrapped by
   :func:`pipelines.output.docref.document_transaction` into one transaction with ``PUT Bundle/<id>`` and its
   DocumentReferenceImagingReport;
 * any other resource: ``PUT <Type>/<id>`` (``POST <Type>`` without an id).
 
-On the wire, a document (or collection) Bundle entry of a transaction is sent on its own first (``PUT Bundle/<id>``)
-and the transaction without it right after: the official validator (org.hl7.fhir.validation 6.10.4) resolves the
+The ``rest`` model already yields the document and the transaction as two outputs (:mod:`pipelines.output.rest`).
+A transaction that still carries a document (or collection) Bundle entry (another producer of such units) is split
+the same way on the wire: the Bundle is sent on its own first (``PUT Bundle/<id>``) and the transaction without it
+right after: the official validator (org.hl7.fhir.validation 6.10.4) resolves the
 ``urn:uuid`` references and entry slices of a Bundle nested in a transaction against the outer Bundle, so every
 nested document fails validation although it is valid on its own; both requests are idempotent PUTs, so a retry
 after a failure between them converges (a consumer may briefly see the Bundle before its DocumentReference, which
@@ -17,7 +21,9 @@ is the entry point of document access).
 
 Before a transaction that carries a DocumentReference with a report identifier is sent, earlier versions of the
 report are superseded in the same transaction (:mod:`engine.publishers.supersede`; ``supersede: false`` turns it
-off). With ``validate: true`` each unit first passes :mod:`engine.publishers.gate` (PermanentError otherwise).
+off); a harmonized version older than the server's DiagnosticReport is not sent at all, and the resend of
+the version the server holds never replaces the Patient (:func:`engine.publishers.supersede.harmonized_version`).
+With ``validate: true`` each unit first passes :mod:`engine.publishers.gate` (PermanentError otherwise).
 
 ``write`` builds and checks the unit (permanent problems surface at once, per envelope); ``flush`` sends what was
 written: outputs of one report (``Output.report_id``) in order, different reports concurrently, at most
@@ -37,9 +43,10 @@ from engine.convert import Output
 from engine.errors import PermanentError, TransientError
 from engine.publishers.client import FhirClient, FhirRejected, outcome_reason
 from engine.publishers.settings import FhirSettings
-from engine.publishers.supersede import apply_supersede, documents_only
+from engine.publishers.supersede import apply_supersede, documents_only, harmonized_version, keep_patient
 from engine.sources.base import Envelope
 from pipelines.output.docref import document_transaction
+from pipelines.output.rest import DOCUMENT_KIND
 
 __all__ = ["FhirSink", "publish_unit"]
 
@@ -54,7 +61,8 @@ def publish_unit(output: Output) -> dict[str, Any]:
         raise PermanentError(f"output {output.bundle_id} is not JSON") from exc
     if not isinstance(body, dict) or "resourceType" not in body:
         raise PermanentError(f"output {output.bundle_id} is not a FHIR resource")
-    if body["resourceType"] == "Bundle" and body.get("type") in ("document", "collection"):
+    if body["resourceType"] == "Bundle" and body.get("type") in ("document", "collection") \
+            and output.kind != DOCUMENT_KIND:
         return document_transaction(body, output.body)
     return body
 
@@ -119,6 +127,15 @@ class FhirSink:
                     log.info("stale report version: only its DocumentReference and Bundle are written",
                              extra={"bundle_id": unit.get("id")})
                     unit = documents_only(unit)
+                else:
+                    version = harmonized_version(self.client, unit)
+                    if version == "stale":
+                        log.info("stale report version: the server holds a newer DiagnosticReport, nothing is sent",
+                                 extra={"bundle_id": unit.get("id")})
+                        self.sent += 1
+                        return {}
+                    if version == "resend":
+                        unit = keep_patient(unit)
             response = self.client.request("POST", "", unit)
             if unit["type"] == "batch":
                 _check_batch(response, unit)

@@ -18,17 +18,32 @@ version that arrives late (older than what the server holds) is *stale*: its Doc
 ``superseded`` and nothing else of the transaction is sent (the document Bundle is), so the newer Composition,
 DiagnosticReport and copies stay (:func:`documents_only`).
 Versions of one report are sent in order by the sink (grouped by report id), never concurrently.
+
+The ``harmonized`` model has no DocumentReference: its report versions are versions of one DiagnosticReport found
+by identifier (``PUT DiagnosticReport?identifier=...``). :func:`harmonized_version` asks the server for that
+DiagnosticReport and compares ``(issued, status rank)``:
+
+* ``"stale"``: the server's is newer (a P resent after the F, a resend of the F after an OBX-11 ``U`` or a cancel
+  patched the status): nothing of the version is sent; the shared resources it would create already exist (the
+  newer version created them by the same identifiers), and its DiagnosticReport, Composition, findings and
+  Provenances must not overwrite the newer ones;
+* ``"resend"``: the server holds this very version (it was applied before, atomically): it is sent again (identical
+  updates are no-ops) but a Patient replacement (``PUT Patient?identifier=``, the complete-demographics rule of
+  :mod:`pipelines.output.harmonized`) becomes create-if-absent (:func:`keep_patient`), so that replaying an old
+  message never undoes what a later message of another source (the SR of the same patient) wrote;
+* ``"new"``: sent as shaped.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any, Protocol
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
-__all__ = ["apply_supersede", "documents_only"]
+__all__ = ["apply_supersede", "documents_only", "harmonized_version", "keep_patient"]
 
-_RANK = {"registered": 0, "partial": 1, "preliminary": 2, "final": 3, "appended": 4, "amended": 5, "corrected": 6}
+_RANK = {"registered": 0, "partial": 1, "preliminary": 2, "final": 3, "appended": 4, "amended": 5, "corrected": 6,
+         "cancelled": 7, "entered-in-error": 8}
 
 
 class _Requester(Protocol):
@@ -36,9 +51,9 @@ class _Requester(Protocol):
                 params: dict[str, str] | None = None) -> dict[str, Any]: ...
 
 
-def _when(doc: dict[str, Any]) -> float:
+def _when(doc: dict[str, Any], element: str = "date") -> float:
     try:
-        return datetime.fromisoformat(str(doc.get("date", "")).replace("Z", "+00:00")).timestamp()
+        return datetime.fromisoformat(str(doc.get(element, "")).replace("Z", "+00:00")).timestamp()
     except ValueError:
         return 0.0
 
@@ -156,3 +171,37 @@ def _rewrite(node: Any, urls: dict[str, str]) -> Any:
     if isinstance(node, list):
         return [_rewrite(item, urls) for item in node]
     return node
+
+
+_REPORT_UPDATE = "DiagnosticReport?identifier="
+
+
+def harmonized_version(client: _Requester, transaction: dict[str, Any]) -> str:
+    """``"new"``, ``"resend"`` or ``"stale"`` for a transaction that conditionally updates a DiagnosticReport
+    (``PUT DiagnosticReport?identifier=``, the harmonized model; module docstring); ``"new"`` for any other unit.
+    One search."""
+    entry = next((e for e in transaction.get("entry", []) if e.get("request", {}).get("method") == "PUT"
+                  and str(e["request"].get("url", "")).startswith(_REPORT_UPDATE)), None)
+    if entry is None:
+        return "new"
+    ours = entry.get("resource", {})
+    page = client.request("GET", "DiagnosticReport", params={
+        "identifier": unquote(entry["request"]["url"][len(_REPORT_UPDATE):]), "_count": "10"})
+    held = [(_when(e["resource"], "issued"), _RANK.get(str(e["resource"].get("status")), 0))
+            for e in page.get("entry", []) if e.get("resource", {}).get("resourceType") == "DiagnosticReport"]
+    mine = (_when(ours, "issued"), _RANK.get(str(ours.get("status")), 0))
+    if any(h > mine for h in held):
+        return "stale"
+    return "resend" if mine in held else "new"
+
+
+def keep_patient(transaction: dict[str, Any]) -> dict[str, Any]:
+    """The transaction with every ``PUT Patient?identifier=...`` turned into ``POST Patient`` with
+    ``ifNoneExist`` (create if absent, never replace); same fullUrl, so references still resolve."""
+    entries = []
+    for e in transaction.get("entry", []):
+        url = str(e.get("request", {}).get("url", ""))
+        if e.get("request", {}).get("method") == "PUT" and url.startswith("Patient?"):
+            e = {**e, "request": {"method": "POST", "url": "Patient", "ifNoneExist": url.split("?", 1)[1]}}
+        entries.append(e)
+    return {**transaction, "entry": entries}

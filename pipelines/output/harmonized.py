@@ -38,7 +38,10 @@ every demographic element the engine maps; then ``PUT Patient?identifier=`` writ
 message wins, e.g. a corrected name). The replacement carries the message's identifiers: identifiers that
 only another source put on that Patient are dropped, so where another system owns the Patient (a master
 patient index), use ``patient_update="never"``, which never replaces one. Any other message creates the
-Patient if absent and leaves an existing one alone.
+Patient if absent and leaves an existing one alone. "Latest" is the latest *first delivery*: the FHIR publisher
+sends the resend of a version the server already holds with create-if-absent for the Patient and does not send a
+version older than the server's at all (``engine.publishers.supersede.harmonized_version``), so replaying old
+messages never undoes a later replacement.
 A status change (OBX-11 ``U`` or OBR-25 ``X``, ``Report.status_only``) patches the status of the
 DiagnosticReport and Composition (JSON Patch, ``PATCH Type?identifier=``) and of the ServiceRequest, so the
 earlier text stays; a status-only ORU (:func:`shape_status_update`) patches its ServiceRequest and

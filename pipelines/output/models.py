@@ -7,8 +7,9 @@ name       what ``engine map --model`` writes / what the publisher sends  kind
 ========== ============================================================== ===============================
 document   the EU document Bundle (approach 1); the FHIR publisher wraps  ``document`` / ``minimal``
            it with a DocumentReferenceImagingReport (:mod:`.docref`)
-rest       one ``transaction`` per report version (approach 2,           ``transaction``
-           :mod:`.rest`): own copies + DocumentReference + Bundle
+rest       per report version the document Bundle, then one          ``rest-document``,
+           ``transaction`` (approach 2, :mod:`.rest`: own copies +       ``transaction``
+           DocumentReference; split by ``rest.split_documents``)
 harmonized shared resources by identifier (approach 3, :mod:`.harmonized`)       ``harmonized``
 imr        IHE IMR Report Creator transaction (RAD-141, :mod:`.imr`)           ``imr``
 ========== ============================================================== ===============================

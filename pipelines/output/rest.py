@@ -11,7 +11,17 @@ The transaction holds
   (:mod:`pipelines.output.docref`), because resource access presupposes document access (IG api page).
 
 Every entry is ``PUT <Type>/<id>`` with a deterministic id and ``fullUrl`` ``urn:uuid:<id>``; references between
-entries stay ``urn:uuid:`` (the server rewrites them to ``<Type>/<id>``). A resend of the same version is an
+entries stay ``urn:uuid:`` (the server rewrites them to ``<Type>/<id>``).
+
+**Outputs: two per report version** (:func:`split_documents`, used by ``engine map`` and every sink): first the
+document Bundle itself (kind ``rest-document``; the FHIR publisher sends it as ``PUT Bundle/<id>``), then the
+transaction without it (kind ``transaction``, id uuid5 of the document id), whose DocumentReference points at the
+document by ``attachment.url`` ``Bundle/<id>``. Both carry the same ``report_id``, so every sink keeps them in this
+order. Why not one transaction with the Bundle as an entry (:func:`rest_transaction` builds that unit): the
+official validator (org.hl7.fhir.validation 6.10.4) resolves the ``urn:uuid`` references and entry slices of a
+Bundle nested in a transaction against the *outer* Bundle, so every nested document failed validation although it
+is valid on its own; split, each file is what goes on the wire and each passes. Both writes are idempotent PUTs,
+so a failure between them converges on retry. A resend of the same version is an
 identical update, which a FHIR server treats as a no-op (HAPI: version unchanged). Findings that a later version
 no longer contains keep their last version on the server (no deletes: a version never removes history).
 Pure: no I/O, no clock.
@@ -25,7 +35,10 @@ from pipelines.common.ids import uuid_for
 from pipelines.common.model import Report
 from pipelines.output.docref import document_reference, entry
 
-__all__ = ["copy_id", "rest_transaction", "shape_rest"]
+__all__ = ["DOCUMENT_KIND", "copy_id", "rest_transaction", "shape_rest", "split_documents"]
+
+#: ``Output.kind`` of a document Bundle that travels beside a transaction (sent as ``PUT Bundle/<id>``)
+DOCUMENT_KIND = "rest-document"
 
 _OWN_ID = ("Composition", "DiagnosticReport")  # already one logical resource per report
 
@@ -83,3 +96,18 @@ def shape_rest(report: Report) -> tuple[dict[str, Any], str]:
 
     document, _kind = shape_document_model(report)
     return rest_transaction(document, serialize(document)), "transaction"
+
+
+def split_documents(bundle: dict[str, Any], kind: str) -> list[tuple[dict[str, Any], str]]:
+    """``[(document, "rest-document")..., (transaction without them, kind)]`` for a transaction carrying document
+    (or collection) Bundle entries; ``[(bundle, kind)]`` for anything else. The remaining transaction gets the id
+    uuid5("rest-transaction", its old id) so that no two outputs share a file name."""
+    if bundle.get("type") != "transaction":
+        return [(bundle, kind)]
+    docs = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Bundle"
+            and e["resource"].get("type") in ("document", "collection")]
+    if not docs:
+        return [(bundle, kind)]
+    rest = [e for e in bundle["entry"] if not any(e["resource"] is d for d in docs)]
+    tx = {**bundle, "id": uuid_for("rest-transaction", bundle["id"]), "entry": rest}
+    return [*((d, DOCUMENT_KIND) for d in docs), (tx, kind)]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pipelines.context import MappingContext, SenderProfile
 
-__all__ = ["ACCESSION", "SR_FILE", "STUDY_UID", "context", "oru"]
+__all__ = ["ACCESSION", "ACCESSION_SYSTEM", "SR_FILE", "STUDY_UID", "context", "oru"]
 
 STUDY_UID = "1.2.840.113747.20080222.83311413144566317081790268995"
 ACCESSION = "ACSN-235813"

@@ -1,37 +1,20 @@
-"""Fixtures for the FHIR publisher tests: one real HAPI FHIR R5 server per session (tests/fhir_server.py), emptied
-with ``$expunge`` before each test that uses it. Unavailable: skip locally, fail when CI=true."""
+"""Fixtures for the FHIR publisher tests: the session's one real HAPI FHIR R5 server (fixture ``hapi`` in
+tests/conftest.py, tests/fhir_server.py), emptied with ``$expunge`` before each test that uses it. Unavailable: skip
+locally, fail when CI=true."""
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.fhir_server import HapiServer, ServerUnavailable
+from tests.fhir_server import HapiServer
 from tests.runtime.runtime_harness import EngineConfig, EngineProcess, MllpClient, ack_code
-
-
-@pytest.fixture(scope="session")
-def hapi(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HapiServer]:
-    server = HapiServer(tmp_path_factory.mktemp("hapi") / "hapi.log")
-    t0 = time.monotonic()
-    try:
-        server.start()
-    except ServerUnavailable as exc:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"HAPI FHIR server unavailable under CI: {exc}", pytrace=False)
-        pytest.skip(f"HAPI FHIR server unavailable: {exc}")
-    print(f"\n[hapi] {server.url} ready in {time.monotonic() - t0:.1f}s")
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
@@ -81,9 +64,12 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 60.0, what: str = "
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
-def engine_for(tmp_path: Path, url: str, model: str, monkeypatch: pytest.MonkeyPatch) -> EngineProcess:
+def engine_for(tmp_path: Path, url: str, model: str, monkeypatch: pytest.MonkeyPatch,
+               mapping: dict[str, Any] | None = None) -> EngineProcess:
+    """``engine run`` publishing ``model`` to ``url`` (gate on), with an optional ``mapping`` section."""
     monkeypatch.setenv("FHIR_BASE_URL", url)
     config = EngineConfig(tmp_path, extra={
+        **({"mapping": mapping} if mapping else {}),
         "sinks": {"fhir": {"model": model, "validate": True, "concurrency": 2},
                   "folder": {"path": str(tmp_path / "outbox")}},
         "worker": {"poll_timeout": 0.2, "drain_timeout": 10,

@@ -1,6 +1,7 @@
-"""``engine run`` publishing to a real HAPI FHIR R5 server (models ``document`` and ``rest``), resends, version
-sequences, a permanent 4xx into the dead letters, ``engine validate`` against the server's CapabilityStatement, and
-the official validator over every unit the publisher put on the wire."""
+"""``engine run`` publishing to a real HAPI FHIR R5 server (models ``document``, ``rest``, ``harmonized`` and ``imr``),
+resends, version sequences, harmonization (one Patient, ImagingStudy, ServiceRequest), status-only updates, a
+permanent 4xx into the dead letters, ``engine validate`` against the server's CapabilityStatement, and the official
+validator over every unit the publisher put on the wire."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 
@@ -24,7 +26,13 @@ from engine.sources.base import CONTENT_HL7V2, Envelope
 from engine.store import MessageStore, StoreSource
 from engine.worker import RetryPolicy, Worker
 from pipelines.output.models import TRANSACTION, Model, register
+from tests.conftest import TESTDATA
 from tests.fhir_server import HapiServer
+from tests.models import oru_factory as hoc
+from tests.models.conftest import FHIR_JSON
+from tests.models.helpers import one_bundle
+from tests.models.oru_factory import ACCESSION_SYSTEM
+from tests.models.test_hapi_models import _precreate_participants
 from tests.publish.conftest import (
     engine_for,
     finished,
@@ -200,3 +208,100 @@ def test_every_unit_sent_passes_the_official_validator(fhir: HapiServer, tmp_pat
     run = subprocess.run([str(VALIDATOR), str(sent)], capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
     assert f"{len(files)} files, 0 with unwaived errors" in run.stdout + run.stderr
+
+
+# --- harmonized (approach 3) and IMR (RAD-141) through `engine run` -------------------------------------------------
+
+#: the sender profile of tests/models/oru_factory.py (its accession issuer is the SR's Issuer of Accession Number)
+_TEST_HOSPITAL = {"senders": [{"name": "test-hospital", "sending_facility": "Test Hospital",
+                               "accession_system": ACCESSION_SYSTEM}]}
+_TYPES = ("Patient", "ImagingStudy", "ServiceRequest", "DiagnosticReport", "Composition", "Observation",
+          "Organization", "Practitioner", "PractitionerRole", "Provenance", "ImagingSelection", "Device")
+
+
+def test_engine_run_harmonized(fhir: HapiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = engine_for(tmp_path, fhir.url, "harmonized", monkeypatch, mapping=_TEST_HOSPITAL)
+    versions = [hoc.oru(obr25="P", obx11="P", text="Preliminary read.", obr22="20250101110000+0100"),
+                hoc.oru(),
+                hoc.oru(obr25="C", obx11="C", text="Corrected: 4 mm nodule.", obr22="20250102090000+0100")]
+    second = hoc.oru(filler="FI-2", accession="A-2", study_uid="1.2.3.4.5", control="2", birth="", sex="")
+    sr = (TESTDATA / hoc.SR_FILE).read_bytes()
+    engine.start()
+    try:
+        send_mllp(engine, [*versions, second])  # P, F, C; another report of the same patient, thinner demographics
+        wait_for(lambda: finished(tmp_path) == 4, 90, "P, F, C and the second report published")
+        before = snapshot(fhir.url, _TYPES)
+        send_mllp(engine, [*versions, second])  # resend of everything, the old versions first
+        wait_for(lambda: finished(tmp_path) == 8, 120, "resends published")
+        assert store_counts(tmp_path) == {"published": 8}, engine.log_tail()
+        assert snapshot(fhir.url, _TYPES) == before  # nothing new, no new version (P and F are stale)
+
+        (engine.config.inbox / "sr.json").write_bytes(sr)  # the DICOM SR of the first report's accession
+        wait_for(lambda: finished(tmp_path) == 9, 90, "the SR published")
+        patients = search(fhir.url, "Patient")  # two reports and the SR of one patient: one Patient
+        assert len(patients) == 1 and patients[0]["birthDate"] == "1967-07-01"
+        (study,) = search(fhir.url, "ImagingStudy", identifier=f"urn:dicom:uid|urn:oid:{hoc.STUDY_UID}")
+        assert len(search(fhir.url, "ImagingStudy")) == 2  # the second report's study is another one
+        (order,) = search(fhir.url, "ServiceRequest", identifier=f"{ACCESSION_SYSTEM}|{hoc.ACCESSION}")
+        on_order = search(fhir.url, "DiagnosticReport", **{"based-on": f"ServiceRequest/{order['id']}"})
+        assert len(on_order) == 2  # the ORU's and the SR's report on the one order
+        (dr,) = [r for r in on_order if r["identifier"][0]["value"] == "FI-9001"]
+        assert dr["status"] == "corrected" and history_total(fhir.url, f"DiagnosticReport/{dr['id']}") == 3
+        composition = next(c for c in search(fhir.url, "Composition") if c["identifier"][0]["value"] == "FI-9001")
+        assert history_total(fhir.url, f"Composition/{composition['id']}") == 3
+        before = snapshot(fhir.url, _TYPES)
+        (engine.config.inbox / "sr-again.json").write_bytes(sr)
+        wait_for(lambda: finished(tmp_path) == 10, 90, "the SR resend published")
+        send_mllp(engine, [*versions, second])  # the ORUs again after the SR: the SR's Patient stays
+        wait_for(lambda: finished(tmp_path) == 14, 120, "resends after the SR published")
+        assert store_counts(tmp_path) == {"published": 14}, engine.log_tail()
+        assert snapshot(fhir.url, _TYPES) == before
+
+        send_mllp(engine, [hoc.oru(text=None, impression=None, obr25="X", control="3"),  # status-only: cancel
+                           hoc.oru(text=None, impression=None, obr25="S", control="4", accession="NONE-1",
+                                   study_uid="1.2.3.999")])  # status-only for an unknown order: 404 PATCH entries
+        wait_for(lambda: finished(tmp_path) == 16, 90, "status-only messages published")
+        assert store_counts(tmp_path) == {"published": 16}, engine.log_tail()
+        assert search(fhir.url, "ServiceRequest", identifier=f"{ACCESSION_SYSTEM}|{hoc.ACCESSION}")[0]["status"] \
+            == "revoked"
+        assert search(fhir.url, "ImagingStudy", identifier=f"urn:dicom:uid|urn:oid:{hoc.STUDY_UID}")[0]["status"] \
+            == "cancelled"
+        after = snapshot(fhir.url, _TYPES)
+        assert set(after) == set(before)  # nothing created; only the order and the study changed
+        assert {k for k in after if after[k] != before[k]} == {f"ServiceRequest/{order['id']}",
+                                                                f"ImagingStudy/{study['id']}"}
+        assert list((tmp_path / "dlq").glob("*.json")) == []
+    finally:
+        code = engine.terminate()
+    assert code == 0, engine.log_tail()
+
+
+def test_engine_run_imr(fhir: HapiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    wado = "https://pacs.test-hospital.example/dicom-web"
+    mapping = {**_TEST_HOSPITAL, "models": {"imr": {"wado_rs": {"default": wado}}}}
+    report = hoc.oru()
+    with httpx.Client(base_url=fhir.url, timeout=120, headers={"Accept": FHIR_JSON}) as client:
+        ids = _precreate_participants(client, one_bundle(report, "imr"))  # IMR references, never creates them
+    engine = engine_for(tmp_path, fhir.url, "imr", monkeypatch, mapping=mapping)
+    engine.start()
+    try:
+        send_mllp(engine, [report])
+        wait_for(lambda: finished(tmp_path) == 1, 90, "the IMR report published")
+        assert store_counts(tmp_path) == {"published": 1}, engine.log_tail()
+        (dr,) = search(fhir.url, "DiagnosticReport")
+        assert dr["subject"]["reference"] == ids["Patient"]
+        assert dr["performer"][0]["reference"] == ids["Organization"]
+        assert dr["resultsInterpreter"][0]["reference"] == ids["Practitioner"]
+        (endpoint,) = search(fhir.url, "Endpoint")
+        assert endpoint["address"] == wado  # mapping.models.imr.wado_rs
+        (study,) = search(fhir.url, "ImagingStudy")
+        assert study["endpoint"][0]["reference"] == f"Endpoint/{endpoint['id']}"
+        before = snapshot(fhir.url, (*_TYPES, "Endpoint"))
+        send_mllp(engine, [report])  # resend: conditional creates match, nothing new
+        wait_for(lambda: finished(tmp_path) == 2, 90, "the resend published")
+        assert store_counts(tmp_path) == {"published": 2}, engine.log_tail()
+        assert snapshot(fhir.url, (*_TYPES, "Endpoint")) == before
+        assert len(search(fhir.url, "Patient")) == 1
+    finally:
+        code = engine.terminate()
+    assert code == 0, engine.log_tail()

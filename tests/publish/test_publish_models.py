@@ -14,7 +14,7 @@ from engine.convert import Converter
 from engine.errors import PermanentError
 from engine.publishers.fhir import publish_unit
 from engine.publishers.gate import check_unit
-from engine.publishers.supersede import apply_supersede, documents_only
+from engine.publishers.supersede import apply_supersede, documents_only, harmonized_version, keep_patient
 from pipelines.errors import MappingError
 from pipelines.output.docref import document_transaction
 from pipelines.output.models import get_model, model_names
@@ -24,8 +24,10 @@ SAMPLE = version_sequence(filler="M1")
 
 
 def _one(model: str, message: bytes = SAMPLE[1]) -> tuple[Any, dict[str, Any]]:
-    (output,) = Converter(model=model).convert(message).outputs
-    return output, json.loads(output.body)
+    """The output (for ``rest``: the transaction, the last of the version's two outputs) and its body."""
+    outputs = Converter(model=model).convert(message).outputs
+    assert len(outputs) == (2 if model == "rest" else 1)
+    return outputs[-1], json.loads(outputs[-1].body)
 
 
 def _refs(node: Any) -> list[str]:
@@ -46,13 +48,18 @@ def test_registry_lists_the_models_and_refuses_unknown_ones() -> None:
 
 def test_rest_transaction_has_own_copies_and_resolvable_references() -> None:
     doc_output, document = _one("document")
-    output, tx = _one("rest")
-    assert output.kind == "transaction" and tx["type"] == "transaction" and output.bundle_id == document["id"]
+    first, output = Converter(model="rest").convert(SAMPLE[1]).outputs  # the document, then the transaction
+    assert first.kind == "rest-document" and first.body == doc_output.body and first.bundle_id == document["id"]
+    assert publish_unit(first) == document  # sent as PUT Bundle/<id>, no DocumentReference wrapper
+    tx = json.loads(output.body)
+    assert output.kind == "transaction" and tx["type"] == "transaction" and output.bundle_id != document["id"]
+    assert first.report_id == output.report_id and first.partition_key == output.partition_key  # kept in order
     types = [e["resource"]["resourceType"] for e in tx["entry"]]
-    assert types[:2] == ["Composition", "DiagnosticReport"] and types[-2:] == ["Bundle", "DocumentReference"]
-    assert tx["entry"][-2]["resource"] == document  # the document itself, unchanged
+    assert types[:2] == ["Composition", "DiagnosticReport"] and types[-1] == "DocumentReference"
+    assert "Bundle" not in types
+    assert tx["entry"][-1]["resource"]["content"][0]["attachment"]["url"] == f"Bundle/{document['id']}"
     doc_ids = {e["resource"]["resourceType"]: e["resource"]["id"] for e in document["entry"]}
-    tx_ids = {e["resource"]["resourceType"]: e["resource"]["id"] for e in tx["entry"][:-2]}
+    tx_ids = {e["resource"]["resourceType"]: e["resource"]["id"] for e in tx["entry"][:-1]}
     assert tx_ids["Composition"] == doc_ids["Composition"] and tx_ids["DiagnosticReport"] == doc_ids["DiagnosticReport"]
     assert output.report_id == doc_output.report_id == doc_ids["DiagnosticReport"]
     for rtype in ("Patient", "ImagingStudy", "ServiceRequest", "Organization"):
@@ -61,15 +68,14 @@ def test_rest_transaction_has_own_copies_and_resolvable_references() -> None:
     for e in tx["entry"]:
         assert e["request"] == {"method": "PUT", "url": f"{e['resource']['resourceType']}/{e['resource']['id']}"}
         assert e["fullUrl"] == f"urn:uuid:{e['resource']['id']}"
-        if e["resource"]["resourceType"] != "Bundle":  # the document keeps its own references
-            assert set(_refs(e["resource"])) <= full_urls
+        assert set(_refs(e["resource"])) <= full_urls
 
 
 def test_rest_copies_are_per_report_and_stable_across_versions() -> None:
-    ids = [{e["request"]["url"] for e in _one("rest", m)[1]["entry"][:-2]} for m in SAMPLE]
+    ids = [{e["request"]["url"] for e in _one("rest", m)[1]["entry"][:-1]} for m in SAMPLE]
     assert ids[0] == ids[1] == ids[2]  # versions update the same resources
     other = {e["request"]["url"] for e in _one("rest", oru(filler="M2", status="F", when="20260105113000+0100",
-                                                             text="Other report."))[1]["entry"][:-2]}
+                                                             text="Other report."))[1]["entry"][:-1]}
     patients = [u for u in ids[0] | other if u.startswith("Patient/")]
     assert len(patients) == 2  # same patient, two reports: two copies (approach 2, no harmonization)
     assert _one("rest")[0].body == _one("rest")[0].body  # deterministic
@@ -117,7 +123,8 @@ def test_engine_map_writes_rest_transactions(tmp_path: Path) -> None:
         (source / f"{n}.hl7").write_bytes(message)
     assert engine_main(["map", "--model", "rest", "--out", str(tmp_path / "out"), str(source)]) == 0
     written = [json.loads(p.read_text()) for p in (tmp_path / "out").glob("*.json") if p.name != "summary.json"]
-    assert len(written) == 4 and {b["type"] for b in written} == {"transaction"}
+    assert len(written) == 8  # per version: the document Bundle, the transaction referencing it
+    assert sorted(b["type"] for b in written) == ["document"] * 4 + ["transaction"] * 4
 
 
 class _Server:
@@ -159,8 +166,8 @@ def test_supersede_chain_and_stale_versions() -> None:
 def test_gate_passes_our_units_and_stops_broken_ones() -> None:
     for model in ("document", "rest"):
         for message in SAMPLE:
-            (output,) = Converter(model=model).convert(message).outputs
-            check_unit(publish_unit(output))
+            for output in Converter(model=model).convert(message).outputs:
+                check_unit(publish_unit(output))
     _, tx = _one("rest")
     dr = next(e["resource"] for e in tx["entry"] if e["resource"]["resourceType"] == "DiagnosticReport")
     del dr["result"]
@@ -175,3 +182,34 @@ def test_gate_passes_our_units_and_stops_broken_ones() -> None:
     tx["entry"][-1]["resource"]["category"] = [{"coding": [{"system": "http://loinc.org", "code": "85430-7"}]}]
     with pytest.raises(PermanentError, match="Medical-Imaging"):
         check_unit(tx)
+
+
+class _Reports:
+    """What the server holds: DiagnosticReports found by the harmonized version check."""
+
+    def __init__(self, reports: list[dict[str, Any]]) -> None:
+        self.reports = reports
+
+    def request(self, method: str, url: str, body: dict[str, Any] | None = None,
+                params: dict[str, str] | None = None) -> dict[str, Any]:
+        assert method == "GET" and url == "DiagnosticReport" and params and "|" in params["identifier"]
+        return {"entry": [{"resource": r} for r in self.reports]}
+
+
+def test_harmonized_version_new_resend_stale_and_patient_kept() -> None:
+    p, f, c = (_one("harmonized", m)[1] for m in SAMPLE[:3])
+    dr_of = {name: next(e["resource"] for e in tx["entry"] if e["resource"]["resourceType"] == "DiagnosticReport")
+             for name, tx in (("p", p), ("f", f), ("c", c))}
+    assert harmonized_version(_Reports([]), f) == "new"
+    assert harmonized_version(_Reports([dr_of["p"]]), f) == "new"
+    assert harmonized_version(_Reports([dr_of["f"]]), f) == "resend"
+    assert harmonized_version(_Reports([dr_of["c"]]), f) == "stale"
+    assert harmonized_version(_Reports([{**dr_of["f"], "status": "cancelled"}]), f) == "stale"
+    assert harmonized_version(_Reports([]), json.loads(Converter(model="rest").convert(SAMPLE[1]).outputs[-1].body)) \
+        == "new"  # not a harmonized transaction: no search
+    patient = next(e for e in f["entry"] if e["resource"]["resourceType"] == "Patient")
+    kept = next(e for e in keep_patient(f)["entry"] if e["resource"]["resourceType"] == "Patient")
+    assert patient["request"]["method"] == "PUT"  # a complete message replaces; its resend only creates if absent
+    assert kept["request"] == {"method": "POST", "url": "Patient",
+                               "ifNoneExist": patient["request"]["url"].split("?", 1)[1]}
+    assert kept["fullUrl"] == patient["fullUrl"] and kept["resource"] == patient["resource"]
