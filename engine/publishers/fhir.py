@@ -136,7 +136,15 @@ class FhirSink:
                         return {}
                     if version == "resend":
                         unit = keep_patient(unit)
-            response = self.client.request("POST", "", unit)
+            try:
+                response = self.client.request("POST", "", unit)
+            except FhirRejected as exc:
+                if exc.status == 409 and _conditional(unit):
+                    # Two transactions creating the same shared resource (harmonized Patient, Organization, ...)
+                    # at once: the server's uniqueness check refuses the loser with 409 (HAPI-0550). Sent again
+                    # the conditional entries match what the winner created, so this is transient.
+                    raise TransientError(f"{exc} (concurrent conditional write; retried)") from exc
+                raise
             if unit["type"] == "batch":
                 _check_batch(response, unit)
         elif unit.get("id"):
@@ -164,6 +172,15 @@ class FhirSink:
     def close(self) -> None:
         self._pool.shutdown(wait=True)
         self.client.close()
+
+
+def _conditional(unit: dict[str, Any]) -> bool:
+    """True when a transaction/batch has conditional creates or updates (``ifNoneExist``, ``Type?query`` URLs)."""
+    for entry in unit.get("entry", []):
+        request = entry.get("request", {})
+        if request.get("ifNoneExist") or "?" in str(request.get("url", "")):
+            return True
+    return False
 
 
 def _check_batch(response: dict[str, Any], unit: dict[str, Any] | None = None) -> None:

@@ -228,3 +228,27 @@ def test_engine_validate_without_a_reachable_server_exits_2(tmp_path: Any, monke
     path.write_text(yaml.safe_dump(config))
     assert engine_main(["validate", "--config", str(path)]) == 2
     assert "cannot read the FHIR server's CapabilityStatement" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("request_", "transient"),
+    [
+        ({"method": "POST", "url": "Organization", "ifNoneExist": "identifier=urn:x|1"}, True),
+        ({"method": "PUT", "url": "DiagnosticReport?identifier=urn:x|r1"}, True),
+        ({"method": "PUT", "url": "DiagnosticReport/abc"}, False),
+    ],
+)
+def test_409_on_a_conditional_transaction_is_a_write_race(request_: dict[str, str], transient: bool) -> None:
+    """Concurrent harmonized transactions that create the same shared resource: the loser gets 409 (HAPI-0550,
+    seen with bench_publish.py --model harmonized --concurrency 4); resent, its conditional entries match, so it
+    is retried (transient). A 409 on a transaction without conditional entries stays permanent."""
+    from engine.publishers.fhir import FhirSink
+
+    settings = FhirSettings.from_mapping({"supersede": False}, {"FHIR_BASE_URL": BASE})
+    sink = FhirSink(settings, client=_client(_fixed(409, OUTCOME)))
+    unit = {"resourceType": "Bundle", "type": "transaction",
+            "entry": [{"fullUrl": "urn:uuid:1", "resource": {"resourceType": "Organization"}, "request": request_}]}
+    with pytest.raises(TransientError if transient else PermanentError) as info:
+        sink.send(unit)
+    assert isinstance(info.value, PermanentError) != transient
+    sink.close()
