@@ -75,13 +75,16 @@ def sync_files(directory: Path, paths: Sequence[str | Path]) -> None:
             os.close(fd)
 
 
-def _write_tmp(tmp: str | Path, data: bytes) -> None:
+def _write_tmp(tmp: str | Path, data: bytes, *, sync: bool = False) -> None:
+    """Write ``data`` to the temporary file ``tmp``; ``sync``: fsync it before closing."""
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         view = memoryview(data)
         while view:
             written = os.write(fd, view)
             view = view[written:]
+        if sync:
+            os.fsync(fd)
     finally:
         os.close(fd)
 
@@ -124,19 +127,10 @@ def atomic_write(directory: Path, name: str, data: bytes, *, sync_dir: bool = Tr
     """Write ``data`` to ``directory/name`` via a fsynced temporary file and ``os.replace``."""
     target = directory / name
     tmp = directory / f"{TMP_PREFIX}{name}.{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-        os.fsync(fd)
-        os.close(fd)
-        fd = -1
+        _write_tmp(tmp, data, sync=True)
         os.replace(tmp, target)
     except BaseException:
-        if fd >= 0:
-            os.close(fd)
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
