@@ -77,12 +77,15 @@ class MappingContext:
         if unknown:
             raise ValueError(f"unknown mapping settings: {', '.join(sorted(unknown))}")
         senders = tuple(_profile(s, f"senders[{i}]") for i, s in enumerate(data.get("senders") or []))
+        default_tz = str(data.get("default_timezone", "+00:00"))
+        if not _valid_offset(default_tz):  # an IANA name ("Europe/Berlin") would silently drop every instant
+            raise ValueError("default_timezone must be a UTC offset like +01:00 (zone names are not supported)")
         default = _profile(data.get("default") or {}, "default")
         return cls(
             senders=senders,
             default=default,
             system_base=str(data.get("system_base", DEFAULT_SYSTEM_BASE)),
-            default_timezone=str(data.get("default_timezone", "+00:00")),
+            default_timezone=default_tz,
             max_message_bytes=int(data.get("max_message_bytes", 16 * 1024 * 1024)),
             models=_models(data.get("models") or {}),
         )
@@ -124,9 +127,13 @@ def _profile(data: Mapping[str, Any], where: str) -> SenderProfile:
     if profile.accession_field not in ACCESSION_FIELDS:
         raise ValueError(f"{where}: accession_field must be one of {', '.join(ACCESSION_FIELDS)}")
     if profile.timezone is not None and not _valid_offset(profile.timezone):
-        raise ValueError(f"{where}: timezone must look like +01:00")
+        raise ValueError(f"{where}: timezone must be a UTC offset like +01:00 (zone names are not supported)")
     return profile
 
 
 def _valid_offset(value: str) -> bool:
-    return len(value) == 6 and value[0] in "+-" and value[3] == ":" and value.replace(":", "")[1:].isdigit()
+    """``±hh:mm`` with hh ≤ 14 and mm < 60 (ISO 8601 / FHIR dateTime offsets)."""
+    if not (len(value) == 6 and value[0] in "+-" and value[3] == ":" and value.replace(":", "")[1:].isdigit()):
+        return False
+    hours, minutes = int(value[1:3]), int(value[4:6])
+    return hours <= 14 and minutes < 60 and not (hours == 14 and minutes)

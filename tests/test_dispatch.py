@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
+
 from engine._dispatch import is_dicom
 from engine.convert import partition_key_for
 from tests.conftest import TESTDATA
@@ -71,3 +73,15 @@ def test_sr_times_without_offset_are_marked_uncertain(converter: Any) -> None:
     comp = json.loads(out.body)["entry"][0]["resource"]
     assert comp["resourceType"] == "Composition"
     assert comp["_date"]["extension"][0]["url"] == "http://hl7.org/fhir/StructureDefinition/uncertainPeriod"
+
+
+@pytest.mark.parametrize("value", ["Europe/Berlin", "+25:00", "+01:60", "0100"])
+def test_time_zones_must_be_utc_offsets(value: str) -> None:
+    """A zone name or an impossible offset would silently drop every instant: refused when the config loads."""
+    from pipelines.context import MappingContext
+
+    with pytest.raises(ValueError, match="UTC offset"):
+        MappingContext.from_mapping({"default_timezone": value})
+    with pytest.raises(ValueError, match="UTC offset"):
+        MappingContext.from_mapping({"senders": [{"name": "x", "timezone": value}]})
+    assert MappingContext.from_mapping({"default_timezone": "+05:30"}).default_timezone == "+05:30"

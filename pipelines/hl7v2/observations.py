@@ -139,6 +139,10 @@ def read_observations(obx_rows: list[list[str]], d: Delimiters, base: str, chars
 
 
 _CODED = frozenset({"CE", "CWE", "CNE", "CF"})
+#: value types (HL7 v2.5.1 table 0125) whose OBX-5 is a plain value a finding can carry as ``valueString``
+#: (besides text, coded and numeric rows). Pointers and composites (RP reference pointer, CX, XPN, XCN, XAD,
+#: XTN, EI, HD, MO, CP, ...) are not clinical findings: such rows are counted as observations, never published.
+_PLAIN_VALUES = _TEXT_TYPES | frozenset({"DT", "TM", "DTM", "TS", "ID", "IS", ""})
 # (value type, section, is a UID row, is a Study UID row, coded concept whose text value is a finding)
 _Obx3 = tuple[str, str | None, bool, bool, bool]
 
@@ -294,10 +298,14 @@ def _finding(
             f.value_string = unescape(raw5, d).replace(d.component, " ").strip() or None
         else:
             f.value_quantity = q
-    else:
-        value = " ".join(unescape(r, d) for r in repetitions(raw5, d)).strip()
+    elif vtype in _PLAIN_VALUES:
+        value = " ".join(
+            " ".join(unescape(c, d) for c in r.split(d.component) if c.strip()) for r in repetitions(raw5, d)
+        ).strip()
         units = unescape(fld(obx, 6).split(d.component)[0], d).strip()
         f.value_string = (f"{value} {units}".strip() if units and not value.endswith(units) else value) or None
+    else:
+        return None  # a pointer or composite (RP, CX, XPN, ...): not a finding
     if f.value_concept is None and f.value_quantity is None and f.value_string is None:
         return None
     f.status = obx_status(_result_status(obx))

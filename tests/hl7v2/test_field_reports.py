@@ -359,3 +359,17 @@ def test_retracted_group_is_not_an_order_of_another_report(converter: Any) -> No
     b = convert_one(converter, data.encode())
     assert [sr["identifier"][0]["value"] for sr in resources(b, "ServiceRequest")] == ["ACC9"]
     assert findings(b) == "Kept text."
+
+
+@pytest.mark.parametrize("row", [
+    "OBX|3|RP|3856991|4|7795082776^UK^ZB||||||F",  # reference pointer (seen in the WashU feed)
+    "OBX|3|CX|PATREF||9876^^^OTHER^MR||||||F",  # a composite identifier
+])
+def test_pointer_and_composite_rows_are_not_findings(converter: Any, row: str) -> None:
+    """OBX value types that point elsewhere or carry identifiers (HL7 v2.5.1 table 0125: RP, CX, ...) are not
+    clinical findings: no Observation, no raw component separators in any string."""
+    b = convert_one(converter, message("OBX|2|TX|71020&GDT|1|Heart size normal.||||||F", row))
+    assert all("^" not in s for s in strings(b))
+    values = [o.get("valueString", "") for o in resources(b, "Observation")]
+    assert not any("7795082776" in v or "9876" in v for v in values)
+    assert any("Heart size normal." in s for s in strings(b))
