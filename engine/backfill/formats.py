@@ -275,16 +275,17 @@ def message_key(raw: bytes) -> bytes:
 
 
 def iter_files(paths: Sequence[Path]) -> Iterator[InputFile]:
-    """Files in the given order; directories walked recursively in sorted order (hidden entries skipped)."""
+    """Files in the given order; directories walked recursively in sorted order (hidden entries skipped).
+    Only regular files (and links to them) are read: a named pipe, socket or device would block or never end."""
     for path in paths:
         if path.is_dir():
             for root, dirs, files in os.walk(path):
                 dirs[:] = sorted(d for d in dirs if not d.startswith("."))
                 for name in sorted(files):
-                    if not name.startswith("."):
+                    if not name.startswith(".") and (Path(root) / name).is_file():
                         yield _input(Path(root) / name)
-        else:
-            yield _input(path)
+        elif path.is_file() or not path.exists():
+            yield _input(path)  # a missing file is reported by the reader
 
 
 def _input(path: Path) -> InputFile:

@@ -85,3 +85,15 @@ def test_detection_and_oversized_frames() -> None:
     assert isinstance(detect_format(b"MSH|^~\\&|"), Er7Stream)
     chunks = list(Er7Stream().frames(io.BytesIO(b"x" * 2500), 1000))
     assert [len(c) for c in chunks] == [1000, 1000, 500]  # bounded, never the whole file at once
+
+
+def test_special_files_are_not_read(tmp_path: Path) -> None:
+    """A named pipe in an input folder (or named directly) would block the reader forever: never opened."""
+    import os
+
+    from engine.backfill.formats import iter_files
+
+    (tmp_path / "a.hl7").write_bytes(b"MSH|^~\\&|A\r")
+    os.mkfifo(tmp_path / "pipe")
+    assert [f.path.name for f in iter_files([tmp_path])] == ["a.hl7"]
+    assert list(iter_files([tmp_path / "pipe"])) == []
