@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import re
 import socket
 import sys
 from pathlib import Path
@@ -91,16 +92,34 @@ def read_frame(sock: socket.socket) -> bytes:
             return buffer[start + 1 if 0 <= start < end else 0 : end]
 
 
+def unescape(text: str, encoding: str, field_sep: str) -> str:
+    """``text`` with the HL7 escape sequences of the separators undone (HL7 v2.5.1 2.7.4: ``\\F\\`` field,
+    ``\\S\\`` component, ``\\T\\`` subcomponent, ``\\R\\`` repetition, ``\\E\\`` escape), using the
+    encoding characters the acknowledgement declares in MSH-2 (component, repetition, escape, subcomponent).
+    Other escapes (formatting, hex) are left as they are: MSA-3 is a short engine-made text."""
+    if len(encoding) < 3:
+        return text
+    esc = encoding[2]
+    if esc not in text:
+        return text
+    pairs = {"F": field_sep, "S": encoding[0], "R": encoding[1], "E": esc}
+    if len(encoding) > 3:
+        pairs["T"] = encoding[3]
+    pattern = re.compile(f"{re.escape(esc)}([{''.join(pairs)}]){re.escape(esc)}")
+    return pattern.sub(lambda m: pairs[m.group(1)], text)  # one pass: "\\E\\S\\E\\" is "\\S\\"
+
+
 def msa(ack: bytes) -> tuple[str, str]:
-    """(MSA-1, MSA-3) of an acknowledgement message."""
+    """(MSA-1, MSA-3) of an acknowledgement message; MSA-3 with its separator escapes undone."""
     fields = _msh(ack)
     sep = fields[1] if len(fields) > 1 else b"|"
+    encoding = fields[2].decode("latin-1") if len(fields) > 2 else "^~\\&"
     for segment in ack.replace(b"\r\n", CR).replace(b"\n", CR).split(CR):
         if segment.startswith(b"MSA" + sep):
             parts = segment.split(sep)
             code = parts[1].decode("latin-1") if len(parts) > 1 else ""
-            text = parts[3].decode("latin-1", "replace") if len(parts) > 3 else ""
-            return code, text
+            text = parts[3].decode("utf-8", "replace") if len(parts) > 3 else ""
+            return code, unescape(text, encoding, sep.decode("latin-1"))
     return "", ""
 
 

@@ -138,3 +138,11 @@ def test_utf16_file_and_msa_reader() -> None:
     assert message is not None and message.split(b"|")[9] == b"U16"
     assert msa(b"MSH|^~\\&|a\rMSA|AE|X|bad thing\r") == ("AE", "bad thing")
     assert msa(b"MSH#^~\\&#a\rMSA#AR#X\r") == ("AR", "")
+
+
+def test_msa_text_separator_escapes_are_undone() -> None:
+    """MSA-3 is HL7-escaped by the receiver (a message type ``OMI^O23`` arrives as ``OMI\\S\\O23``)."""
+    assert msa(b"MSH|^~\\&|a\rMSA|AR|X|not a report: OMI\\S\\O23\r") == ("AR", "not a report: OMI^O23")
+    # one pass: an escaped escape character stays literal, other encoding characters follow MSH-2
+    assert msa(b"MSH|^~\\&|a\rMSA|AE|X|a\\E\\S\\E\\b \\F\\ \\T\\ \\R\\\r") == ("AE", "a\\S\\b | & ~")
+    assert msa(b"MSH|$~!&|a\rMSA|AR|X|OMI!S!O23 \\S\\\r") == ("AR", "OMI$O23 \\S\\")
