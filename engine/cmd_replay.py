@@ -38,7 +38,7 @@ def register(subparsers: Any) -> None:
         "a replay overwrites rather than duplicates. Prints {\"requeued\": N}.",
         epilog="exit codes:\n  0  done (N may be 0 when --since/--until/--dead-letters match nothing)\n  1  the "
         "store could not be updated\n  2  usage or configuration error, no store, or an --id that is not in "
-        "the store (nothing is re-queued then)",
+        "the store (nothing is re-queued then; a door-… id names a rejection at the door, never stored)",
     )
     parser.add_argument("--config", required=True, help="deployment YAML")
     parser.add_argument("--id", action="append", default=[], dest="ids", metavar="ID", help="envelope id (repeatable)")
@@ -57,6 +57,14 @@ def replay(args: argparse.Namespace) -> int:
     try:
         if not (args.ids or args.since is not None or args.until is not None or args.dead_letters):
             raise ConfigError("choose what to replay: --id, --since/--until and/or --dead-letters")
+        door = [i for i in args.ids if i.startswith("door-")]
+        if door:
+            raise ConfigError(
+                f"{door[0]} is a rejection at the door (engine.sources.door): the listener refused it before "
+                "storing it, so there is nothing to re-queue; its kept bytes and reason are in the dead-letter "
+                "destination (error class IngressRejected): fix the cause and have the sender resend it "
+                "(or `engine send` the kept HL7 bytes, `storescu` a DICOM file)"
+            )
         if any(not i.isdigit() for i in args.ids):
             raise ConfigError("--id expects envelope ids as shown by the logs and dead-letter sidecars (digits)")
         settings = load_settings(args.config)

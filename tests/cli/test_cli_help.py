@@ -69,6 +69,10 @@ def test_replay_of_an_unknown_id_is_an_error(tmp_path: Path, capsys: pytest.Capt
     # one unknown id among known ones: nothing is re-queued
     assert main(["replay", "--config", str(config), "--id", known, "--id", "99998", "--id", "99999"]) == 2
     assert "ids 99998, 99999" in capsys.readouterr().err
+    # a rejection at the door was never stored: said so, with where its bytes are, nothing re-queued
+    assert main(["replay", "--config", str(config), "--id", known, "--id", "door-0123abcd"]) == 2
+    err = capsys.readouterr().err
+    assert "door-0123abcd is a rejection at the door" in err and "dead-letter destination" in err
     assert main(["status", "--config", str(config)]) == 0
     assert json.loads(capsys.readouterr().out)["counts"]["published"] == 1
     # the known id alone is replayed
