@@ -35,7 +35,7 @@ from pydicom.charset import CODES_TO_ENCODINGS, default_encoding, handled_encodi
 from pydicom.datadict import keyword_for_tag
 
 if TYPE_CHECKING:
-    from pipelines.dicom_sr.reader import Code
+    from pipelines.dicom_sr.reader import Code, Ref
 
 __all__ = [
     "DEFAULT",
@@ -238,12 +238,13 @@ class TextDecoder:
     remembers the codes it decoded. :meth:`child` gives the decoder of a nested item that declares its own
     set (PS3.3 C.12.1.1.2); a ``fixed`` decoder (DICOM JSON, whose text is Unicode) ignores such sets."""
 
-    __slots__ = ("_children", "charset", "codes", "fixed")
+    __slots__ = ("_children", "charset", "codes", "fixed", "refs")
 
     def __init__(self, charset: Charset, *, fixed: bool = False) -> None:
         self.charset = charset
         self.fixed = fixed
         self.codes: dict[tuple[object, ...], Code | None] = {}  # for the raw reader's code memo
+        self.refs: dict[tuple[object, ...], Ref] = {}  # and its Referenced SOP Sequence memo
         self._children: dict[object, TextDecoder] = {}
 
     def __call__(self, raw: bytes, vr: bytes = b"UT") -> str:

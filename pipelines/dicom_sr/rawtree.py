@@ -241,42 +241,78 @@ def _tag(buf: bytes, pos: int) -> int:
 
 
 def _dataset(buf: bytes, pos: int, end: int, implicit: bool, undefined: bool) -> tuple[Elements, int]:
+    if not implicit:
+        return _explicit_dataset(buf, pos, end, undefined)
     out: Elements = {}
     vrs = _VR_BYTES
     while pos + 8 <= end:
-        if implicit:
-            group, elem, length = _HHI(buf, pos)
-            tag = (group << 16) | elem
-            if tag == _ITEM_END:
-                return out, pos + 8
-            vr = vrs.get(tag, b"SQ" if length == _UNDEFINED else b"UN")
-            pos += 8
-        else:
-            group, elem, vr, length = _HH2SH(buf, pos)
-            tag = (group << 16) | elem
-            if tag == _ITEM_END:
-                return out, pos + 8
-            if vr in _LONG_VRS:
-                length = _U32(buf, pos + 8)[0]
-                pos += 12
-            else:
-                pos += 8
-        wanted = tag in vrs
-        if vr == b"SQ" or (length == _UNDEFINED and vr == b"UN"):
+        group, elem, length = _HHI(buf, pos)
+        tag = (group << 16) | elem
+        if tag == _ITEM_END:
+            return out, pos + 8
+        vr = vrs.get(tag)
+        pos += 8
+        if vr is None:  # not read by the mapping: skipped (an undefined length is a sequence to walk)
             if length == _UNDEFINED:
-                items, pos = _sequence(buf, pos, end, implicit, True)
+                pos = _sequence(buf, pos, end, True, True)[1]
+                continue
+            if pos + length > end:
+                raise RawDataError(f"element {tag:08X} runs past its item")
+            pos += length
+            continue
+        if vr == b"SQ":
+            if length == _UNDEFINED:
+                out[tag], pos = _sequence(buf, pos, end, True, True)
             else:
                 if pos + length > end:
                     raise RawDataError("sequence runs past its item")
-                items = _sequence(buf, pos, pos + length, implicit, False)[0] if wanted else []
+                out[tag] = _sequence(buf, pos, pos + length, True, False)[0]
                 pos += length
-            if wanted:
-                out[tag] = items
             continue
         if length == _UNDEFINED or pos + length > end:
             raise RawDataError(f"element {tag:08X} runs past its item")
-        if wanted:
-            out[tag] = (vrs[tag] if implicit else vr, buf[pos : pos + length])
+        out[tag] = (vr, buf[pos : pos + length])
+        pos += length
+    if undefined:
+        raise RawDataError("item without its delimitation item")
+    return out, pos
+
+
+def _explicit_dataset(buf: bytes, pos: int, end: int, undefined: bool) -> tuple[Elements, int]:
+    """One item of an Explicit VR Little Endian sequence (the hot loop of the fast path: one unpack per
+    element, values kept as bytes slices, unread elements skipped by their length)."""
+    out: Elements = {}
+    vrs = _VR_BYTES
+    long_vrs = _LONG_VRS
+    unpack = _HH2SH
+    while pos + 8 <= end:
+        group, elem, vr, length = unpack(buf, pos)
+        tag = (group << 16) | elem
+        if tag == _ITEM_END:
+            return out, pos + 8
+        if vr in long_vrs:
+            length = _U32(buf, pos + 8)[0]
+            pos += 12
+            if vr == b"SQ" or (length == _UNDEFINED and vr == b"UN"):
+                if length == _UNDEFINED:
+                    items, pos = _sequence(buf, pos, end, False, True)
+                    if tag in vrs:
+                        out[tag] = items
+                    continue
+                if pos + length > end:
+                    raise RawDataError("sequence runs past its item")
+                if tag in vrs:
+                    out[tag] = _sequence(buf, pos, pos + length, False, False)[0]
+                pos += length
+                continue
+            if length == _UNDEFINED:
+                raise RawDataError(f"element {tag:08X} runs past its item")
+        else:
+            pos += 8
+        if pos + length > end:
+            raise RawDataError(f"element {tag:08X} runs past its item")
+        if tag in vrs:
+            out[tag] = (vr, buf[pos : pos + length])
         pos += length
     if undefined:
         raise RawDataError("item without its delimitation item")
@@ -298,7 +334,7 @@ def _str(el: Elements, tag: int, decode: TextDecoder) -> str:
 
 def _first_text(el: Elements, tag: int, decode: TextDecoder) -> str:
     value = el.get(tag)
-    if not isinstance(value, tuple):
+    if value.__class__ is not tuple:
         return ""
     vr, raw = value
     if vr in _TEXT_VRS:
@@ -306,18 +342,25 @@ def _first_text(el: Elements, tag: int, decode: TextDecoder) -> str:
             return decode(raw, vr).rstrip(" \x00").split("\\")[0].strip()
         except UndecodableText as exc:
             raise exc.at(tag) from None
-    if vr == b"CS":  # enumerated values (CONTAINS, NUM, SEPARATE, ...): few distinct, decoded once
-        known = _CS.get(raw)
-        if known is not None:
-            return known
+    return _ascii_first(raw)
+
+
+def _ascii_first(raw: bytes) -> str:
+    """First value of a default-repertoire VR (CS, UI, IS, DS, ...), stripped: the same enumerated values and
+    UIDs recur across a file's items, so results are memoised on the bytes (a pure function; the memo is
+    emptied when it reaches 4096 entries)."""
+    known = _ASCII.get(raw)
+    if known is not None:
+        return known
     first: bytes = raw.split(b"\\", 1)[0]
     text = first.strip(b" \x00").decode("ascii", "replace").strip()
-    if vr == b"CS" and len(_CS) < 1024:
-        _CS[raw] = text
+    if len(_ASCII) >= 4096:
+        _ASCII.clear()
+    _ASCII[raw] = text
     return text
 
 
-_CS: dict[bytes, str] = {}  # memo of a pure function of the bytes (bounded)
+_ASCII: dict[bytes, str] = {}
 
 
 def _when(el: Elements, tag: int) -> str:
@@ -373,16 +416,24 @@ def _item(el: Elements, decode: TextDecoder, depth: int, path: str) -> Item | No
     except UndecodableText as exc:
         raise UndecodableItem(f"SR content item {path} ({vtype}): {exc}") from None
     if depth < 64:
-        children = (_item(x, decode, depth + 1, f"{path}.{n}") for n, x in enumerate(_seq(el, 0x0040A730), 1))
-        item.children = [c for c in children if c is not None]
+        children = el.get(0x0040A730)
+        if children.__class__ is list and children:
+            out = item.children
+            for n, x in enumerate(children, 1):
+                child = _item(x, decode, depth + 1, f"{path}.{n}")
+                if child is not None:
+                    out.append(child)
     return item
 
 
 def _values(el: Elements, vtype: str, decode: TextDecoder) -> Item:
+    get = el.get
+    rel = get(0x0040A010)
+    seq = get(0x0040A043)
     item = Item(
-        rel=_first_text(el, 0x0040A010, decode),
-        vtype=vtype,
-        name=_code(_one(_seq(el, 0x0040A043)), decode),
+        _first_text(el, 0x0040A010, decode) if rel is not None else "",
+        vtype,
+        _code(seq[0], decode) if seq.__class__ is list and seq else None,
     )
     if vtype == "TEXT":
         item.text = _str(el, 0x0040A160, decode)
@@ -406,7 +457,8 @@ def _values(el: Elements, vtype: str, decode: TextDecoder) -> Item:
         item.graphic = _graphic(el, decode)
     elif vtype == "CONTAINER":
         item.continuous = _first_text(el, 0x0040A050, decode).upper() == "CONTINUOUS"
-    item.uid = _first_text(el, 0x0040A171, decode) or None
+    if 0x0040A171 in el:
+        item.uid = _first_text(el, 0x0040A171, decode) or None
     return item
 
 
@@ -450,17 +502,30 @@ def _ints(el: Elements, tag: int, decode: TextDecoder) -> tuple[int, ...]:
 
 
 def _ref(el: Elements | None, decode: TextDecoder) -> Ref | None:
+    """A Referenced SOP Sequence item; many items reference the same instance (every measurement of an
+    image), so references are memoised per decoder on their raw values, like codes."""
     if el is None:
         return None
+    get = el.get
+    key: tuple[object, ...] | None = (get(0x00081150), get(0x00081155), get(0x00081160), get(0x0062000B))
+    cache = decode.refs
+    try:
+        if key in cache:
+            return cache[key]
+    except TypeError:  # a value that is a sequence (malformed Explicit VR): read, not memoised
+        key = None
     inst = _first_text(el, 0x00081155, decode)
     if not inst:
         return None
-    return Ref(
+    ref = Ref(
         sop_class=_first_text(el, 0x00081150, decode),
         sop_instance=inst,
         frames=_ints(el, 0x00081160, decode),
         segments=_ints(el, 0x0062000B, decode),
     )
+    if key is not None:
+        cache[key] = ref
+    return ref
 
 
 def _graphic(el: Elements, decode: TextDecoder) -> Graphic | None:
