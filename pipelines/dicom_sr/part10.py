@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import io
 import struct
+import zlib
 
 from pydicom.charset import convert_encodings, default_encoding
 from pydicom.datadict import dictionary_VR
@@ -33,6 +34,7 @@ from pipelines.dicom_sr.rawtree import _CUT, _LONG_VRS, _SYNTAXES, Elements, Raw
 __all__ = ["read_part10"]
 
 _UNDEFINED = 0xFFFFFFFF
+_DEFLATED = b"1.2.840.10008.1.2.1.99"
 _CHARSET = 0x00080005
 _PIXELS = 0x7FE00000  # (7FE0,xxxx): where dcmread(stop_before_pixels=True) may stop; not read here
 _VALID_VRS = {vr.value.encode("ascii") for vr in VR}
@@ -45,10 +47,12 @@ class _Unusual(Exception):
     """Not a file this reader reproduces exactly: the caller falls back to dcmread."""
 
 
-def read_part10(data: bytes) -> tuple[FileDataset, dict[int, list[Elements]]] | None:
+def read_part10(data: bytes) -> tuple[FileDataset, dict[int, list[Elements]] | None] | None:
     """(the dataset without the Content and evidence sequences, tag -> their parsed items), or None when the
     file is not a plain Part 10 Little Endian file (use ``split_content`` and ``dcmread``).
 
+    Deflated Explicit VR Little Endian (PS3.5 A.5) is inflated as pydicom does and read whole: (the dataset,
+    None), its Content Sequence then read by ``content_tree`` as for a dcmread dataset.
     Raises RawDataError or struct.error for a malformed Content or evidence sequence (as split_content)."""
     if len(data) < 144 or data[128:132] != b"DICM":
         return None
@@ -57,10 +61,22 @@ def read_part10(data: bytes) -> tuple[FileDataset, dict[int, list[Elements]]] | 
         syntax = meta.get(BaseTag(0x00020010))
         if syntax is None or syntax.value is None:
             return None
-        implicit = _SYNTAXES.get(bytes(syntax.value).rstrip(b"\x00 "))
-        if implicit is None:
+        uid = bytes(syntax.value).rstrip(b"\x00 ")
+        implicit = _SYNTAXES.get(uid)
+        cut: dict[int, list[Elements]] | None
+        if uid == _DEFLATED:
+            implicit, cut = False, None
+            if data[pos : pos + 2] == b"\x00\x00":  # dcmread would look for a command set first
+                return None
+            try:
+                inflated = zlib.decompress(data[pos:], -zlib.MAX_WBITS)
+            except zlib.error:
+                return None
+            elements, _ = _top_level(inflated, 0, False, cut=False)
+        elif implicit is None:
             return None
-        elements, cut = _top_level(data, pos, implicit)
+        else:
+            elements, cut = _top_level(data, pos, implicit)
     except _Unusual:
         return None
     if not elements:
@@ -91,11 +107,11 @@ def _meta(data: bytes) -> tuple[dict[BaseTag, RawDataElement | DataElement], int
 
 
 def _top_level(
-    data: bytes, pos: int, implicit: bool
+    data: bytes, pos: int, implicit: bool, *, cut: bool = True
 ) -> tuple[dict[BaseTag, RawDataElement | DataElement], dict[int, list[Elements]]]:
     elements: dict[BaseTag, RawDataElement | DataElement] = {}
-    cut: dict[int, list[Elements]] = {}
-    end, last, first = len(data), 0x0002FFFF, True
+    parsed: dict[int, list[Elements]] = {}
+    end, last, first = len(data), 0x0002FFFF if cut else -1, True
     while pos < end:
         if pos + 8 > end:
             raise _Unusual("trailing bytes")
@@ -110,13 +126,13 @@ def _top_level(
         tag = (group << 16) | elem
         if tag >= _PIXELS or group == 0:
             raise _Unusual("pixel data or command set")
-        if tag in _CUT:
-            pos = _cut(data, pos, tag, vr, length, implicit, last, cut)
+        if cut and tag in _CUT:
+            pos = _cut(data, pos, tag, vr, length, implicit, last, parsed)
             last = tag
             continue
         pos = _element(data, pos, tag, vr, length, implicit, last, elements)
         last = tag
-    return elements, cut
+    return elements, parsed
 
 
 def _cut(
