@@ -94,6 +94,10 @@ class Charset:
     encodings: tuple[str, ...] | None
     extensions: bool = False
     _children: dict[bytes, Charset] = field(default_factory=dict, compare=False, repr=False)
+    #: Memos of the raw reader, shared by every file in this set: decoded code items and Referenced SOP items
+    #: by their raw values (pure functions of the bytes and this set; emptied when full, see rawtree).
+    codes: dict[tuple[object, ...], Code | None] = field(default_factory=dict, compare=False, repr=False)
+    refs: dict[tuple[object, ...], Ref] = field(default_factory=dict, compare=False, repr=False)
 
     def decode(self, raw: bytes, vr: bytes = b"UT") -> str:
         """Decode one attribute value (all its values, backslash-joined) of text VR ``vr``.
@@ -243,8 +247,8 @@ class TextDecoder:
     def __init__(self, charset: Charset, *, fixed: bool = False) -> None:
         self.charset = charset
         self.fixed = fixed
-        self.codes: dict[tuple[object, ...], Code | None] = {}  # for the raw reader's code memo
-        self.refs: dict[tuple[object, ...], Ref] = {}  # and its Referenced SOP Sequence memo
+        self.codes = charset.codes  # the raw reader's memos: per set, as decoding depends on the set only
+        self.refs = charset.refs
         self._children: dict[object, TextDecoder] = {}
 
     def __call__(self, raw: bytes, vr: bytes = b"UT") -> str:

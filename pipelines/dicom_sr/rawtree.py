@@ -378,8 +378,8 @@ def _seq(el: Elements, tag: int) -> list[Elements]:
 
 
 def _code(el: Elements | None, decode: TextDecoder) -> Code | None:
-    """A code item; the same code recurs hundreds of times in a dose report, so decoded codes are
-    memoised per decoder on their raw bytes."""
+    """A code item; the same code recurs hundreds of times in a dose report and across files, so decoded
+    codes are memoised per character set on their raw bytes (bounded: emptied at 4096 entries)."""
     if el is None:
         return None
     if _CHARSET in el:  # a code sequence item with its own Specific Character Set
@@ -389,7 +389,10 @@ def _code(el: Elements | None, decode: TextDecoder) -> Code | None:
     key = (get(0x00080100), get(0x00080102), get(0x00080104), get(0x00080119), get(0x00080120))
     if key in cache:
         return cache[key]
-    code = cache[key] = _decode_code(el, decode)
+    code = _decode_code(el, decode)
+    if len(cache) >= 4096:
+        cache.clear()
+    cache[key] = code
     return code
 
 
@@ -503,7 +506,7 @@ def _ints(el: Elements, tag: int, decode: TextDecoder) -> tuple[int, ...]:
 
 def _ref(el: Elements | None, decode: TextDecoder) -> Ref | None:
     """A Referenced SOP Sequence item; many items reference the same instance (every measurement of an
-    image), so references are memoised per decoder on their raw values, like codes."""
+    image), so references are memoised per character set on their raw values, like codes."""
     if el is None:
         return None
     get = el.get
@@ -524,6 +527,8 @@ def _ref(el: Elements | None, decode: TextDecoder) -> Ref | None:
         segments=_ints(el, 0x0062000B, decode),
     )
     if key is not None:
+        if len(cache) >= 4096:
+            cache.clear()
         cache[key] = ref
     return ref
 
