@@ -68,8 +68,27 @@ def walk_raw(value: bytes, implicit: bool, decode: TextDecoder) -> list[Item]:
 
 
 def items_to_tree(items: list[Elements], decode: TextDecoder) -> list[Item]:
-    """The Content Sequence items of the document root (content item 1), decoded with ``decode``."""
-    return [i for i in (_item(el, decode, 0, f"1.{n}") for n, el in enumerate(items, 1)) if i is not None]
+    """The Content Sequence items of the document root (content item 1), decoded with ``decode``.
+    Raises UndecodableItem naming the item."""
+    out = []
+    for n, el in enumerate(items, 1):
+        try:
+            item = _item(el, decode, 0)
+        except _ItemFault as fault:
+            path = "".join(f".{i}" for i in reversed(fault.path))
+            raise UndecodableItem(f"SR content item 1.{n}{path} ({fault.vtype}): {fault.error}") from None
+        if item is not None:
+            out.append(item)
+    return out
+
+
+class _ItemFault(Exception):
+    """Undecodable text in a content item, on its way up to items_to_tree, which names the item: its
+    position is collected on the way (child numbers, innermost first) rather than formatted for every item."""
+
+    def __init__(self, vtype: str, error: UndecodableText) -> None:
+        super().__init__(vtype)
+        self.vtype, self.error, self.path = vtype, error, list[int]()
 
 
 _CHARSET = 0x00080005
@@ -408,22 +427,30 @@ def _one(seq: list[Elements]) -> Elements | None:
     return seq[0] if seq else None
 
 
-def _item(el: Elements, decode: TextDecoder, depth: int, path: str) -> Item | None:
+def _item(el: Elements, decode: TextDecoder, depth: int) -> Item | None:
     if _CHARSET in el:  # the item's own set applies to it and to the items nested in it
         decode = decode.child(el[_CHARSET])
-    vtype = _first_text(el, 0x0040A040, decode)
+    value = el.get(0x0040A040)
+    if value.__class__ is tuple and value[0] == b"CS":
+        vtype = _ASCII.get(value[1]) or _ascii_first(value[1])
+    else:
+        vtype = _first_text(el, 0x0040A040, decode)
     if not vtype:
         return None
     try:
         item = _values(el, vtype, decode)
     except UndecodableText as exc:
-        raise UndecodableItem(f"SR content item {path} ({vtype}): {exc}") from None
+        raise _ItemFault(vtype, exc) from None
     if depth < 64:
         children = el.get(0x0040A730)
         if children.__class__ is list and children:
             out = item.children
             for n, x in enumerate(children, 1):
-                child = _item(x, decode, depth + 1, f"{path}.{n}")
+                try:
+                    child = _item(x, decode, depth + 1)
+                except _ItemFault as fault:
+                    fault.path.append(n)
+                    raise
                 if child is not None:
                     out.append(child)
     return item
@@ -432,9 +459,15 @@ def _item(el: Elements, decode: TextDecoder, depth: int, path: str) -> Item | No
 def _values(el: Elements, vtype: str, decode: TextDecoder) -> Item:
     get = el.get
     rel = get(0x0040A010)
+    if rel is None:
+        rel = ""
+    elif rel.__class__ is tuple and rel[0] == b"CS":
+        rel = _ASCII.get(rel[1]) or _ascii_first(rel[1])
+    else:
+        rel = _first_text(el, 0x0040A010, decode)
     seq = get(0x0040A043)
     item = Item(
-        _first_text(el, 0x0040A010, decode) if rel is not None else "",
+        rel,
         vtype,
         _code(seq[0], decode) if seq.__class__ is list and seq else None,
     )
