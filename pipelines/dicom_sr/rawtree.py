@@ -297,6 +297,11 @@ def _dataset(buf: bytes, pos: int, end: int, implicit: bool, undefined: bool) ->
     return out, pos
 
 
+#: Small defined-length Explicit VR sequences by their bytes -> their items (a pure function of the bytes; the
+#: items are only read, never changed; emptied at 4096 entries).
+_SMALL: dict[bytes, list[Elements]] = {}
+
+
 def _explicit_dataset(buf: bytes, pos: int, end: int, undefined: bool) -> tuple[Elements, int]:
     """One item of an Explicit VR Little Endian sequence (the hot loop of the fast path: one unpack per
     element, values kept as bytes slices, unread elements skipped by their length)."""
@@ -321,7 +326,17 @@ def _explicit_dataset(buf: bytes, pos: int, end: int, undefined: bool) -> tuple[
                 if pos + length > end:
                     raise RawDataError("sequence runs past its item")
                 if tag in vrs:
-                    out[tag] = _sequence(buf, pos, pos + length, False, False)[0]
+                    if length <= 256:  # code, measured value and reference items: the same bytes recur
+                        value = buf[pos : pos + length]
+                        known = _SMALL.get(value)
+                        if known is None:
+                            known = _sequence(buf, pos, pos + length, False, False)[0]
+                            if len(_SMALL) >= 4096:
+                                _SMALL.clear()
+                            _SMALL[value] = known
+                        out[tag] = known
+                    else:
+                        out[tag] = _sequence(buf, pos, pos + length, False, False)[0]
                 pos += length
                 continue
             if length == _UNDEFINED:
