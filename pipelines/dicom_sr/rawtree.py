@@ -281,7 +281,7 @@ def _dataset(buf: bytes, pos: int, end: int, implicit: bool, undefined: bool) ->
             continue
         if vr == b"SQ":
             if length == _UNDEFINED:
-                out[tag], pos = _sequence(buf, pos, end, True, True)
+                out[tag], pos = _undefined_sequence(buf, pos, end, True)
             else:
                 if pos + length > end:
                     raise RawDataError("sequence runs past its item")
@@ -295,6 +295,31 @@ def _dataset(buf: bytes, pos: int, end: int, implicit: bool, undefined: bool) ->
     if undefined:
         raise RawDataError("item without its delimitation item")
     return out, pos
+
+
+_SEQ_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+#: Small undefined-length sequences by (VR encoding, their bytes up to and including the first Sequence
+#: Delimitation Item) -> (items, length consumed).
+_SMALL_UNDEFINED: dict[tuple[bool, bytes], tuple[list[Elements], int]] = {}
+
+
+def _undefined_sequence(buf: bytes, pos: int, end: int, implicit: bool) -> tuple[list[Elements], int]:
+    """An undefined-length sequence (code, value and reference items, written so by DCMTK and others). A small
+    one is parsed once per distinct bytes: the key runs to the first delimiter found, and an entry is stored
+    only when the parse consumed exactly those bytes, so a hit is the parse of identical bytes (pure)."""
+    stop = buf.find(_SEQ_DELIMITER, pos, min(end, pos + 512)) + 8
+    if stop < 8:
+        return _sequence(buf, pos, end, implicit, True)
+    key = (implicit, buf[pos:stop])
+    known = _SMALL_UNDEFINED.get(key)
+    if known is not None:
+        return known[0], pos + known[1]
+    items, after = _sequence(buf, pos, end, implicit, True)
+    if after == stop:
+        if len(_SMALL_UNDEFINED) >= 4096:
+            _SMALL_UNDEFINED.clear()
+        _SMALL_UNDEFINED[key] = (items, after - pos)
+    return items, after
 
 
 #: Small defined-length Explicit VR sequences by their bytes -> their items (a pure function of the bytes; the
@@ -319,7 +344,11 @@ def _explicit_dataset(buf: bytes, pos: int, end: int, undefined: bool) -> tuple[
             pos += 12
             if vr == b"SQ" or (length == _UNDEFINED and vr == b"UN"):
                 if length == _UNDEFINED:
-                    items, pos = _sequence(buf, pos, end, False, True)
+                    items, pos = (
+                        _undefined_sequence(buf, pos, end, False)
+                        if tag in vrs
+                        else _sequence(buf, pos, end, False, True)
+                    )
                     if tag in vrs:
                         out[tag] = items
                     continue
