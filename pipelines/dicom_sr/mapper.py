@@ -70,7 +70,7 @@ def parse(data: bytes, ctx: MappingContext) -> Parsed:
         else:
             fast = read_part10(data)  # a plain Part 10 file, read without dcmread
             if fast is not None:
-                ds, split = fast[0], (None if fast[1] is None else (b"", fast[1]))
+                ds, split = fast[0], (b"", fast[1])
             else:
                 split = split_content(data)
                 ds = read_dataset(split[0] if split else data)

@@ -47,12 +47,11 @@ class _Unusual(Exception):
     """Not a file this reader reproduces exactly: the caller falls back to dcmread."""
 
 
-def read_part10(data: bytes) -> tuple[FileDataset, dict[int, list[Elements]] | None] | None:
+def read_part10(data: bytes) -> tuple[FileDataset, dict[int, list[Elements]]] | None:
     """(the dataset without the Content and evidence sequences, tag -> their parsed items), or None when the
     file is not a plain Part 10 Little Endian file (use ``split_content`` and ``dcmread``).
 
-    Deflated Explicit VR Little Endian (PS3.5 A.5) is inflated as pydicom does and read whole: (the dataset,
-    None), its Content Sequence then read by ``content_tree`` as for a dcmread dataset.
+    Deflated Explicit VR Little Endian (PS3.5 A.5) is inflated as pydicom does and then read the same way.
     Raises RawDataError or struct.error for a malformed Content or evidence sequence (as split_content)."""
     if len(data) < 144 or data[128:132] != b"DICM":
         return None
@@ -63,16 +62,18 @@ def read_part10(data: bytes) -> tuple[FileDataset, dict[int, list[Elements]] | N
             return None
         uid = bytes(syntax.value).rstrip(b"\x00 ")
         implicit = _SYNTAXES.get(uid)
-        cut: dict[int, list[Elements]] | None
         if uid == _DEFLATED:
-            implicit, cut = False, None
+            implicit = False
             if data[pos : pos + 2] == b"\x00\x00":  # dcmread would look for a command set first
                 return None
             try:
                 inflated = zlib.decompress(data[pos:], -zlib.MAX_WBITS)
             except zlib.error:
                 return None
-            elements, _ = _top_level(inflated, 0, False, cut=False)
+            try:  # a fault in the inflated content tree: dcmread and its reader give the reason, as before
+                elements, cut = _top_level(inflated, 0, False, first_tag=-1)
+            except (RawDataError, struct.error):
+                return None
         elif implicit is None:
             return None
         else:
@@ -107,11 +108,11 @@ def _meta(data: bytes) -> tuple[dict[BaseTag, RawDataElement | DataElement], int
 
 
 def _top_level(
-    data: bytes, pos: int, implicit: bool, *, cut: bool = True
+    data: bytes, pos: int, implicit: bool, *, first_tag: int = 0x0002FFFF
 ) -> tuple[dict[BaseTag, RawDataElement | DataElement], dict[int, list[Elements]]]:
     elements: dict[BaseTag, RawDataElement | DataElement] = {}
     parsed: dict[int, list[Elements]] = {}
-    end, last, first = len(data), 0x0002FFFF if cut else -1, True
+    end, last, first = len(data), first_tag, True
     while pos < end:
         if pos + 8 > end:
             raise _Unusual("trailing bytes")
@@ -126,7 +127,7 @@ def _top_level(
         tag = (group << 16) | elem
         if tag >= _PIXELS or group == 0:
             raise _Unusual("pixel data or command set")
-        if cut and tag in _CUT:
+        if tag in _CUT:
             pos = _cut(data, pos, tag, vr, length, implicit, last, parsed)
             last = tag
             continue
