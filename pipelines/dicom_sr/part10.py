@@ -24,7 +24,7 @@ import zlib
 from pydicom.charset import convert_encodings, default_encoding
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element, empty_value_for_VR
-from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
+from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.filereader import read_sequence
 from pydicom.tag import BaseTag
 from pydicom.valuerep import VR
@@ -84,12 +84,8 @@ def read_part10(data: bytes) -> tuple[FileDataset, dict[int, list[Elements]]] | 
         return None
     file_meta = FileMetaDataset(meta)
     file_meta.set_original_encoding(is_implicit_vr=False, is_little_endian=True, character_encoding=default_encoding)
-    dataset = Dataset(elements)
-    charset = elements.get(BaseTag(_CHARSET))
-    encoding = _encoding(charset) if charset is not None else default_encoding
-    dataset.set_original_encoding(implicit, True, encoding)
-    ds = FileDataset(None, dataset, data[:128], file_meta, implicit, True)  # type: ignore[arg-type]
-    ds.set_original_encoding(implicit, True, dataset._character_set)
+    ds = FileDataset(None, elements, data[:128], file_meta, implicit, True)  # type: ignore[arg-type]
+    ds.set_original_encoding(implicit, True, ds._character_set)
     return ds, cut
 
 

@@ -242,11 +242,14 @@ def _sequence(buf: bytes, pos: int, end: int, implicit: bool, undefined: bool) -
         if tag != _ITEM:
             raise RawDataError(f"expected a sequence item, found tag {tag:08X}")
         if length == _UNDEFINED:
-            elements, pos = _dataset(buf, pos, end, implicit, True)
+            elements, pos = _dataset(buf, pos, end, True, True) if implicit else _explicit_dataset(buf, pos, end, True)
         else:
             if pos + length > end:
                 raise RawDataError("sequence item runs past its sequence")
-            elements, _ = _dataset(buf, pos, pos + length, implicit, False)
+            if implicit:
+                elements = _dataset(buf, pos, pos + length, True, False)[0]
+            else:
+                elements = _explicit_dataset(buf, pos, pos + length, False)[0]
             pos += length
         items.append(elements)
     if undefined:
