@@ -12,7 +12,8 @@
   the child's own concept name); CODE and NUM evidence and properties are findings too, concept modifiers and
   context qualify their source and are narrative only. In a CONTINUOUS container these lines follow the
   running text. References without a value (IMAGE, COMPOSITE, WAVEFORM, SCOORD, TCOORD below a content item)
-  are not narrative: the referenced instances are the study's.
+  are not narrative: the referenced instances are the study's. A heading's own context items (TID 1001 under
+  a section heading) are ``Observation context: ...`` lines of that section, never findings.
 * IMAGE items directly under a heading (or in a Key Images 121180 container) become
   ImagingSelectionKeyImageEuImaging entries of the section (``DiagnosticReport.extension[finding]``).
 * Root-level observation context (observer, language, procedure reported) is not narrative; the
@@ -129,7 +130,9 @@ class _State:
                 self.related(source, key)
             return
         for child in container.children:
-            if child.rel in _CONTEXT_RELS:
+            if child.rel in _CONTEXT_RELS:  # the heading's own context (TID 1001 observer, ...): narrative only
+                prefix = _RELATED_PREFIX.get(child.rel, "")
+                self.content(child, key, labelled=True, prefix=prefix, finding=False, depth=depth + 1)
                 continue
             if child.vtype == "CONTAINER":
                 self.heading(child, key, depth + 1)

@@ -97,3 +97,21 @@ def test_private_unit_keeps_its_text_without_a_ucum_code(converter: Any, sr_bund
     bundle = _convert(converter, build_sr(container(FINDINGS, finding)))
     (obs,) = by_type(bundle, "Observation")
     assert obs["valueQuantity"] == {"value": 7.0, "unit": "cm"}
+
+
+def test_a_headings_own_context_is_narrative_only(converter: Any) -> None:
+    """TID 1001 observation context under a heading (who observed this section) is a line of the section, not a
+    finding; it was skipped before."""
+    heading = container(
+        FINDINGS,
+        item("CODE", code("121005", "DCM", "Observer Type"), code("121006", "DCM", "Person"), rel="HAS OBS CONTEXT"),
+        item("PNAME", code("121008", "DCM", "Person Observer Name"), "Smith^John", rel="HAS OBS CONTEXT"),
+        item("TEXT", FINDING, "No acute findings."),
+    )
+    bundle = _convert(converter, build_sr(heading))
+    assert _findings_note(bundle).splitlines() == [
+        "Observation context: Observer Type: Person",
+        "Observation context: Person Observer Name: Smith John",
+        "No acute findings.",
+    ]
+    assert not [o for o in by_type(bundle, "Observation") if o["code"]["coding"][0]["code"] == "121005"]
