@@ -3,16 +3,18 @@
 ``pydicom.dcmread`` costs about 0.3 ms per file before a single value is converted (file-like reads, meta
 validation, a generator per dataset); for the small header of an SR that is as much as mapping it. This module
 walks the file's bytes once: the File Meta Information (Explicit VR Little Endian), then the top-level data
-elements of an Explicit or Implicit VR Little Endian dataset. The Content Sequence and the evidence sequences
-are parsed into raw items for :mod:`pipelines.dicom_sr.rawtree` (as :func:`~pipelines.dicom_sr.rawtree.split_content`
-does); every other element becomes the ``RawDataElement`` pydicom's reader would have produced (same tag, VR,
-length, value and encoding flags; an undefined-length sequence parsed by pydicom's ``read_sequence`` as
-``dcmread`` does), so header values are converted by pydicom exactly as before.
+elements of an Explicit or Implicit VR Little Endian dataset (a deflated one inflated first, as pydicom does).
+The Content Sequence and the evidence sequences are parsed into raw items for :mod:`pipelines.dicom_sr.rawtree`
+(as :func:`~pipelines.dicom_sr.rawparse.split_content` does); every other element becomes the
+``RawDataElement`` pydicom's reader would have produced (same tag, VR, length, value and encoding flags; an
+undefined-length sequence parsed by pydicom's ``read_sequence`` as ``dcmread`` does), so header values are
+converted by pydicom exactly as before.
 
 It reads only files it can read exactly as pydicom would. Anything unusual (no preamble, another transfer
-syntax, deflate, a group 0000 command set, pixel data, an unknown or implicit-looking VR, elements out of
-order, an undefined-length value that is not a sequence, a length past the end, trailing bytes) returns
-``None`` and the caller uses ``dcmread``, so rejections and their reasons do not change.
+syntax, a deflated stream that does not inflate or holds a faulty tree, a group 0000 command set, pixel data,
+an unknown or implicit-looking VR, elements out of order, an undefined-length value that is not a sequence, a
+length past the end, trailing bytes) returns ``None`` and the caller uses ``dcmread``, so rejections and their
+reasons do not change.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from pydicom.filereader import read_sequence
 from pydicom.tag import BaseTag
 from pydicom.valuerep import VR
 
-from pipelines.dicom_sr.rawtree import _CUT, _LONG_VRS, _SYNTAXES, Elements, RawDataError, _sequence
+from pipelines.dicom_sr.rawparse import _CUT, _LONG_VRS, _SYNTAXES, Elements, RawDataError, _sequence
 
 __all__ = ["read_part10"]
 
@@ -135,7 +137,7 @@ def _top_level(
 def _cut(
     data: bytes, pos: int, tag: int, vr: bytes, length: int, implicit: bool, last: int, cut: dict[int, list[Elements]]
 ) -> int:
-    """A Content or evidence sequence, parsed into raw items (the rules of rawtree.split_content)."""
+    """A Content or evidence sequence, parsed into raw items (the rules of rawparse.split_content)."""
     if tag <= last:
         raise _Unusual("elements out of order")
     if not implicit:
