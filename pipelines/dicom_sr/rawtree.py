@@ -32,6 +32,7 @@ __all__ = [
 
 _TEXT_VRS = {b"SH", b"LO", b"UT", b"LT", b"ST", b"PN", b"UC"}
 _CHARSET = 0x00080005
+_MISS = object()
 
 
 class UndecodableItem(ParseError):
@@ -153,8 +154,9 @@ def _code(el: Elements | None, decode: TextDecoder) -> Code | None:
     cache = decode.codes
     get = el.get
     key = (get(0x00080100), get(0x00080102), get(0x00080104), get(0x00080119), get(0x00080120))
-    if key in cache:
-        return cache[key]
+    found = cache.get(key, _MISS)  # one lookup: safe if another thread empties the memo meanwhile
+    if found is not _MISS:
+        return found  # type: ignore[return-value]
     code = _decode_code(el, decode)
     if len(cache) >= 4096:
         cache.clear()
@@ -290,11 +292,13 @@ def _ref(el: Elements | None, decode: TextDecoder) -> Ref | None:
     if el is None:
         return None
     get = el.get
-    key: tuple[object, ...] | None = (get(0x00081150), get(0x00081155), get(0x00081160), get(0x0062000B))
+    raw_key = (get(0x00081150), get(0x00081155), get(0x00081160), get(0x0062000B))
+    key: tuple[object, ...] | None = raw_key
     cache = decode.refs
     try:
-        if key in cache:
-            return cache[key]
+        found = cache.get(raw_key)  # one lookup: safe if another thread empties the memo meanwhile
+        if found is not None:
+            return found
     except TypeError:  # a value that is a sequence (malformed Explicit VR): read, not memoised
         key = None
     inst = _first_text(el, 0x00081155, decode)
