@@ -35,7 +35,7 @@ from pydicom.charset import CODES_TO_ENCODINGS, default_encoding, handled_encodi
 from pydicom.datadict import keyword_for_tag
 
 if TYPE_CHECKING:
-    from pipelines.dicom_sr.reader import Code
+    from pipelines.dicom_sr.reader import Code, Ref
 
 __all__ = [
     "DEFAULT",
@@ -94,6 +94,10 @@ class Charset:
     encodings: tuple[str, ...] | None
     extensions: bool = False
     _children: dict[bytes, Charset] = field(default_factory=dict, compare=False, repr=False)
+    #: Memos of the raw reader, shared by every file in this set: decoded code items and Referenced SOP items
+    #: by their raw values (pure functions of the bytes and this set; emptied when full, see rawtree).
+    codes: dict[tuple[object, ...], Code | None] = field(default_factory=dict, compare=False, repr=False)
+    refs: dict[tuple[object, ...], Ref] = field(default_factory=dict, compare=False, repr=False)
 
     def decode(self, raw: bytes, vr: bytes = b"UT") -> str:
         """Decode one attribute value (all its values, backslash-joined) of text VR ``vr``.
@@ -238,12 +242,13 @@ class TextDecoder:
     remembers the codes it decoded. :meth:`child` gives the decoder of a nested item that declares its own
     set (PS3.3 C.12.1.1.2); a ``fixed`` decoder (DICOM JSON, whose text is Unicode) ignores such sets."""
 
-    __slots__ = ("_children", "charset", "codes", "fixed")
+    __slots__ = ("_children", "charset", "codes", "fixed", "refs")
 
     def __init__(self, charset: Charset, *, fixed: bool = False) -> None:
         self.charset = charset
         self.fixed = fixed
-        self.codes: dict[tuple[object, ...], Code | None] = {}  # for the raw reader's code memo
+        self.codes = charset.codes  # the raw reader's memos: per set, as decoding depends on the set only
+        self.refs = charset.refs
         self._children: dict[object, TextDecoder] = {}
 
     def __call__(self, raw: bytes, vr: bytes = b"UT") -> str:

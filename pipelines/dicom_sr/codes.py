@@ -58,7 +58,11 @@ def concept(code: Code | None, base: str) -> Concept | None:
 
 
 def ucum(unit: Code | None) -> str | None:
-    """The UCUM code of a measurement unit, when the unit is coded in UCUM."""
+    """The UCUM code of a measurement unit: only a unit the sender coded in UCUM (designator ``UCUM``, as sent:
+    PS3.16 uses forms such as ``{SUVbw}g/ml``). A unit of any other scheme has none, even when its code value reads
+    like UCUM (DCMTK's private ``99_OFFIS_DCMTK`` ``cm`` "Length Unit"): what a private code means is its scheme's
+    to say, no published table defines it as the UCUM unit, and its meaning does not say centimetre, so
+    ``valueQuantity`` keeps the unit text only (the Code Meaning, else the code value) and claims no UCUM code."""
     if unit is None or unit.scheme != "UCUM":
         return None
     return unit.value

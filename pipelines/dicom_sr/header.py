@@ -18,7 +18,7 @@ from pipelines.common.ids import slug, uid_ok
 from pipelines.common.model import Concept, Ident, Order, Organization, Patient, Person, Series, Study
 from pipelines.context import MappingContext, SenderProfile
 from pipelines.dicom_sr.codes import concept
-from pipelines.dicom_sr.reader import code_of, first, full_text, text
+from pipelines.dicom_sr.reader import code_of, first, full_text, get, text
 
 __all__ = [
     "Equipment",
@@ -131,9 +131,9 @@ def read_header(ds: Dataset, ctx: MappingContext, refs: Refs | None = None) -> H
     header.evidence = refs[0] if refs else _evidence(ds)
     header.predecessors = [
         text(inst, "ReferencedSOPInstanceUID")
-        for study in ds.get("PredecessorDocumentsSequence") or []
-        for series in study.get("ReferencedSeriesSequence") or []
-        for inst in series.get("ReferencedSOPSequence") or []
+        for study in get(ds, "PredecessorDocumentsSequence") or []
+        for series in get(study, "ReferencedSeriesSequence") or []
+        for inst in get(series, "ReferencedSOPSequence") or []
         if uid_ok(text(inst, "ReferencedSOPInstanceUID"))
     ]
     return header
@@ -265,7 +265,7 @@ def _orders(ds: Dataset, ctx: MappingContext, profile: SenderProfile, base: str,
                 requester=requester,
             )
         )
-    for item in ds.get("ReferencedRequestSequence") or []:
+    for item in get(ds, "ReferencedRequestSequence") or []:
         value = text(item, "AccessionNumber")
         if not value or any(o.accession and o.accession.value == value for o in orders):
             continue
@@ -294,7 +294,7 @@ def _organization(ds: Dataset, ctx: MappingContext, profile: SenderProfile) -> O
 
 
 def _study(ds: Dataset, header: Header, base: str) -> Study:
-    modalities = ds.get("ModalitiesInStudy") or []
+    modalities = get(ds, "ModalitiesInStudy") or []
     if isinstance(modalities, str):
         modalities = [modalities]
     sop = (header.sop_uid, header.sop_class, _int(text(ds, "InstanceNumber")))
@@ -319,7 +319,7 @@ def _study(ds: Dataset, header: Header, base: str) -> Study:
 def _evidence_studies(ds: Dataset) -> list[str]:
     uids = []
     for key in ("CurrentRequestedProcedureEvidenceSequence", "ReferencedRequestSequence"):
-        for item in ds.get(key) or []:
+        for item in get(ds, key) or []:
             uid = text(item, "StudyInstanceUID")
             if uid:
                 uids.append(uid)
@@ -329,18 +329,18 @@ def _evidence_studies(ds: Dataset) -> list[str]:
 def _evidence(ds: Dataset) -> dict[str, tuple[str, str | None]]:
     out: dict[str, tuple[str, str | None]] = {}
     for key in ("CurrentRequestedProcedureEvidenceSequence", "PertinentOtherEvidenceSequence"):
-        for study in ds.get(key) or []:
+        for study in get(ds, key) or []:
             study_uid = text(study, "StudyInstanceUID")
-            for series in study.get("ReferencedSeriesSequence") or []:
+            for series in get(study, "ReferencedSeriesSequence") or []:
                 series_uid = text(series, "SeriesInstanceUID") or None
-                for inst in series.get("ReferencedSOPSequence") or []:
+                for inst in get(series, "ReferencedSOPSequence") or []:
                     out.setdefault(text(inst, "ReferencedSOPInstanceUID"), (study_uid, series_uid))
     return out
 
 
 def _observers(ds: Dataset, header: Header, base: str, tz: str) -> None:
     latest = ""
-    for item in ds.get("VerifyingObserverSequence") or []:
+    for item in get(ds, "VerifyingObserverSequence") or []:
         idents = _person_idents(first(item, "VerifyingObserverIdentificationCodeSequence"), base)
         person = person_from_pn(full_text(item, "VerifyingObserverName"), idents)
         if person is not None and person.key() not in {p.key() for p in header.interpreters}:
@@ -349,7 +349,7 @@ def _observers(ds: Dataset, header: Header, base: str, tz: str) -> None:
         if when > latest:
             latest = when
     header.verified_at = dt_value(latest, tz) if latest else None
-    for item in ds.get("AuthorObserverSequence") or []:
+    for item in get(ds, "AuthorObserverSequence") or []:
         if text(item, "ObserverType").upper() not in ("PSN", ""):
             continue
         idents = _person_idents(first(item, "PersonIdentificationCodeSequence"), base)

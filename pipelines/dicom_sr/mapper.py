@@ -17,6 +17,7 @@ from pipelines.dicom_sr import dose, encapsulated, tid1500
 from pipelines.dicom_sr.build import base_report, device
 from pipelines.dicom_sr.charset import UndecodableText, charset_of
 from pipelines.dicom_sr.header import Header, read_header
+from pipelines.dicom_sr.part10 import read_part10
 from pipelines.dicom_sr.rawtree import (
     Elements,
     RawDataError,
@@ -67,8 +68,12 @@ def parse(data: bytes, ctx: MappingContext) -> Parsed:
             ds = dataset_from_json(doc)
             decode = json_decoder()
         else:
-            split = split_content(data)
-            ds = read_dataset(split[0] if split else data)
+            fast = read_part10(data)  # a plain Part 10 file, read without dcmread
+            if fast is not None:
+                ds, split = fast[0], (b"", fast[1])
+            else:
+                split = split_content(data)
+                ds = read_dataset(split[0] if split else data)
             decode = _decoder(ds)
         kind = classify(ds)
         cut = split[1] if split else {}

@@ -1,12 +1,10 @@
-"""Fast path for the SR content tree: parse the raw bytes of the Content Sequence directly.
+"""Fast path for the SR content tree: content items from the raw items of :mod:`pipelines.dicom_sr.rawparse`.
 
-pydicom keeps a top-level sequence as raw bytes until it is accessed, and then builds a Dataset per
-item and converts every element on access; for a dose report with two thousand content items that is
-most of the conversion time. This module walks the same bytes once (Explicit or Implicit VR Little
-Endian), keeps only the content-item attributes the mapping reads, and builds the same
-:class:`~pipelines.dicom_sr.reader.Item` nodes as :func:`pipelines.dicom_sr.reader.walk` (the tests
-check both give identical trees). Other encodings (deflated streams already expanded by pydicom,
-big endian) use the pydicom walker.
+Builds the same :class:`~pipelines.dicom_sr.reader.Item` nodes as :func:`pipelines.dicom_sr.reader.walk` (the
+tests check both give identical trees), decoding text strictly in the Specific Character Set that applies to
+each item. Decoded codes and Referenced SOP items are memoised per character set on their raw values, and
+default-repertoire values (CS, UI, ...) on their bytes: pure functions, bounded memos. Big-endian files use
+the pydicom walker.
 """
 
 from __future__ import annotations
@@ -14,10 +12,12 @@ from __future__ import annotations
 import struct
 
 from pipelines.dicom_sr.charset import TextDecoder, UndecodableText, ascii_value, json_decoder
+from pipelines.dicom_sr.rawparse import Elements, RawDataError, _sequence, cut_json, split_content
 from pipelines.dicom_sr.reader import Code, Graphic, Item, Num, Ref
 from pipelines.errors import ParseError
 
 __all__ = [
+    "Elements",
     "RawDataError",
     "TextDecoder",
     "UndecodableItem",
@@ -30,30 +30,9 @@ __all__ = [
     "walk_raw",
 ]
 
-_ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
-_UNDEFINED = 0xFFFFFFFF
-_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 _TEXT_VRS = {b"SH", b"LO", b"UT", b"LT", b"ST", b"PN", b"UC"}
-
-# The content-item attributes read by the mapping, with their VRs (needed for Implicit VR).
-_VR = {
-    0x00080005: "CS",  # an item's own Specific Character Set (PS3.3 C.12.1.1.2)
-    0x00080100: "SH", 0x00080102: "SH", 0x00080104: "LO", 0x00080119: "UC", 0x00080120: "UR",
-    0x00081150: "UI", 0x00081155: "UI", 0x00081160: "IS", 0x00081199: "SQ", 0x0062000B: "US",
-    0x00700022: "FL", 0x00700023: "CS", 0x30060024: "UI",
-    0x0040A010: "CS", 0x0040A040: "CS", 0x0040A043: "SQ", 0x0040A050: "CS", 0x0040A120: "DT",
-    0x0040A121: "DA", 0x0040A122: "TM", 0x0040A123: "PN", 0x0040A124: "UI", 0x0040A160: "UT",
-    0x0040A161: "FD", 0x0040A168: "SQ", 0x0040A171: "UI", 0x0040A300: "SQ", 0x0040A30A: "DS",
-    0x004008EA: "SQ", 0x0040A730: "SQ",
-    0x0020000D: "UI", 0x0020000E: "UI", 0x00081115: "SQ",  # evidence: study, series, Referenced Series Seq
-}  # fmt: skip
-
-_VR_BYTES = {tag: vr.encode("ascii") for tag, vr in _VR.items()}
-Elements = dict[int, object]  # tag -> (vr, bytes) for values, list[Elements] for sequences
-
-
-class RawDataError(ValueError):
-    """The raw bytes are not a well-formed sequence."""
+_CHARSET = 0x00080005
+_MISS = object()
 
 
 class UndecodableItem(ParseError):
@@ -68,15 +47,27 @@ def walk_raw(value: bytes, implicit: bool, decode: TextDecoder) -> list[Item]:
 
 
 def items_to_tree(items: list[Elements], decode: TextDecoder) -> list[Item]:
-    """The Content Sequence items of the document root (content item 1), decoded with ``decode``."""
-    return [i for i in (_item(el, decode, 0, f"1.{n}") for n, el in enumerate(items, 1)) if i is not None]
+    """The Content Sequence items of the document root (content item 1), decoded with ``decode``.
+    Raises UndecodableItem naming the item."""
+    out = []
+    for n, el in enumerate(items, 1):
+        try:
+            item = _item(el, decode, 0)
+        except _ItemFault as fault:
+            path = "".join(f".{i}" for i in reversed(fault.path))
+            raise UndecodableItem(f"SR content item 1.{n}{path} ({fault.vtype}): {fault.error}") from None
+        if item is not None:
+            out.append(item)
+    return out
 
 
-_CHARSET = 0x00080005
-_SYNTAXES = {b"1.2.840.10008.1.2": True, b"1.2.840.10008.1.2.1": False}  # UID -> implicit VR
-_CONTENT = 0x0040A730
-#: Top-level sequences parsed here instead of by pydicom: the evidence lists and the content tree.
-_CUT = {0x0040A375, 0x0040A385, _CONTENT}
+class _ItemFault(Exception):
+    """Undecodable text in a content item, on its way up to items_to_tree, which names the item: its
+    position is collected on the way (child numbers, innermost first) rather than formatted for every item."""
+
+    def __init__(self, vtype: str, error: UndecodableText) -> None:
+        super().__init__(vtype)
+        self.vtype, self.error, self.path = vtype, error, list[int]()
 
 
 def evidence(items: list[Elements], decode: TextDecoder) -> dict[str, tuple[str, str | None]]:
@@ -95,194 +86,6 @@ def study_uids(items: list[Elements], decode: TextDecoder) -> list[str]:
     return [uid for uid in (_first_text(study, 0x0020000D, decode) for study in items) if uid]
 
 
-_PACK = {b"FD": "<d", b"FL": "<f", b"US": "<H", b"SS": "<h", b"UL": "<I", b"SL": "<i"}
-
-
-def cut_json(doc: dict[str, object]) -> dict[int, list[Elements]]:
-    """DICOM JSON (PS3.18 F.2): remove the content and evidence sequences from ``doc`` (so pydicom's
-    ``from_json`` converts only the header) and return them as parsed items, text values UTF-8."""
-    cut: dict[int, list[Elements]] = {}
-    for tag in _CUT:
-        key = f"{tag:08X}"
-        node = doc.pop(key, None)
-        if isinstance(node, dict):
-            cut[tag] = _json_items(node.get("Value"))
-    return cut
-
-
-def _json_items(value: object) -> list[Elements]:
-    if not isinstance(value, list):
-        return []
-    return [_json_dataset(item) for item in value if isinstance(item, dict)]
-
-
-def _json_dataset(node: dict[str, object]) -> Elements:
-    out: Elements = {}
-    for key, attr in node.items():
-        try:
-            tag = int(key, 16)
-        except ValueError:
-            continue
-        if tag not in _VR_BYTES or tag == _CHARSET or not isinstance(attr, dict):
-            continue  # JSON text is Unicode already: an item's Specific Character Set does not apply
-        vr = str(attr.get("vr", _VR[tag])).encode("ascii", "replace")
-        values = attr.get("Value")
-        if isinstance(values, str):
-            values = [values]
-        if vr == b"SQ":
-            out[tag] = _json_items(values)
-            continue
-        if not isinstance(values, list):
-            out[tag] = (vr, b"")
-        elif vr in _PACK:
-            out[tag] = (vr, b"".join(struct.pack(_PACK[vr], v) for v in values if isinstance(v, (int, float))))
-        else:
-            parts = [v.get("Alphabetic", "") if isinstance(v, dict) else str(v) for v in values]
-            out[tag] = (vr, "\\".join(str(p) for p in parts).encode("utf-8"))
-    return out
-
-
-def split_content(data: bytes) -> tuple[bytes, dict[int, list[Elements]]] | None:
-    """Cut the top-level Content Sequence and evidence sequences out of a Part 10 Little Endian file:
-    (the file without them, tag -> parsed items). pydicom then reads only the small header, while these
-    large trees are parsed once here. None when the file is not Part 10 Explicit/Implicit VR Little
-    Endian (the caller then lets pydicom read everything)."""
-    if len(data) < 144 or data[128:132] != b"DICM":
-        return None
-    buf = data
-    pos, syntax = 132, b""
-    while pos + 8 <= len(data) and struct.unpack_from("<H", buf, pos)[0] == 0x0002:
-        tag = _tag(buf, pos)
-        raw_vr = bytes(buf[pos + 4 : pos + 6])
-        if raw_vr in _LONG_VRS:
-            length, head = struct.unpack_from("<I", buf, pos + 8)[0], 12
-        else:
-            length, head = struct.unpack_from("<H", buf, pos + 6)[0], 8
-        if tag == 0x00020010:
-            syntax = bytes(buf[pos + head : pos + head + length]).rstrip(b"\x00 ")
-        pos += head + length
-    implicit = _SYNTAXES.get(syntax)
-    if implicit is None:
-        return None
-    end = len(data)
-    cut: dict[int, list[Elements]] = {}
-    kept: list[bytes] = []
-    keep_from = 0
-    while pos + 8 <= end:
-        start, tag = pos, _tag(buf, pos)
-        if tag > _CONTENT:
-            break
-        if implicit:
-            length = struct.unpack_from("<I", buf, pos + 4)[0]
-            is_sq = length == _UNDEFINED or tag in _CUT
-            pos += 8
-        else:
-            raw_vr = bytes(buf[pos + 4 : pos + 6])
-            if raw_vr in _LONG_VRS:
-                length = struct.unpack_from("<I", buf, pos + 8)[0]
-                pos += 12
-            else:
-                length = struct.unpack_from("<H", buf, pos + 6)[0]
-                pos += 8
-            is_sq = raw_vr == b"SQ" or length == _UNDEFINED
-        if tag in _CUT and is_sq:
-            if length == _UNDEFINED:
-                items, pos = _sequence(buf, pos, end, implicit, True)
-            else:
-                if pos + length > end:
-                    raise RawDataError("sequence runs past the end of the file")
-                items, _ = _sequence(buf, pos, pos + length, implicit, False)
-                pos += length
-            cut[tag] = items
-            kept.append(data[keep_from:start])
-            keep_from = pos
-            continue
-        if length == _UNDEFINED:
-            if not is_sq:
-                return None
-            _, pos = _sequence(buf, pos, end, implicit, True)
-        else:
-            pos += length
-    kept.append(data[keep_from:])
-    return b"".join(kept), cut
-
-
-_HHI = struct.Struct("<HHI").unpack_from  # group, element, 32-bit length (implicit VR, item headers)
-_HH2SH = struct.Struct("<HH2sH").unpack_from  # group, element, VR, 16-bit length (explicit VR)
-_U32 = struct.Struct("<I").unpack_from
-
-
-def _sequence(buf: bytes, pos: int, end: int, implicit: bool, undefined: bool) -> tuple[list[Elements], int]:
-    items: list[Elements] = []
-    while pos + 8 <= end:
-        group, elem, length = _HHI(buf, pos)
-        tag = (group << 16) | elem
-        pos += 8
-        if tag == _SEQ_END:
-            return items, pos
-        if tag != _ITEM:
-            raise RawDataError(f"expected a sequence item, found tag {tag:08X}")
-        if length == _UNDEFINED:
-            elements, pos = _dataset(buf, pos, end, implicit, True)
-        else:
-            if pos + length > end:
-                raise RawDataError("sequence item runs past its sequence")
-            elements, _ = _dataset(buf, pos, pos + length, implicit, False)
-            pos += length
-        items.append(elements)
-    if undefined:
-        raise RawDataError("sequence without its delimitation item")
-    return items, pos
-
-
-def _tag(buf: bytes, pos: int) -> int:
-    group, elem = struct.unpack_from("<HH", buf, pos)
-    return int((group << 16) | elem)
-
-
-def _dataset(buf: bytes, pos: int, end: int, implicit: bool, undefined: bool) -> tuple[Elements, int]:
-    out: Elements = {}
-    vrs = _VR_BYTES
-    while pos + 8 <= end:
-        if implicit:
-            group, elem, length = _HHI(buf, pos)
-            tag = (group << 16) | elem
-            if tag == _ITEM_END:
-                return out, pos + 8
-            vr = vrs.get(tag, b"SQ" if length == _UNDEFINED else b"UN")
-            pos += 8
-        else:
-            group, elem, vr, length = _HH2SH(buf, pos)
-            tag = (group << 16) | elem
-            if tag == _ITEM_END:
-                return out, pos + 8
-            if vr in _LONG_VRS:
-                length = _U32(buf, pos + 8)[0]
-                pos += 12
-            else:
-                pos += 8
-        wanted = tag in vrs
-        if vr == b"SQ" or (length == _UNDEFINED and vr == b"UN"):
-            if length == _UNDEFINED:
-                items, pos = _sequence(buf, pos, end, implicit, True)
-            else:
-                if pos + length > end:
-                    raise RawDataError("sequence runs past its item")
-                items = _sequence(buf, pos, pos + length, implicit, False)[0] if wanted else []
-                pos += length
-            if wanted:
-                out[tag] = items
-            continue
-        if length == _UNDEFINED or pos + length > end:
-            raise RawDataError(f"element {tag:08X} runs past its item")
-        if wanted:
-            out[tag] = (vrs[tag] if implicit else vr, buf[pos : pos + length])
-        pos += length
-    if undefined:
-        raise RawDataError("item without its delimitation item")
-    return out, pos
-
-
 def _str(el: Elements, tag: int, decode: TextDecoder) -> str:
     value = el.get(tag)
     if not isinstance(value, tuple):
@@ -298,7 +101,7 @@ def _str(el: Elements, tag: int, decode: TextDecoder) -> str:
 
 def _first_text(el: Elements, tag: int, decode: TextDecoder) -> str:
     value = el.get(tag)
-    if not isinstance(value, tuple):
+    if value.__class__ is not tuple:
         return ""
     vr, raw = value
     if vr in _TEXT_VRS:
@@ -306,18 +109,25 @@ def _first_text(el: Elements, tag: int, decode: TextDecoder) -> str:
             return decode(raw, vr).rstrip(" \x00").split("\\")[0].strip()
         except UndecodableText as exc:
             raise exc.at(tag) from None
-    if vr == b"CS":  # enumerated values (CONTAINS, NUM, SEPARATE, ...): few distinct, decoded once
-        known = _CS.get(raw)
-        if known is not None:
-            return known
+    return _ascii_first(raw)
+
+
+def _ascii_first(raw: bytes) -> str:
+    """First value of a default-repertoire VR (CS, UI, IS, DS, ...), stripped: the same enumerated values and
+    UIDs recur across a file's items, so results are memoised on the bytes (a pure function; the memo is
+    emptied when it reaches 4096 entries)."""
+    known = _ASCII.get(raw)
+    if known is not None:
+        return known
     first: bytes = raw.split(b"\\", 1)[0]
     text = first.strip(b" \x00").decode("ascii", "replace").strip()
-    if vr == b"CS" and len(_CS) < 1024:
-        _CS[raw] = text
+    if len(_ASCII) >= 4096:
+        _ASCII.clear()
+    _ASCII[raw] = text
     return text
 
 
-_CS: dict[bytes, str] = {}  # memo of a pure function of the bytes (bounded)
+_ASCII: dict[bytes, str] = {}
 
 
 def _when(el: Elements, tag: int) -> str:
@@ -335,8 +145,8 @@ def _seq(el: Elements, tag: int) -> list[Elements]:
 
 
 def _code(el: Elements | None, decode: TextDecoder) -> Code | None:
-    """A code item; the same code recurs hundreds of times in a dose report, so decoded codes are
-    memoised per decoder on their raw bytes."""
+    """A code item; the same code recurs hundreds of times in a dose report and across files, so decoded
+    codes are memoised per character set on their raw bytes (bounded: emptied at 4096 entries)."""
     if el is None:
         return None
     if _CHARSET in el:  # a code sequence item with its own Specific Character Set
@@ -344,9 +154,13 @@ def _code(el: Elements | None, decode: TextDecoder) -> Code | None:
     cache = decode.codes
     get = el.get
     key = (get(0x00080100), get(0x00080102), get(0x00080104), get(0x00080119), get(0x00080120))
-    if key in cache:
-        return cache[key]
-    code = cache[key] = _decode_code(el, decode)
+    found = cache.get(key, _MISS)  # one lookup: safe if another thread empties the memo meanwhile
+    if found is not _MISS:
+        return found  # type: ignore[return-value]
+    code = _decode_code(el, decode)
+    if len(cache) >= 4096:
+        cache.clear()
+    cache[key] = code
     return code
 
 
@@ -362,27 +176,49 @@ def _one(seq: list[Elements]) -> Elements | None:
     return seq[0] if seq else None
 
 
-def _item(el: Elements, decode: TextDecoder, depth: int, path: str) -> Item | None:
+def _item(el: Elements, decode: TextDecoder, depth: int) -> Item | None:
     if _CHARSET in el:  # the item's own set applies to it and to the items nested in it
         decode = decode.child(el[_CHARSET])
-    vtype = _first_text(el, 0x0040A040, decode)
+    value = el.get(0x0040A040)
+    if value.__class__ is tuple and value[0] == b"CS":
+        vtype = _ASCII.get(value[1]) or _ascii_first(value[1])
+    else:
+        vtype = _first_text(el, 0x0040A040, decode)
     if not vtype:
         return None
     try:
         item = _values(el, vtype, decode)
     except UndecodableText as exc:
-        raise UndecodableItem(f"SR content item {path} ({vtype}): {exc}") from None
+        raise _ItemFault(vtype, exc) from None
     if depth < 64:
-        children = (_item(x, decode, depth + 1, f"{path}.{n}") for n, x in enumerate(_seq(el, 0x0040A730), 1))
-        item.children = [c for c in children if c is not None]
+        children = el.get(0x0040A730)
+        if children.__class__ is list and children:
+            out = item.children
+            for n, x in enumerate(children, 1):
+                try:
+                    child = _item(x, decode, depth + 1)
+                except _ItemFault as fault:
+                    fault.path.append(n)
+                    raise
+                if child is not None:
+                    out.append(child)
     return item
 
 
 def _values(el: Elements, vtype: str, decode: TextDecoder) -> Item:
+    get = el.get
+    rel = get(0x0040A010)
+    if rel is None:
+        rel = ""
+    elif rel.__class__ is tuple and rel[0] == b"CS":
+        rel = _ASCII.get(rel[1]) or _ascii_first(rel[1])
+    else:
+        rel = _first_text(el, 0x0040A010, decode)
+    seq = get(0x0040A043)
     item = Item(
-        rel=_first_text(el, 0x0040A010, decode),
-        vtype=vtype,
-        name=_code(_one(_seq(el, 0x0040A043)), decode),
+        rel,
+        vtype,
+        _code(seq[0], decode) if seq.__class__ is list and seq else None,
     )
     if vtype == "TEXT":
         item.text = _str(el, 0x0040A160, decode)
@@ -406,7 +242,8 @@ def _values(el: Elements, vtype: str, decode: TextDecoder) -> Item:
         item.graphic = _graphic(el, decode)
     elif vtype == "CONTAINER":
         item.continuous = _first_text(el, 0x0040A050, decode).upper() == "CONTINUOUS"
-    item.uid = _first_text(el, 0x0040A171, decode) or None
+    if 0x0040A171 in el:
+        item.uid = _first_text(el, 0x0040A171, decode) or None
     return item
 
 
@@ -450,17 +287,34 @@ def _ints(el: Elements, tag: int, decode: TextDecoder) -> tuple[int, ...]:
 
 
 def _ref(el: Elements | None, decode: TextDecoder) -> Ref | None:
+    """A Referenced SOP Sequence item; many items reference the same instance (every measurement of an
+    image), so references are memoised per character set on their raw values, like codes."""
     if el is None:
         return None
+    get = el.get
+    raw_key = (get(0x00081150), get(0x00081155), get(0x00081160), get(0x0062000B))
+    key: tuple[object, ...] | None = raw_key
+    cache = decode.refs
+    try:
+        found = cache.get(raw_key)  # one lookup: safe if another thread empties the memo meanwhile
+        if found is not None:
+            return found
+    except TypeError:  # a value that is a sequence (malformed Explicit VR): read, not memoised
+        key = None
     inst = _first_text(el, 0x00081155, decode)
     if not inst:
         return None
-    return Ref(
+    ref = Ref(
         sop_class=_first_text(el, 0x00081150, decode),
         sop_instance=inst,
         frames=_ints(el, 0x00081160, decode),
         segments=_ints(el, 0x0062000B, decode),
     )
+    if key is not None:
+        if len(cache) >= 4096:
+            cache.clear()
+        cache[key] = ref
+    return ref
 
 
 def _graphic(el: Elements, decode: TextDecoder) -> Graphic | None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import json
 from dataclasses import dataclass, field
+from typing import Any
 
 import pydicom
 from pydicom.datadict import dictionary_VR
@@ -36,6 +37,7 @@ __all__ = [
     "dataset_from_json",
     "first",
     "full_text",
+    "get",
     "read_dataset",
     "text",
     "walk",
@@ -228,8 +230,19 @@ def text(ds: Dataset, keyword: str, charset: Charset | None = None) -> str:
     return str(value).strip().strip("\x00")
 
 
+def get(ds: Dataset, keyword: str) -> Any:
+    """``ds.get(keyword)`` (the element's value, None when absent), resolving the keyword once per process
+    instead of through ``Dataset.__getattr__`` on every call."""
+    tag = _KEYWORD_TAGS.get(keyword)
+    if tag is None:
+        tag = _KEYWORD_TAGS.setdefault(keyword, int(pydicom.datadict.tag_for_keyword(keyword) or 0))
+    if tag not in ds._dict:
+        return None
+    return ds[tag].value
+
+
 def first(ds: Dataset, keyword: str) -> Dataset | None:
-    seq = ds.get(keyword)
+    seq = get(ds, keyword)
     if seq is None or isinstance(seq, (str, bytes)):
         return None
     try:

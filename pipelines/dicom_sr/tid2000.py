@@ -6,6 +6,14 @@
 * TEXT items become section narrative; CODE and NUM items become narrative lines *and*
   ObservationFindingEuImaging findings in that section. A CONTINUOUS container is read as one running
   text (DCMTK-style "The lesion measures 1.5 cm ..."), a SEPARATE one line by line.
+* A content item's own children are read by relationship type (PS3.3 C.17.3.2.4): each with a value is a
+  line after its source's line (``Inferred from: ...`` for INFERRED FROM, ``Acquisition context: ...`` and
+  ``Observation context: ...`` for HAS ACQ / HAS OBS CONTEXT; HAS PROPERTIES and HAS CONCEPT MOD are said by
+  the child's own concept name); CODE and NUM evidence and properties are findings too, concept modifiers and
+  context qualify their source and are narrative only. In a CONTINUOUS container these lines follow the
+  running text. References without a value (IMAGE, COMPOSITE, WAVEFORM, SCOORD, TCOORD below a content item)
+  are not narrative: the referenced instances are the study's. A heading's own context items (TID 1001 under
+  a section heading) are ``Observation context: ...`` lines of that section, never findings.
 * IMAGE items directly under a heading (or in a Key Images 121180 container) become
   ImagingSelectionKeyImageEuImaging entries of the section (``DiagnosticReport.extension[finding]``).
 * Root-level observation context (observer, language, procedure reported) is not narrative; the
@@ -33,6 +41,14 @@ __all__ = ["apply_narrative", "format_num", "narrative_when", "observer_authors"
 _NARRATIVE_NAMES = {"121071", "121073", "121075", "121077", "121065", "121069", "121050", "121106"}
 _SKIP_CONTAINERS = {"126010", "126011", "111028", "113811", "113702", "113706", "113819", "113705"}
 _CONTEXT_RELS = {"HAS OBS CONTEXT", "HAS CONCEPT MOD", "HAS ACQ CONTEXT"}
+#: How the narrative reads a content item's children by relationship type (PS3.3 C.17.3.2.4): the target is
+#: evidence the source was inferred from, a property of the source, a modifier of its concept, or the context of
+#: its acquisition or observation. Each child with a value is a line after its source's line, introduced by
+#: this text when the relationship is not already said by the child's concept name.
+_RELATED_PREFIX = {"INFERRED FROM": "Inferred from", "HAS ACQ CONTEXT": "Acquisition context",
+                   "HAS OBS CONTEXT": "Observation context"}  # fmt: skip
+#: Children that qualify their source rather than state an observation of their own: narrative only, no finding.
+_QUALIFIERS = {"HAS CONCEPT MOD", "HAS ACQ CONTEXT", "HAS OBS CONTEXT"}
 
 
 def observer_authors(root: list[Item], report: Report) -> None:
@@ -65,7 +81,9 @@ def apply_narrative(root: list[Item], h: Header, report: Report) -> bool:
                 continue
             state.heading(item)
         elif item.vtype == "IMAGE" and item.rel == "CONTAINS":
-            state.key_image(item, _section_of(item) or "findings")
+            key = _section_of(item) or "findings"
+            state.key_image(item, key)
+            state.related(item, key)
         else:
             key = _section_of(item) or "findings"
             state.content(item, key, labelled=True)
@@ -106,21 +124,31 @@ class _State:
         if depth and title:
             self.add(key, f"{title}:")
         if _continuous(container):
-            self.add(key, self._running_text(container, key))
+            sources: list[Item] = []
+            self.add(key, self._running_text(container, key, sources))
+            for source in sources:  # what the running text's items were inferred from, their properties, ...
+                self.related(source, key)
             return
         for child in container.children:
-            if child.rel in _CONTEXT_RELS:
+            if child.rel in _CONTEXT_RELS:  # the heading's own context (TID 1001 observer, ...): narrative only
+                prefix = _RELATED_PREFIX.get(child.rel, "")
+                self.content(child, key, labelled=True, prefix=prefix, finding=False, depth=depth + 1)
                 continue
             if child.vtype == "CONTAINER":
                 self.heading(child, key, depth + 1)
             elif child.vtype == "IMAGE" and (child.rel == "CONTAINS" or key_images):
                 self.key_image(child, key)
+                self.related(child, key)
             else:
                 self.content(child, key, labelled=False)
 
-    def _running_text(self, container: Item, key: str) -> str:
+    def _running_text(self, container: Item, key: str, sources: list[Item]) -> str:
+        """The words of a CONTINUOUS container; items with children of their own are added to ``sources`` (their
+        related items are lines after the running text, which they would break)."""
         words: list[str] = []
         for child in container.children:
+            if child.vtype != "CONTAINER" and child.children:
+                sources.append(child)
             if child.vtype == "TEXT" and child.text:
                 words.append(child.text.strip())
             elif child.vtype == "PNAME" and child.text:
@@ -138,11 +166,15 @@ class _State:
             elif child.vtype == "IMAGE":
                 self.key_image(child, key)
             elif child.vtype == "CONTAINER":
-                words.append(self._running_text(child, key))
+                words.append(self._running_text(child, key, sources))
         self.found = self.found or bool(words)
         return _join(words)
 
-    def content(self, item: Item, key: str, *, labelled: bool) -> None:
+    def content(
+        self, item: Item, key: str, *, labelled: bool, prefix: str = "", finding: bool = True, depth: int = 0
+    ) -> None:
+        """One content item as a narrative line (``prefix: line`` for a related item), a finding for CODE and
+        NUM (unless ``finding`` is False), then its related items (:meth:`related`)."""
         label = item.name.meaning if item.name and item.name.value not in _NARRATIVE_NAMES else ""
         line = ""
         if item.vtype == "TEXT" and item.text and item.text.strip():
@@ -150,19 +182,40 @@ class _State:
             line = f"{label}: {body}" if labelled and label else body
         elif item.vtype == "CODE" and item.code:
             line = f"{label or 'Finding'}: {item.code.meaning or item.code.value}"
-            self._finding(item, key)
+            if finding:
+                self._finding(item, key)
         elif item.vtype == "NUM" and item.num and item.num.value is not None:
             line = f"{label or 'Measurement'}: {format_num(item)}"
-            self._finding(item, key)
+            if finding:
+                self._finding(item, key)
         elif item.vtype == "PNAME" and item.text:
             line = f"{label}: {item.text.replace('^', ' ').strip()}" if label else ""
         elif item.vtype in ("DATE", "DATETIME", "TIME") and item.text:
             line = f"{label}: {narrative_when(item.vtype, item.text)}" if label else ""
         elif item.vtype == "CONTAINER":
             self.heading(item, key, 1)
+            return
         if line:
             self.found = True
-            self.add(key, line)
+            self.add(key, f"{prefix}: {line}" if prefix else line)
+        self.related(item, key, finding=finding, depth=depth)
+
+    def related(self, source: Item, key: str, *, finding: bool = True, depth: int = 0) -> None:
+        """The children of a (non-container) content item, each by its relationship type (``_RELATED_PREFIX``):
+        values become lines after the source's line; CODE and NUM the source was inferred from, or that are its
+        properties, are also findings, while concept modifiers and context are narrative only. References without
+        a value of their own (IMAGE, COMPOSITE, WAVEFORM, SCOORD, TCOORD) are not narrative."""
+        if depth >= 64:
+            return
+        for child in source.children:  # a CONTAINER child (not valid below a content item) reads as a sub-heading
+            self.content(
+                child,
+                key,
+                labelled=True,
+                prefix=_RELATED_PREFIX.get(child.rel, ""),
+                finding=finding and child.rel not in _QUALIFIERS,
+                depth=depth + 1,
+            )
 
     def _finding(self, item: Item, key: str) -> None:
         if item.name is None:
@@ -180,7 +233,7 @@ class _State:
             f.value_concept = concept(item.code, base)
         elif item.num is not None and item.num.value is not None:
             unit = item.num.unit
-            f.value_quantity = (float(item.num.value), unit.meaning if unit else None, ucum(unit))
+            f.value_quantity = (float(item.num.value), (unit.meaning or unit.value) if unit else None, ucum(unit))
         f.status = observation_status(self.report.status)
         self.report.findings.append(f)
 

@@ -22,7 +22,7 @@ class Node:
 
     vtype: str
     name: tuple[str, str, bytes] | None = None
-    value: bytes | str | None = None
+    value: bytes | str | tuple[str, str, bytes] | tuple[str, tuple[str, str, bytes]] | None = None
     charset: str | None = None
     children: list[Node] = field(default_factory=list)
     rel: str = "CONTAINS"
@@ -32,8 +32,17 @@ def code(value: str, scheme: str, meaning: bytes | str) -> tuple[str, str, bytes
     return value, scheme, meaning.encode("ascii") if isinstance(meaning, str) else meaning
 
 
-def item(vtype: str, name: tuple[str, str, bytes], value: bytes | str, *, charset: str | None = None) -> Node:
-    return Node(vtype, name, value, charset)
+def item(
+    vtype: str,
+    name: tuple[str, str, bytes],
+    value: bytes | str | tuple[str, str, bytes] | tuple[str, tuple[str, str, bytes]],
+    *children: Node,
+    charset: str | None = None,
+    rel: str = "CONTAINS",
+) -> Node:
+    """A content item with a value: bytes or str for TEXT, PNAME, DATE, TIME, DATETIME; a code (:func:`code`) for
+    CODE; (numeric value, unit code) for NUM. ``children`` are its own related items (with their ``rel``)."""
+    return Node(vtype, name, value, charset, list(children), rel)
 
 
 def container(name: tuple[str, str, bytes], *children: Node, charset: str | None = None) -> Node:
@@ -62,10 +71,18 @@ def _content(node: Node) -> Dataset:
         ds.add(DataElement(0x0040A043, "SQ", Sequence([_code_item(node.name)])))
     if node.vtype == "CONTAINER":
         ds.add(DataElement(0x0040A050, "CS", "SEPARATE"))
-        ds.add(DataElement(0x0040A730, "SQ", Sequence([_content(c) for c in node.children])))
+    elif node.vtype == "CODE" and isinstance(node.value, tuple) and len(node.value) == 3:
+        ds.add(DataElement(0x0040A168, "SQ", Sequence([_code_item(node.value)])))
+    elif node.vtype == "NUM" and isinstance(node.value, tuple) and len(node.value) == 2:
+        measured = Dataset()
+        measured.add(DataElement(0x004008EA, "SQ", Sequence([_code_item(node.value[1])])))
+        measured.add(DataElement(0x0040A30A, "DS", node.value[0]))
+        ds.add(DataElement(0x0040A300, "SQ", Sequence([measured])))
     elif node.value is not None:
         tag, vr = _VALUE_TAG[node.vtype]
         ds.add(DataElement(tag, vr, node.value))
+    if node.vtype == "CONTAINER" or node.children:
+        ds.add(DataElement(0x0040A730, "SQ", Sequence([_content(c) for c in node.children])))
     return ds
 
 
