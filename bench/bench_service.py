@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import os
+import re
 import socket
 import sqlite3
 import statistics
@@ -51,7 +53,7 @@ mapping:
        accession_system: "urn:imaging-engine:sid/ABCHOSP/accession"}
   default: {accession_field: OBR-18}
 store: {path: ROOT/store}
-sources: {mllp: {host: 127.0.0.1, port: MLLP}}
+sources: {mllp: {host: 127.0.0.1, port: MLLP, ack: ACKMODE}}
 sinks: {folder: {path: ROOT/outbox}}
 dlq: {folder: {path: ROOT/dlq}}
 worker: {batch_size: 200, processes: PROCESSES}
@@ -75,7 +77,36 @@ def finished(db: Path) -> int:
         return 0
 
 
-def service(copies: int, connections: int, processes: int) -> None:
+def cpu_by_thread(pid: int) -> dict[str, float]:
+    """User + system CPU seconds per thread name of ``pid`` and its live descendants (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    todo, seen = [pid], set()
+    while todo:
+        p = todo.pop()
+        if p in seen:
+            continue
+        seen.add(p)
+        try:
+            for task in Path(f"/proc/{p}/task").iterdir():
+                head, tail = (task / "stat").read_text().rsplit(")", 1)
+                fields = tail.split()
+                name = f"{'engine' if p == pid else 'child'}:{head.split('(', 1)[1].rstrip('0123456789_-')}"
+                if os.environ.get("BENCH_THREADS") == "tid":
+                    name += f":{task.name}"
+                out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+                todo.extend(int(c) for c in (task / "children").read_text().split())
+        except (OSError, IndexError, ValueError):
+            continue
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and its live descendants (Linux /proc; 0 where unreadable)."""
+    return sum(cpu_by_thread(pid).values())
+
+
+def service(copies: int, connections: int, processes: int, ack: str = "converted", profile: str | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-service-") as tmp:
         root = Path(tmp)
         build_oru(root / "in", 900 * copies)
@@ -83,9 +114,14 @@ def service(copies: int, connections: int, processes: int) -> None:
         mllp, health = free_port(), free_port()
         cfg = root / "engine.yaml"
         text = CONFIG.replace("ROOT", str(root)).replace("MLLP", str(mllp)).replace("HEALTH", str(health))
-        cfg.write_text(text.replace("PROCESSES", str(processes)))
+        cfg.write_text(text.replace("PROCESSES", str(processes)).replace("ACKMODE", ack))
         log = open(root / "engine.log", "wb")  # noqa: SIM115
-        engine = subprocess.Popen([sys.executable, "-m", "engine", "run", "--config", str(cfg)], stderr=log, cwd=ROOT)
+        command = [sys.executable, "-m", "engine", "run", "--config", str(cfg)]
+        if profile:  # py-spy (pip install py-spy): collapsed stacks per thread, every process of the engine
+            extra = os.environ.get("BENCH_PYSPY_ARGS", "").split()  # e.g. --gil: only threads holding the GIL
+            command = ["py-spy", "record", "--threads", "--subprocesses", "--format", "raw", "-o", profile, *extra,
+                       "--", *command]  # fmt: skip
+        engine = subprocess.Popen(command, stderr=log, cwd=ROOT)
         try:
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
@@ -104,6 +140,8 @@ def service(copies: int, connections: int, processes: int) -> None:
                 pipes.append(receive)
                 procs.append(proc)
             time.sleep(0.3)
+            threads0 = cpu_by_thread(engine.pid)
+            cpu0 = sum(threads0.values())
             t0 = time.perf_counter()
             start.set()
             results = [p.recv() for p in pipes]
@@ -112,18 +150,34 @@ def service(copies: int, connections: int, processes: int) -> None:
             while finished(db) < len(messages) and engine.poll() is None:
                 time.sleep(0.05)
             done = time.perf_counter() - t0
+            threads1 = cpu_by_thread(engine.pid)
+            if os.environ.get("BENCH_THREADS") == "tid":  # name the threads (py-spy dump shows their names)
+                dump = subprocess.run(["py-spy", "dump", "--pid", str(engine.pid)], capture_output=True, text=True)
+                print(dump.stdout[:200], dump.stderr[:200])
+                names = dict(re.findall(r'Thread (\d+) \([^)]*\): "([^"]+)"', dump.stdout))
+                threads0 = {f"{k}:{names.get(k.rsplit(':', 1)[-1], '')}": v for k, v in threads0.items()}
+                threads1 = {f"{k}:{names.get(k.rsplit(':', 1)[-1], '')}": v for k, v in threads1.items()}
+            cpu = sum(threads1.values()) - cpu0
         finally:
-            engine.terminate()
+            if profile:
+                subprocess.run(["pkill", "-INT", "-P", str(engine.pid)], check=False)  # the engine, not py-spy
+            else:
+                engine.terminate()
             engine.wait(30)
             log.close()
         latencies = sorted(lat for lats, _, _ in results for lat in lats)
         errors = sum(e for _, e, _ in results)
         p99 = statistics.quantiles(latencies, n=100)[98] * 1000
         outbox = sum(1 for p in (root / "outbox").iterdir() if not p.name.startswith("."))
+        median = statistics.median(latencies) * 1000
         print(f"service, {len(messages):,} messages over {connections} MLLP connections, {processes} conversion "
-              f"process(es): ACKs {len(messages) / acked:,.0f}/s (median {statistics.median(latencies) * 1000:.1f} ms, "
+              f"process(es), ack: {ack}: ACKs {len(messages) / acked:,.0f}/s (median {median:.1f} ms, "
               f"p99 {p99:.1f} ms, {errors} not AA); end to end {len(messages) / done:,.0f} messages/s "
-              f"({outbox:,} Bundles durable in the outbox)")  # fmt: skip
+              f"({outbox:,} Bundles durable in the outbox; engine CPU {cpu / len(messages) * 1e6:,.0f} µs per "
+              f"message, all its processes)")  # fmt: skip
+        if os.environ.get("BENCH_THREADS"):  # where the engine's CPU went, per thread name
+            for name, sec in sorted(threads1.items(), key=lambda kv: -kv[1]):
+                print(f"    {name:32s} {(sec - threads0.get(name, 0.0)) / len(messages) * 1e6:8,.0f} µs/message")
 
 
 def keys() -> None:
@@ -166,10 +220,12 @@ def main() -> None:
     parser.add_argument("--copies", type=int, default=3)
     parser.add_argument("--connections", type=int, default=4)
     parser.add_argument("--processes", type=int, default=1)
+    parser.add_argument("--ack", choices=("converted", "stored"), default="converted")
+    parser.add_argument("--profile", metavar="FILE", help="record the engine with py-spy (collapsed stacks)")
     parser.add_argument("--bootstrap")
     args = parser.parse_args()
     keys()
-    service(args.copies, args.connections, args.processes)
+    service(args.copies, args.connections, args.processes, args.ack, args.profile)
     if args.bootstrap:
         kafka_landing(args.bootstrap)
 

@@ -6,10 +6,15 @@
   whatever is queued in one transaction (*group commit*): every caller still waits for its own fsync,
   but N concurrent callers pay for one. When the write fails, ``land`` raises
   :class:`engine.errors.TransientError` so that the transport answers ``AE`` / ``0xA700``.
-* :class:`StoreSource` (the :class:`engine.sources.base.Source` protocol) hands the worker every
-  message whose status is ``received`` or ``mapped`` in id order, skipping the ones already handed out
-  and not yet acknowledged. Because the status lives in the file, unfinished messages are resumed
-  after a crash or restart simply by polling again.
+* :class:`StoreSource` (the :class:`engine.sources.base.Source` protocol, in :mod:`engine.store_source`,
+  re-exported here) hands the worker every message whose status is ``received`` or ``mapped`` in id order,
+  skipping the ones already handed out and not yet acknowledged. Because the status lives in the file,
+  unfinished messages are resumed after a crash or restart simply by polling again. A conversion made at
+  intake for the acknowledgement (``ack: converted``) is handed to the worker in memory
+  (:class:`engine.store_source.PreparedConversions`), so no message is converted twice.
+* Every operation of a group is durable when it returns (``synchronous=FULL``) except :meth:`mark_mapped`, a
+  progress note whose loss only means converting again: a group holding only such notes is committed
+  without an fsync, and the next durable commit makes it durable too (the WAL is written in order).
 * Status per message: ``received`` (landed) -> ``mapped`` (converted, outputs being published) ->
   ``published`` (every output confirmed) or ``failed`` (at least one part went to the dead letters) or
   ``filtered`` (nothing to convert: not a report; ``error_class`` holds the category, ``error_reason``
@@ -36,14 +41,27 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from engine.errors import TransientError
 from engine.message_index import IndexKeys, MessageIndexer
+from engine.outcomes import Conversion
 from engine.sources.base import Envelope
+from engine.store_records import (
+    FAILED,
+    FILTERED,
+    MAPPED,
+    PUBLISHED,
+    RECEIVED,
+    STATUSES,
+    UNFINISHED,
+    Outcome,
+    StoredMessage,
+    row_to_message,
+)
 from engine.store_schema import migrate
+from engine.store_source import PreparedConversions, StoreSource
 
 __all__ = [
     "FAILED",
@@ -52,16 +70,13 @@ __all__ = [
     "PUBLISHED",
     "RECEIVED",
     "STATUSES",
+    "UNFINISHED",
     "MessageStore",
     "Outcome",
+    "PreparedConversions",
     "StoreSource",
     "StoredMessage",
 ]
-
-RECEIVED, MAPPED, PUBLISHED, FAILED = "received", "mapped", "published", "failed"
-FILTERED = "filtered"  # not a report (lab ORU, ADT, non-report DICOM): reason + category kept, no dead letter
-STATUSES = (RECEIVED, MAPPED, PUBLISHED, FAILED, FILTERED)
-UNFINISHED = (RECEIVED, MAPPED)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -90,63 +105,7 @@ _COLUMNS = "id, source, content_type, headers, payload, status, received_at, upd
 FinishListener = Callable[[str, str, str], None]
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """Final result of one envelope, recorded when the worker acknowledges it."""
-
-    status: str  # PUBLISHED, FAILED or FILTERED
-    reason: str | None = None  # one PHI-free line (first dead letter / filter reason), None when published
-    error_class: str | None = None  # error class, or the filter category
-    outputs: tuple[str, ...] = ()  # bundle ids written
-
-
-@dataclass(frozen=True, slots=True)
-class StoredMessage:
-    id: str
-    source: str
-    content_type: str
-    headers: dict[str, str]
-    payload: bytes
-    status: str
-    received_at: float
-    updated_at: float
-    attempts: int
-    replays: int
-    error_class: str | None
-    error_reason: str | None
-    outputs: list[str]
-
-    def envelope(self) -> Envelope:
-        return Envelope(
-            id=self.id,
-            payload=self.payload,
-            content_type=self.content_type,
-            source=self.source,
-            received_at=self.received_at,
-            position=int(self.id),
-            headers=self.headers,
-        )
-
-
-def _row(row: Sequence[Any]) -> StoredMessage:
-    return StoredMessage(
-        id=str(row[0]),
-        source=row[1],
-        content_type=row[2],
-        headers=json.loads(row[3]),
-        payload=bytes(row[4]),
-        status=row[5],
-        received_at=row[6],
-        updated_at=row[7],
-        attempts=row[8],
-        replays=row[9],
-        error_class=row[10],
-        error_reason=row[11],
-        outputs=json.loads(row[12]) if row[12] else [],
-    )
-
-
-_Op = tuple[Callable[[sqlite3.Connection], Any], "Future[Any]"]
+_Op = tuple[Callable[[sqlite3.Connection], Any], "Future[Any]", bool]  # (operation, result, durable)
 _STOP = object()
 
 
@@ -166,6 +125,8 @@ class MessageStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._busy_timeout_ms = busy_timeout_ms
         self._max_group = max_group
+        self._synchronous = "FULL"  # the writer connection's current PRAGMA synchronous
+        self.prepared = PreparedConversions()  # conversions made before an ACK, for the worker (store_source)
         self._closed = False
         self._listeners: list[FinishListener] = []
         self._landed = threading.Condition()
@@ -211,8 +172,14 @@ class MessageStore:
     def _commit(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
         results: list[tuple[bool, Any]] = []
         try:
+            # WAL: with synchronous=NORMAL a commit is not fsynced by itself but by the next FULL commit (the WAL
+            # is appended in order), so a group of only non-durable operations (mark_mapped) costs no fsync
+            synchronous = "FULL" if any(durable for _fn, _future, durable in batch) else "NORMAL"
+            if synchronous != self._synchronous:
+                conn.execute(f"PRAGMA synchronous={synchronous}")
+                self._synchronous = synchronous
             conn.execute("BEGIN IMMEDIATE")
-            for fn, _future in batch:
+            for fn, _future, _durable in batch:
                 conn.execute("SAVEPOINT op")
                 try:
                     results.append((True, fn(conn)))
@@ -229,10 +196,10 @@ class MessageStore:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
             error = TransientError(f"message store {self.path}: {exc}")
-            for _fn, future in batch:
+            for _fn, future, _durable in batch:
                 future.set_exception(error)
             return
-        for (_fn, future), (ok, value) in zip(batch, results, strict=True):
+        for (_fn, future, _durable), (ok, value) in zip(batch, results, strict=True):
             if ok:
                 future.set_result(value)
             else:
@@ -240,18 +207,31 @@ class MessageStore:
         with self._landed:
             self._landed.notify_all()
 
-    def _submit(self, fn: Callable[[sqlite3.Connection], Any], timeout: float = 60.0) -> Any:
+    def _submit(self, fn: Callable[[sqlite3.Connection], Any], timeout: float = 60.0, *, durable: bool = True) -> Any:
+        """Run ``fn`` in the writer's next group; ``durable``: return only after the WAL is fsynced."""
         if self._closed:
             raise TransientError(f"message store {self.path} is closed")
         future: Future[Any] = Future()
-        self._queue.put((fn, future))
+        self._queue.put((fn, future, durable))
         try:
             return future.result(timeout)
         except TimeoutError as exc:
             raise TransientError(f"message store {self.path}: commit timed out") from exc
 
-    def land(self, payload: bytes, *, content_type: str, source: str, headers: Mapping[str, str]) -> str:
-        """Store ``payload`` durably (committed and fsynced) and return its envelope id."""
+    def land(
+        self,
+        payload: bytes,
+        *,
+        content_type: str,
+        source: str,
+        headers: Mapping[str, str],
+        conversion: Conversion | Future[Conversion | None] | None = None,
+    ) -> str:
+        """Store ``payload`` durably (committed and fsynced) and return its envelope id.
+
+        ``conversion``: the result of converting ``payload`` at intake (``ack: converted``), or a future of it
+        (resolve it with None when the conversion fails); it is handed to the worker through :attr:`prepared`
+        before the row becomes visible, so the worker does not convert again."""
         now = time.time()
         head = json.dumps(dict(headers), sort_keys=True)
         keys = self._indexer(payload, content_type)
@@ -270,9 +250,19 @@ class MessageStore:
                     "INSERT INTO message_accessions (message_id, accession_hash) VALUES (?, ?)",
                     [(cur.lastrowid, h) for h in keys.accession_hashes],
                 )
-            return str(cur.lastrowid)
+            envelope_id = str(cur.lastrowid)
+            if conversion is not None:  # before the commit: the worker cannot see the row without its hand-over
+                handed.append(envelope_id)
+                self.prepared.put(envelope_id, conversion, size=4 * len(payload))
+            return envelope_id
 
-        envelope_id: str = self._submit(insert)
+        handed: list[str] = []
+        try:
+            envelope_id: str = self._submit(insert)
+        except BaseException:
+            for eid in handed:  # rolled back: the id may be used again by another message
+                self.prepared.take(eid)
+            raise
         return envelope_id
 
     def land_many(self, items: Sequence[tuple[bytes, str, str, Mapping[str, str]]]) -> list[str]:
@@ -299,7 +289,9 @@ class MessageStore:
         return envelope_ids
 
     def mark_mapped(self, items: Iterable[tuple[str, Sequence[str]]]) -> None:
-        """Record that these envelopes were converted (bundle ids to be published)."""
+        """Record that these envelopes were converted (bundle ids to be published). Not fsynced on its own
+        (made durable by the next durable commit): losing it in a power cut only means the message is
+        converted again from ``received``, with the same outputs."""
         now = time.time()
         rows = [(json.dumps(list(outputs)), now, int(eid)) for eid, outputs in items]
 
@@ -311,7 +303,7 @@ class MessageStore:
             )
 
         if rows:
-            self._submit(update)
+            self._submit(update, durable=False)
 
     def finish(self, outcomes: Iterable[tuple[Envelope, Outcome]]) -> None:
         """Record final statuses in one transaction, then tell the finish listeners."""
@@ -382,11 +374,18 @@ class MessageStore:
             f"SELECT {_COLUMNS} FROM messages WHERE status IN ('received','mapped') ORDER BY id LIMIT ?",
             (limit + len(skip),),
         )
-        return [_row(r) for r in rows if r[0] not in skip][:limit]
+        return [row_to_message(r) for r in rows if r[0] not in skip][:limit]
+
+    def count_unfinished(self, limit: int) -> int:
+        """How many messages are ``received``/``mapped``, counting at most ``limit`` (cheap: the status index)."""
+        rows = self._query(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM messages WHERE status IN ('received','mapped') LIMIT ?)", (limit,)
+        )
+        return int(rows[0][0])
 
     def get(self, envelope_id: str) -> StoredMessage | None:
         rows = self._query(f"SELECT {_COLUMNS} FROM messages WHERE id=?", (int(envelope_id),))
-        return _row(rows[0]) if rows else None
+        return row_to_message(rows[0]) if rows else None
 
     def counts(self) -> dict[str, int]:
         counts = dict.fromkeys(STATUSES, 0)
@@ -439,54 +438,3 @@ class MessageStore:
         with self._read_lock:
             self._reader.close()
 
-
-class StoreSource:
-    """The worker's view of the store: unfinished messages in id order, each handed out once until acked.
-
-    ``pause`` makes ``poll`` return nothing; ``resume`` also forgets the envelopes handed out but not
-    acknowledged, so they are polled again (the equivalent of a Kafka seek back).
-    """
-
-    def __init__(self, store: MessageStore, name: str = "store", poll_interval: float = 0.2) -> None:
-        self.store = store
-        self.name = name
-        self._poll_interval = poll_interval
-        self._inflight: set[int] = set()
-        self._paused = False
-        self._lock = threading.Lock()
-
-    def poll(self, max_records: int, timeout: float) -> Sequence[Envelope]:
-        deadline = time.monotonic() + max(timeout, 0.0)
-        while True:
-            if not self._paused:
-                with self._lock:
-                    rows = self.store.unfinished(max_records, self._inflight)
-                    self._inflight.update(int(r.id) for r in rows)
-                if rows:
-                    return [r.envelope() for r in rows]
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return []
-            self.store.wait_for_landing(min(remaining, self._poll_interval))
-
-    def mark_mapped(self, items: Iterable[tuple[Envelope, Sequence[str]]]) -> None:
-        self.store.mark_mapped((env.id, outputs) for env, outputs in items)
-
-    def finish(self, outcomes: Sequence[tuple[Envelope, Outcome]]) -> None:
-        self.store.finish(outcomes)
-        with self._lock:
-            self._inflight.difference_update(int(env.id) for env, _ in outcomes)
-
-    def ack(self, envelopes: Sequence[Envelope]) -> None:
-        self.finish([(env, Outcome(PUBLISHED)) for env in envelopes])
-
-    def pause(self) -> None:
-        self._paused = True
-
-    def resume(self) -> None:
-        with self._lock:
-            self._paused = False
-            self._inflight.clear()
-
-    def close(self) -> None:
-        """The store itself is closed by its owner (the runtime)."""

@@ -52,7 +52,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -78,6 +78,7 @@ from engine.sources.mllp_verdicts import (
     NOT_HL7,
     batch_response,
     batch_verdicts,
+    full_conversion,
     init_converter_process,
     merge,
     slim_conversion,
@@ -117,6 +118,8 @@ class MllpListener:
         self.landing = landing
         self.converter = converter or Converter()
         self.door = door or DoorRejects()
+        # the message store keeps a conversion made for the ACK for its worker (engine.store_source); others don't
+        self._hand_over = getattr(landing, "prepared", None) is not None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.Server | None = None
         self._thread: threading.Thread | None = None
@@ -396,11 +399,21 @@ class MllpListener:
             headers["hl7.charset"] = msh.charset
         return headers
 
-    async def _store(self, payload: bytes, headers: dict[str, str], label: str, peer: str) -> Verdict:
-        """Land ``payload``; the commit-stage verdict (A stored, E retry later, R never storable)."""
+    async def _store(
+        self,
+        payload: bytes,
+        headers: dict[str, str],
+        label: str,
+        peer: str,
+        conversion: Future[Conversion | None] | None = None,
+    ) -> Verdict:
+        """Land ``payload``; the commit-stage verdict (A stored, E retry later, R never storable). A landing that
+        keeps conversions (the message store) gets ``conversion`` too, for the worker (never converted twice)."""
+        extra = {"conversion": conversion} if conversion is not None and self._hand_over else {}
         land = functools.partial(
-            self.landing.land, payload, content_type=CONTENT_HL7V2, source=self.settings.name, headers=headers
-        )
+            self.landing.land, payload, content_type=CONTENT_HL7V2, source=self.settings.name, headers=headers,
+            **extra,
+        )  # fmt: skip
         try:
             envelope_id = await self._blocking(land)
         except TransientError as exc:
@@ -420,11 +433,33 @@ class MllpListener:
         log.debug("mllp: landed %s as %s from %s", label, envelope_id, peer)
         return Verdict("A")
 
+    async def _store_and_convert(
+        self, payload: bytes, headers: dict[str, str], label: str, peer: str, converted: bool
+    ) -> tuple[Verdict, Conversion | None]:
+        """Land ``payload`` and, with ``ack: converted``, convert it at the same time (the ACK waits for both).
+        The message store gets a future of the conversion with the row, resolved here, so its worker takes the
+        result instead of converting a second time (``engine.store_source.PreparedConversions``)."""
+        if not converted:
+            return await self._store(payload, headers, label, peer), None
+        conversion_task = asyncio.ensure_future(self._convert(payload, label))
+        hand_over: Future[Conversion | None] | None = Future() if self._hand_over else None
+        conversion: Conversion | None = None
+        try:
+            stored = await self._store(payload, headers, label, peer, hand_over)
+            conversion = await conversion_task
+        finally:
+            if hand_over is not None:  # always resolved: the worker may be waiting for it
+                hand_over.set_result(conversion)
+            if not conversion_task.done():
+                conversion_task.cancel()
+        return stored, conversion
+
     async def _convert(self, payload: bytes, label: str) -> Conversion | None:
         try:
             if self._pool is not None:  # another process: the GIL stays with the event loop and the stores
                 loop = asyncio.get_running_loop()
-                result: Conversion = await loop.run_in_executor(self._pool, slim_conversion, payload)
+                convert = full_conversion if self._hand_over else slim_conversion  # Bundles only for the worker
+                result: Conversion = await loop.run_in_executor(self._pool, convert, payload)
             else:
                 result = await self._blocking(functools.partial(self.converter.convert, payload))
         except Exception:  # a converter bug: the message is stored, the worker will meet it too
@@ -445,13 +480,15 @@ class MllpListener:
             await self._answer(None, NOT_HL7, None, writer)
             return
         received = datetime.now(UTC)
-        stored = await self._store(message, self._headers(msh, peer, received), msh.control_id, peer)
-        if msh.message_code.upper() == "ACK":  # 2.9: an acknowledgement is never acknowledged
+        is_ack = msh.message_code.upper() == "ACK"  # 2.9: an acknowledgement is never acknowledged (nor converted)
+        converted = self.settings.ack == "converted" and not is_ack
+        headers = self._headers(msh, peer, received)
+        stored, conversion = await self._store_and_convert(message, headers, msh.control_id, peer, converted)
+        if is_ack:
             return
         applied: Verdict | None = None
         if stored.kind == "A":
-            if self.settings.ack == "converted":
-                conversion = await self._convert(message, msh.control_id)
+            if converted:
                 applied = CONVERSION_BUG if conversion is None else merge(verdicts(conversion))
                 self._count(applied)
             else:
@@ -468,9 +505,8 @@ class MllpListener:
         headers = {"hl7.batch": "true", "hl7.batch-messages": str(len(chunks)), "source.endpoint": peer}
         if first is not None:
             headers.update({k: v for k, v in self._headers(first, peer, received).items() if k != "hl7.control-id"})
-        stored = await self._store(payload, headers, "batch", peer)
         converted = self.settings.ack == "converted"
-        conversion = await self._convert(payload, "batch") if stored.kind == "A" and converted else None
+        stored, conversion = await self._store_and_convert(payload, headers, "batch", peer, converted)
         results = batch_verdicts(mshs, stored, conversion, converted)
         if stored.kind == "A":
             for msh, verdict in zip(mshs, results, strict=True):
