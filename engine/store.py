@@ -232,12 +232,34 @@ class MessageStore:
         ``conversion``: the result of converting ``payload`` at intake (``ack: converted``), or a future of it
         (resolve it with None when the conversion fails); it is handed to the worker through :attr:`prepared`
         before the row becomes visible, so the worker does not convert again."""
+        future = self.land_async(
+            payload, content_type=content_type, source=source, headers=headers, conversion=conversion
+        )
+        try:
+            return future.result(60.0)
+        except TimeoutError as exc:
+            raise TransientError(f"message store {self.path}: commit timed out") from exc
+
+    def land_async(
+        self,
+        payload: bytes,
+        *,
+        content_type: str,
+        source: str,
+        headers: Mapping[str, str],
+        conversion: Conversion | Future[Conversion | None] | None = None,
+    ) -> Future[str]:
+        """:meth:`land` without blocking: the future resolves to the envelope id once the row is committed and
+        fsynced, or fails with :class:`TransientError` (an event loop awaits it without holding a thread)."""
+        if self._closed:
+            raise TransientError(f"message store {self.path} is closed")
         now = time.time()
         head = json.dumps(dict(headers), sort_keys=True)
         keys = self._indexer(payload, content_type)
         row = (
             source, content_type, head, sqlite3.Binary(payload), RECEIVED, now, now, keys.message_type, keys.control_id
         )
+        handed: list[str] = []
 
         def insert(conn: sqlite3.Connection) -> str:
             cur = conn.execute(
@@ -256,14 +278,16 @@ class MessageStore:
                 self.prepared.put(envelope_id, conversion, size=4 * len(payload))
             return envelope_id
 
-        handed: list[str] = []
-        try:
-            envelope_id: str = self._submit(insert)
-        except BaseException:
-            for eid in handed:  # rolled back: the id may be used again by another message
-                self.prepared.take(eid)
-            raise
-        return envelope_id
+        def rolled_back(done: Future[str]) -> None:
+            if done.exception() is not None:
+                for eid in handed:  # the id may be given to another message: forget the hand-over
+                    self.prepared.discard(eid)
+
+        future: Future[str] = Future()
+        if conversion is not None:
+            future.add_done_callback(rolled_back)
+        self._queue.put((insert, future, True))
+        return future
 
     def land_many(self, items: Sequence[tuple[bytes, str, str, Mapping[str, str]]]) -> list[str]:
         """Store several (payload, content type, source, headers) in one transaction (one fsync), in order:

@@ -85,6 +85,13 @@ class PreparedConversions:
                 return None
         return value
 
+    def discard(self, envelope_id: str) -> None:
+        """Forget a hand-over without waiting for it (its row was rolled back)."""
+        with self._lock:
+            item = self._items.pop(envelope_id, None)
+            if item is not None:
+                self._bytes -= item[1]
+
     def __len__(self) -> int:
         return len(self._items)
 

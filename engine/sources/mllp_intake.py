@@ -54,6 +54,7 @@ __all__ = ["MllpIntake"]
 log = logging.getLogger("engine.sources.mllp")
 
 _OCTETS = "application/octet-stream"
+_LAND_TIMEOUT_S = 60.0  # a commit that takes longer is answered AE (retry later)
 
 
 class MllpIntake:
@@ -75,6 +76,7 @@ class MllpIntake:
         self._hand_over = getattr(landing, "prepared", None) is not None
         self._executor: ThreadPoolExecutor | None = None
         self._pool: ProcessPoolExecutor | None = None
+        self._gathering: list[tuple[bytes, asyncio.Future[Conversion]]] = []  # see _gathered
         self.counters: dict[str, int] = dict.fromkeys(
             (
                 "connections", "accepted", "rejected", "errors", "too_large", "idle_closed", "junk_bytes",
@@ -182,12 +184,21 @@ class MllpIntake:
         """Land ``payload``; the commit-stage verdict (A stored, E retry later, R never storable). A landing that
         keeps conversions (the message store) gets ``conversion`` too, for the worker (never converted twice)."""
         extra = {"conversion": conversion} if conversion is not None and self._hand_over else {}
-        land = functools.partial(
-            self.landing.land, payload, content_type=CONTENT_HL7V2, source=self.settings.name, headers=headers,
-            **extra,
-        )  # fmt: skip
         try:
-            envelope_id = await self._blocking(land)
+            land_async = getattr(self.landing, "land_async", None)
+            if callable(land_async):  # the message store: await its commit without holding a thread
+                future = land_async(payload, content_type=CONTENT_HL7V2, source=self.settings.name, headers=headers,
+                                    **extra)  # fmt: skip
+                try:
+                    envelope_id = await asyncio.wait_for(asyncio.wrap_future(future), _LAND_TIMEOUT_S)
+                except TimeoutError as exc:
+                    raise TransientError("message store: commit timed out") from exc
+            else:
+                land = functools.partial(
+                    self.landing.land, payload, content_type=CONTENT_HL7V2, source=self.settings.name,
+                    headers=headers, **extra,
+                )  # fmt: skip
+                envelope_id = await self._blocking(land)
         except TransientError as exc:
             # The sender sees a generic reason; details (paths, hosts) stay in our log.
             log.warning("mllp: landing failed for control id %s from %s: %s", label, peer, exc)
@@ -227,11 +238,14 @@ class MllpIntake:
         return stored, conversion
 
     async def _convert(self, payload: bytes, label: str) -> Conversion | None:
+        result: Conversion
         try:
-            if self._pool is not None:  # another process: the GIL stays with the event loop and the stores
+            if self._pool is None and callable(getattr(self.converter, "submit_many", None)):
+                result = await self._gathered(payload)  # engine.pooled.PooledConverter: its processes
+            elif self._pool is not None:  # another process: the GIL stays with the event loop and the stores
                 loop = asyncio.get_running_loop()
                 convert = full_conversion if self._hand_over else slim_conversion  # Bundles only for the worker
-                result: Conversion = await loop.run_in_executor(self._pool, convert, payload)
+                result = await loop.run_in_executor(self._pool, convert, payload)
             else:
                 result = await self._blocking(functools.partial(self.converter.convert, payload))
         except Exception:  # a converter bug: the message is stored, the worker will meet it too
@@ -239,6 +253,42 @@ class MllpIntake:
             log.error("mllp: conversion for the ACK failed unexpectedly (control id %s)", label, exc_info=True)
             return None
         return result
+
+    def _gathered(self, payload: bytes) -> asyncio.Future[Conversion]:
+        """Convert in the conversion processes, together with every other message that arrives in the same turn
+        of the event loop (one process hand-over and one wake-up per group instead of per message)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Conversion] = loop.create_future()
+        self._gathering.append((payload, future))
+        if len(self._gathering) == 1:
+            loop.call_soon(self._convert_gathered, loop)
+        return future
+
+    def _convert_gathered(self, loop: asyncio.AbstractEventLoop) -> None:
+        group, self._gathering = self._gathering, []
+        waiting = [future for _, future in group]
+
+        def settle(done: Future[list[Conversion]]) -> None:  # on the event loop
+            exc = done.exception() if not done.cancelled() else asyncio.CancelledError()
+            for i, future in enumerate(waiting):
+                if future.done():
+                    continue
+                if exc is not None:
+                    future.set_exception(exc)
+                else:
+                    future.set_result(done.result()[i])
+
+        try:
+            batch = self.converter.submit_many([payload for payload, _ in group])  # type: ignore[attr-defined]
+        except Exception as exc:  # e.g. the pool is shut down
+            for future in waiting:
+                future.set_exception(exc)
+            return
+        def hand_back(done: Future[list[Conversion]]) -> None:  # on the pool's result thread
+            with contextlib.suppress(RuntimeError):  # the listener stopped meanwhile: nobody waits any more
+                loop.call_soon_threadsafe(settle, done)
+
+        batch.add_done_callback(hand_back)
 
     def _count(self, verdict: Verdict) -> None:
         outcome = {"A": "converted", "R": "filtered", "E": "failed"}[verdict.kind]

@@ -167,3 +167,48 @@ def test_mark_mapped_without_its_own_fsync_is_still_committed(tmp_path: Path) ->
         assert again is not None and again.status == MAPPED and again.attempts == 1
     finally:
         reopened.close()
+
+
+def test_pooled_conversion_for_the_ack_is_handed_over(tmp_path: Path) -> None:
+    """worker.processes > 0: the listener converts in the conversion processes (messages of concurrent connections
+    gathered into one hand-over) and every stored message carries its conversion to the worker."""
+    from engine.pooled import PooledConverter
+
+    messages = _messages(16)
+    expected = Converter(load_mapping_context(None))
+    store = MessageStore(tmp_path / "m.db")
+    pooled = PooledConverter(load_mapping_context(None), processes=1)
+    listener = MllpListener(MllpSettings.from_mapping({"port": 0, "ack": "converted"}), store, converter=pooled)
+    listener.start()
+    answers: dict[bytes, bytes] = {}
+
+    def send(share: list[bytes]) -> None:
+        with socket.create_connection(("127.0.0.1", listener.port), timeout=30) as sock:
+            for message in share:
+                sock.sendall(frame(message))
+                data = b""
+                while not data.endswith(b"\x1c\r"):
+                    data += sock.recv(65536)
+                answers[message] = data
+
+    try:
+        senders = [threading.Thread(target=send, args=(messages[i::4],)) for i in range(4)]
+        for t in senders:
+            t.start()
+        for t in senders:
+            t.join(60)
+        assert len(answers) == len(messages)
+        for message, ack in answers.items():
+            control_id = message.split(b"\r", 1)[0].split(b"|")[9]
+            code = b"AA" if expected.convert(message).outputs else b"AR"
+            assert b"MSA|" + code + b"|" + control_id in ack
+        envelopes = StoreSource(store).poll(100, 0.0)
+        assert len(envelopes) == len(messages)
+        taken = StoreSource(store).take_prepared(envelopes)
+        for env, conversion in zip(envelopes, taken, strict=True):
+            assert conversion is not None  # handed over: the worker converts none of them
+            assert [o.body for o in conversion.outputs] == [o.body for o in expected.convert(env.payload).outputs]
+    finally:
+        listener.stop()
+        pooled.close()
+        store.close()
