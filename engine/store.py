@@ -170,6 +170,11 @@ class MessageStore:
         conn.close()
 
     def _commit(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
+        # a caller that gave up before its turn (land_async's future cancelled: timeout, listener shutdown) is
+        # skipped; from here on its future cannot be cancelled any more
+        batch = [op for op in batch if op[1].set_running_or_notify_cancel()]
+        if not batch:
+            return
         results: list[tuple[bool, Any]] = []
         try:
             # WAL: with synchronous=NORMAL a commit is not fsynced by itself but by the next FULL commit (the WAL

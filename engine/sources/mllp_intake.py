@@ -284,6 +284,7 @@ class MllpIntake:
             for future in waiting:
                 future.set_exception(exc)
             return
+
         def hand_back(done: Future[list[Conversion]]) -> None:  # on the pool's result thread
             with contextlib.suppress(RuntimeError):  # the listener stopped meanwhile: nobody waits any more
                 loop.call_soon_threadsafe(settle, done)

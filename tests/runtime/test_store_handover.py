@@ -212,3 +212,23 @@ def test_pooled_conversion_for_the_ack_is_handed_over(tmp_path: Path) -> None:
         listener.stop()
         pooled.close()
         store.close()
+
+
+def test_a_landing_given_up_before_its_commit_is_skipped(tmp_path: Path) -> None:
+    """land_async's future cancelled while queued (the listener timed out or stopped): not stored, and the
+    writer thread carries on with the others."""
+    store = MessageStore(tmp_path / "m.db")
+    try:
+        gate = threading.Event()
+        blocker = threading.Thread(target=store.transaction, args=(lambda conn: gate.wait(5),))
+        blocker.start()  # holds the writer so that the next landing stays queued
+        time.sleep(0.2)
+        queued = store.land_async(b"MSH|gone", content_type=CONTENT_HL7V2, source="test", headers={})
+        assert queued.cancel()
+        gate.set()
+        blocker.join(10)
+        kept = _land(store, b"MSH|kept")
+        assert [m.payload for m in store.unfinished(10)] == [b"MSH|kept"]
+        assert store.get(kept) is not None and store.healthy()
+    finally:
+        store.close()
