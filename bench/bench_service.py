@@ -2,19 +2,28 @@
 outbox; ACK latency while the worker runs; and the landing-time partition key (Kafka path).
 
     .venv/bin/python bench/bench_service.py [--copies 3] [--connections 4] [--processes 1]
-        [--bootstrap HOST:PORT]
+        [--ack converted|stored] [--profile FILE] [--bootstrap HOST:PORT [--kafka-only] [--threads 4]
+        [--linger-ms N]]
 
-Starts ``engine run`` (a real subprocess: MLLP listener, SQLite store, worker with ``--processes``
-conversion processes, folder sink and dead letters with one sync per batch) on free loopback ports,
-sends the 900-message WashU feed ``--copies`` times (distinct control ids and filler numbers) over
+Starts ``engine run`` (a real subprocess: MLLP listener with ``--ack`` (default ``converted``), SQLite store,
+worker with ``--processes`` conversion processes, folder sink and dead letters with one sync per batch) on free
+loopback ports, sends the 900-message WashU feed ``--copies`` times (distinct control ids and filler numbers) over
 ``--connections`` persistent connections (send, wait for the ACK, next), and measures:
 
 * ACK rate and ACK latency median / p99 while the worker converts;
 * end to end: messages per second from the first send until every message is finished in the store
   (``published``/``filtered``/``failed``: each Bundle renamed into the outbox and synced);
+* the engine's CPU per message (user + system, the engine and its conversion processes, from /proc);
+  ``BENCH_THREADS=1`` prints it per thread, ``BENCH_THREADS=tid`` names each thread (needs ``py-spy``);
 * ``partition_key_for`` (the Kafka landing key, read from MSH/OBR alone) per CPU-second, against a full
   conversion per message (what the landing did before);
-* with ``--bootstrap``: Kafka landing rate (``KafkaLanding.land``, ``acks=all``, 4 threads) to that broker.
+* with ``--bootstrap``: Kafka landing rate (``KafkaLanding.land``, ``acks=all``, ``--threads`` concurrent
+  landers, each waiting for its own delivery) to that broker, and its CPU per message. A broker:
+  ``.venv/bin/python tests/kafka_broker.py run`` (the tests' single-node Apache Kafka; prints its address).
+
+``--profile FILE`` runs the engine under ``py-spy record`` (collapsed stacks per thread; ``BENCH_PYSPY_ARGS=--gil``
+for only the threads holding the GIL). The temporary folders follow ``TMPDIR`` (file creation cost differs
+between directories of this VM: name the one you measured on).
 
 Timing lives here, never in tests. The machine is shared: quote medians of several runs.
 """
@@ -25,6 +34,7 @@ import argparse
 import multiprocessing as mp
 import os
 import re
+import signal
 import socket
 import sqlite3
 import statistics
@@ -160,7 +170,9 @@ def service(copies: int, connections: int, processes: int, ack: str = "converted
             cpu = sum(threads1.values()) - cpu0
         finally:
             if profile:
-                subprocess.run(["pkill", "-INT", "-P", str(engine.pid)], check=False)  # the engine, not py-spy
+                for task in Path(f"/proc/{engine.pid}/task").iterdir():  # stop the engine (py-spy's child) by id
+                    for child in (task / "children").read_text().split():
+                        os.kill(int(child), signal.SIGINT)
             else:
                 engine.terminate()
             engine.wait(30)

@@ -4,11 +4,13 @@
 in a background thread. Each connection is persistent and may carry any number of messages; the bytes
 are framed by :class:`~engine.sources.mllp_framing.MllpDecoder`. For every message:
 
-1. **store first**: ``landing.land(original bytes)`` in a thread pool (the loop never blocks on disk);
-2. with ``ack: converted`` (the default) the message is converted by :class:`engine.convert.Converter`
-   (pure, about a millisecond) in the same thread pool, or with ``convert_processes: N`` in a pool of N
-   spawned processes that send back only the verdict, so the loop stays free for other connections;
-3. acknowledge per HL7 v2.5.1 2.9, chosen by the message's own MSH-15/MSH-16
+1. **store**: the message store's ``land_async`` (awaited: the loop never blocks on disk), or
+   ``landing.land(original bytes)`` in a thread pool for other landings (Kafka);
+2. with ``ack: converted`` (the default), at the same time, convert it (pure, under a millisecond): in the
+   worker's conversion processes when the converter is an :class:`engine.pooled.PooledConverter` (messages of
+   one loop turn share a hand-over), in a pool of N spawned processes with ``convert_processes: N``, else in
+   the thread pool. The message store keeps the result for its worker, which does not convert it again;
+3. acknowledge, once both are done, per HL7 v2.5.1 2.9, chosen by the message's own MSH-15/MSH-16
    (:func:`engine.sources.hl7_ack.acknowledgements`):
 
 =================================  =====================  ===================================================
