@@ -71,7 +71,9 @@ class PreparedConversions:
             self._items[envelope_id] = (conversion, size)
             self._bytes += size
 
-    def take(self, envelope_id: str) -> Conversion | None:
+    def take(self, envelope_id: str, timeout: float | None = None) -> Conversion | None:
+        """Remove and return the hand-over of ``envelope_id`` (None when there is none); a pending one is
+        waited for up to ``timeout`` seconds (default :attr:`wait`)."""
         with self._lock:
             item = self._items.pop(envelope_id, None)
             if item is None:
@@ -80,7 +82,7 @@ class PreparedConversions:
         value = item[0]
         if isinstance(value, Future):
             try:
-                return value.result(self.wait)
+                return value.result(self.wait if timeout is None else max(timeout, 0.0))
             except Exception:  # timed out or failed: the worker converts the stored bytes itself
                 return None
         return value
@@ -144,7 +146,8 @@ class StoreSource:
     def take_prepared(self, envelopes: Sequence[Envelope]) -> list[Conversion | None]:
         """The conversions made at intake for these envelopes (None where the worker must convert)."""
         prepared = self.store.prepared
-        return [prepared.take(env.id) for env in envelopes]
+        deadline = time.monotonic() + prepared.wait  # one bound for the whole batch, not one per envelope
+        return [prepared.take(env.id, deadline - time.monotonic()) for env in envelopes]
 
     def mark_mapped(self, items: Iterable[tuple[Envelope, Sequence[str]]]) -> None:
         self.store.mark_mapped((env.id, outputs) for env, outputs in items)
