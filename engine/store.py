@@ -3,8 +3,8 @@
 * :meth:`MessageStore.land` (the :class:`engine.sources.base.Landing` protocol) returns only after the
   transaction holding the raw bytes is committed and the WAL is fsynced. Concurrent landers (the MLLP
   asyncio thread, pynetdicom's association threads, the inbox) share one writer thread that commits
-  whatever is queued in one transaction (*group commit*): every caller still waits for its own fsync,
-  but N concurrent callers pay for one. When the write fails, ``land`` raises
+  whatever is queued in one transaction (*group commit*, :mod:`engine.store_writer`): every caller still
+  waits for its own fsync, but N concurrent callers pay for one. When the write fails, ``land`` raises
   :class:`engine.errors.TransientError` so that the transport answers ``AE`` / ``0xA700``.
 * :class:`StoreSource` (the :class:`engine.sources.base.Source` protocol, in :mod:`engine.store_source`,
   re-exported here) hands the worker every message whose status is ``received`` or ``mapped`` in id order,
@@ -33,9 +33,7 @@ file grows until an operator prunes it; see the README.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import queue
 import sqlite3
 import threading
 import time
@@ -62,6 +60,7 @@ from engine.store_records import (
 )
 from engine.store_schema import migrate
 from engine.store_source import PreparedConversions, StoreSource
+from engine.store_writer import GroupCommitWriter
 
 __all__ = [
     "FAILED",
@@ -105,9 +104,6 @@ _COLUMNS = "id, source, content_type, headers, payload, status, received_at, upd
 FinishListener = Callable[[str, str, str], None]
 
 
-_Op = tuple[Callable[[sqlite3.Connection], Any], "Future[Any]", bool]  # (operation, result, durable)
-_STOP = object()
-
 
 class MessageStore:
     """The SQLite message store; thread-safe (one writer thread, one locked reader connection)."""
@@ -124,20 +120,16 @@ class MessageStore:
         self._indexer = indexer or MessageIndexer()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._busy_timeout_ms = busy_timeout_ms
-        self._max_group = max_group
-        self._synchronous = "FULL"  # the writer connection's current PRAGMA synchronous
         self.prepared = PreparedConversions()  # conversions made before an ACK, for the worker (store_source)
         self._closed = False
         self._listeners: list[FinishListener] = []
-        self._landed = threading.Condition()
-        self._queue: queue.SimpleQueue[_Op | object] = queue.SimpleQueue()
         writer = self._connect()
         writer.executescript(_SCHEMA)
         migrate(writer, self._indexer)
         self._reader = self._connect()
         self._read_lock = threading.Lock()
-        self._thread = threading.Thread(target=self._write_loop, args=(writer,), name="store-writer", daemon=True)
-        self._thread.start()
+        self._writer = GroupCommitWriter(writer, str(self.path), max_group=max_group)
+        self._landed = self._writer.committed
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
@@ -146,78 +138,11 @@ class MessageStore:
         conn.execute("PRAGMA synchronous=FULL")
         return conn
 
-    # -- writing (group commit) ---------------------------------------------------------------------
-
-    def _write_loop(self, conn: sqlite3.Connection) -> None:
-        while True:
-            first = self._queue.get()
-            if first is _STOP:
-                break
-            batch: list[_Op] = [first]  # type: ignore[list-item]
-            stop = False
-            while len(batch) < self._max_group:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is _STOP:
-                    stop = True
-                    break
-                batch.append(item)  # type: ignore[arg-type]
-            self._commit(conn, batch)
-            if stop:
-                break
-        conn.close()
-
-    def _commit(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
-        # a caller that gave up before its turn (land_async's future cancelled: timeout, listener shutdown) is
-        # skipped; from here on its future cannot be cancelled any more
-        batch = [op for op in batch if op[1].set_running_or_notify_cancel()]
-        if not batch:
-            return
-        results: list[tuple[bool, Any]] = []
-        try:
-            # WAL: with synchronous=NORMAL a commit is not fsynced by itself but by the next FULL commit (the WAL
-            # is appended in order), so a group of only non-durable operations (mark_mapped) costs no fsync
-            synchronous = "FULL" if any(durable for _fn, _future, durable in batch) else "NORMAL"
-            if synchronous != self._synchronous:
-                conn.execute(f"PRAGMA synchronous={synchronous}")
-                self._synchronous = synchronous
-            conn.execute("BEGIN IMMEDIATE")
-            for fn, _future, _durable in batch:
-                conn.execute("SAVEPOINT op")
-                try:
-                    results.append((True, fn(conn)))
-                except sqlite3.Error as exc:
-                    conn.execute("ROLLBACK TO op")
-                    results.append((False, TransientError(f"message store: {exc}")))
-                except Exception as exc:  # a bug in an operation: fail that caller, keep the writer alive
-                    conn.execute("ROLLBACK TO op")
-                    results.append((False, exc))
-                conn.execute("RELEASE op")
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            if conn.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-            error = TransientError(f"message store {self.path}: {exc}")
-            for _fn, future, _durable in batch:
-                future.set_exception(error)
-            return
-        for (_fn, future, _durable), (ok, value) in zip(batch, results, strict=True):
-            if ok:
-                future.set_result(value)
-            else:
-                future.set_exception(value)
-        with self._landed:
-            self._landed.notify_all()
-
     def _submit(self, fn: Callable[[sqlite3.Connection], Any], timeout: float = 60.0, *, durable: bool = True) -> Any:
         """Run ``fn`` in the writer's next group; ``durable``: return only after the WAL is fsynced."""
         if self._closed:
             raise TransientError(f"message store {self.path} is closed")
-        future: Future[Any] = Future()
-        self._queue.put((fn, future, durable))
+        future = self._writer.submit(fn, durable=durable)
         try:
             return future.result(timeout)
         except TimeoutError as exc:
@@ -288,10 +213,9 @@ class MessageStore:
                 for eid in handed:  # the id may be given to another message: forget the hand-over
                     self.prepared.discard(eid)
 
-        future: Future[str] = Future()
+        future: Future[str] = self._writer.submit(insert)
         if conversion is not None:
             future.add_done_callback(rolled_back)
-        self._queue.put((insert, future, True))
         return future
 
     def land_many(self, items: Sequence[tuple[bytes, str, str, Mapping[str, str]]]) -> list[str]:
@@ -456,14 +380,13 @@ class MessageStore:
         self._listeners.append(listener)
 
     def healthy(self) -> bool:
-        return not self._closed and self._thread.is_alive()
+        return not self._closed and self._writer.alive()
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        self._queue.put(_STOP)
-        self._thread.join(30)
+        self._writer.close(30)
         with self._read_lock:
             self._reader.close()
 
