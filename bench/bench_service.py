@@ -2,19 +2,28 @@
 outbox; ACK latency while the worker runs; and the landing-time partition key (Kafka path).
 
     .venv/bin/python bench/bench_service.py [--copies 3] [--connections 4] [--processes 1]
-        [--bootstrap HOST:PORT]
+        [--ack converted|stored] [--profile FILE] [--bootstrap HOST:PORT [--kafka-only] [--threads 4]
+        [--linger-ms N]]
 
-Starts ``engine run`` (a real subprocess: MLLP listener, SQLite store, worker with ``--processes``
-conversion processes, folder sink and dead letters with one sync per batch) on free loopback ports,
-sends the 900-message WashU feed ``--copies`` times (distinct control ids and filler numbers) over
+Starts ``engine run`` (a real subprocess: MLLP listener with ``--ack`` (default ``converted``), SQLite store,
+worker with ``--processes`` conversion processes, folder sink and dead letters with one sync per batch) on free
+loopback ports, sends the 900-message WashU feed ``--copies`` times (distinct control ids and filler numbers) over
 ``--connections`` persistent connections (send, wait for the ACK, next), and measures:
 
 * ACK rate and ACK latency median / p99 while the worker converts;
 * end to end: messages per second from the first send until every message is finished in the store
   (``published``/``filtered``/``failed``: each Bundle renamed into the outbox and synced);
+* the engine's CPU per message (user + system, the engine and its conversion processes, from /proc);
+  ``BENCH_THREADS=1`` prints it per thread, ``BENCH_THREADS=tid`` names each thread (needs ``py-spy``);
 * ``partition_key_for`` (the Kafka landing key, read from MSH/OBR alone) per CPU-second, against a full
   conversion per message (what the landing did before);
-* with ``--bootstrap``: Kafka landing rate (``KafkaLanding.land``, ``acks=all``, 4 threads) to that broker.
+* with ``--bootstrap``: Kafka landing rate (``KafkaLanding.land``, ``acks=all``, ``--threads`` concurrent
+  landers, each waiting for its own delivery) to that broker, and its CPU per message. A broker:
+  ``.venv/bin/python tests/kafka_broker.py run`` (the tests' single-node Apache Kafka; prints its address).
+
+``--profile FILE`` runs the engine under ``py-spy record`` (collapsed stacks per thread; ``BENCH_PYSPY_ARGS=--gil``
+for only the threads holding the GIL). The temporary folders follow ``TMPDIR`` (file creation cost differs
+between directories of this VM: name the one you measured on).
 
 Timing lives here, never in tests. The machine is shared: quote medians of several runs.
 """
@@ -23,6 +32,9 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import os
+import re
+import signal
 import socket
 import sqlite3
 import statistics
@@ -51,7 +63,7 @@ mapping:
        accession_system: "urn:imaging-engine:sid/ABCHOSP/accession"}
   default: {accession_field: OBR-18}
 store: {path: ROOT/store}
-sources: {mllp: {host: 127.0.0.1, port: MLLP}}
+sources: {mllp: {host: 127.0.0.1, port: MLLP, ack: ACKMODE}}
 sinks: {folder: {path: ROOT/outbox}}
 dlq: {folder: {path: ROOT/dlq}}
 worker: {batch_size: 200, processes: PROCESSES}
@@ -75,7 +87,36 @@ def finished(db: Path) -> int:
         return 0
 
 
-def service(copies: int, connections: int, processes: int) -> None:
+def cpu_by_thread(pid: int) -> dict[str, float]:
+    """User + system CPU seconds per thread name of ``pid`` and its live descendants (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    todo, seen = [pid], set()
+    while todo:
+        p = todo.pop()
+        if p in seen:
+            continue
+        seen.add(p)
+        try:
+            for task in Path(f"/proc/{p}/task").iterdir():
+                head, tail = (task / "stat").read_text().rsplit(")", 1)
+                fields = tail.split()
+                name = f"{'engine' if p == pid else 'child'}:{head.split('(', 1)[1].rstrip('0123456789_-')}"
+                if os.environ.get("BENCH_THREADS") == "tid":
+                    name += f":{task.name}"
+                out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+                todo.extend(int(c) for c in (task / "children").read_text().split())
+        except (OSError, IndexError, ValueError):
+            continue
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and its live descendants (Linux /proc; 0 where unreadable)."""
+    return sum(cpu_by_thread(pid).values())
+
+
+def service(copies: int, connections: int, processes: int, ack: str = "converted", profile: str | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-service-") as tmp:
         root = Path(tmp)
         build_oru(root / "in", 900 * copies)
@@ -83,9 +124,14 @@ def service(copies: int, connections: int, processes: int) -> None:
         mllp, health = free_port(), free_port()
         cfg = root / "engine.yaml"
         text = CONFIG.replace("ROOT", str(root)).replace("MLLP", str(mllp)).replace("HEALTH", str(health))
-        cfg.write_text(text.replace("PROCESSES", str(processes)))
+        cfg.write_text(text.replace("PROCESSES", str(processes)).replace("ACKMODE", ack))
         log = open(root / "engine.log", "wb")  # noqa: SIM115
-        engine = subprocess.Popen([sys.executable, "-m", "engine", "run", "--config", str(cfg)], stderr=log, cwd=ROOT)
+        command = [sys.executable, "-m", "engine", "run", "--config", str(cfg)]
+        if profile:  # py-spy (pip install py-spy): collapsed stacks per thread, every process of the engine
+            extra = os.environ.get("BENCH_PYSPY_ARGS", "").split()  # e.g. --gil: only threads holding the GIL
+            command = ["py-spy", "record", "--threads", "--subprocesses", "--format", "raw", "-o", profile, *extra,
+                       "--", *command]  # fmt: skip
+        engine = subprocess.Popen(command, stderr=log, cwd=ROOT)
         try:
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
@@ -104,6 +150,8 @@ def service(copies: int, connections: int, processes: int) -> None:
                 pipes.append(receive)
                 procs.append(proc)
             time.sleep(0.3)
+            threads0 = cpu_by_thread(engine.pid)
+            cpu0 = sum(threads0.values())
             t0 = time.perf_counter()
             start.set()
             results = [p.recv() for p in pipes]
@@ -112,18 +160,36 @@ def service(copies: int, connections: int, processes: int) -> None:
             while finished(db) < len(messages) and engine.poll() is None:
                 time.sleep(0.05)
             done = time.perf_counter() - t0
+            threads1 = cpu_by_thread(engine.pid)
+            if os.environ.get("BENCH_THREADS") == "tid":  # name the threads (py-spy dump shows their names)
+                dump = subprocess.run(["py-spy", "dump", "--pid", str(engine.pid)], capture_output=True, text=True)
+                print(dump.stdout[:200], dump.stderr[:200])
+                names = dict(re.findall(r'Thread (\d+) \([^)]*\): "([^"]+)"', dump.stdout))
+                threads0 = {f"{k}:{names.get(k.rsplit(':', 1)[-1], '')}": v for k, v in threads0.items()}
+                threads1 = {f"{k}:{names.get(k.rsplit(':', 1)[-1], '')}": v for k, v in threads1.items()}
+            cpu = sum(threads1.values()) - cpu0
         finally:
-            engine.terminate()
+            if profile:
+                for task in Path(f"/proc/{engine.pid}/task").iterdir():  # stop the engine (py-spy's child) by id
+                    for child in (task / "children").read_text().split():
+                        os.kill(int(child), signal.SIGINT)
+            else:
+                engine.terminate()
             engine.wait(30)
             log.close()
         latencies = sorted(lat for lats, _, _ in results for lat in lats)
         errors = sum(e for _, e, _ in results)
         p99 = statistics.quantiles(latencies, n=100)[98] * 1000
         outbox = sum(1 for p in (root / "outbox").iterdir() if not p.name.startswith("."))
+        median = statistics.median(latencies) * 1000
         print(f"service, {len(messages):,} messages over {connections} MLLP connections, {processes} conversion "
-              f"process(es): ACKs {len(messages) / acked:,.0f}/s (median {statistics.median(latencies) * 1000:.1f} ms, "
+              f"process(es), ack: {ack}: ACKs {len(messages) / acked:,.0f}/s (median {median:.1f} ms, "
               f"p99 {p99:.1f} ms, {errors} not AA); end to end {len(messages) / done:,.0f} messages/s "
-              f"({outbox:,} Bundles durable in the outbox)")  # fmt: skip
+              f"({outbox:,} Bundles durable in the outbox; engine CPU {cpu / len(messages) * 1e6:,.0f} µs per "
+              f"message, all its processes)")  # fmt: skip
+        if os.environ.get("BENCH_THREADS"):  # where the engine's CPU went, per thread name
+            for name, sec in sorted(threads1.items(), key=lambda kv: -kv[1]):
+                print(f"    {name:32s} {(sec - threads0.get(name, 0.0)) / len(messages) * 1e6:8,.0f} µs/message")
 
 
 def keys() -> None:
@@ -139,13 +205,16 @@ def keys() -> None:
         print(f"landing key, {label}: {len(messages) / cpu:,.0f} messages per CPU-second")
 
 
-def kafka_landing(bootstrap: str, count: int = 3000, threads: int = 4) -> None:
+def kafka_landing(bootstrap: str, count: int = 3000, threads: int = 4, linger_ms: int | None = None) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     from engine.kafka import KafkaLanding
     from engine.kafka.settings import KafkaSettings
 
-    settings = KafkaSettings.from_mapping({"bootstrap_servers": bootstrap})
+    raw: dict[str, object] = {"bootstrap_servers": bootstrap}
+    if linger_ms is not None:
+        raw["linger_ms"] = linger_ms
+    settings = KafkaSettings.from_mapping(raw)
     landing = KafkaLanding(settings)
     messages = load_messages(ROOT.parent / "shared" / "testdata" / "hl7v2-washu-scout" / "bulk" / "scout-all-oru.hl7")
     batch = [messages[i % len(messages)] for i in range(count)]
@@ -154,11 +223,14 @@ def kafka_landing(bootstrap: str, count: int = 3000, threads: int = 4) -> None:
         return landing.land(m, content_type="x-application/hl7-v2+er7", source="bench", headers={})
 
     land(batch[0])
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(land, batch))
     rate = count / (time.perf_counter() - t0)
-    print(f"Kafka landing ({threads} threads, acks=all, keyed from the header): {rate:,.0f} messages/s")
+    cpu = (time.process_time() - cpu0) / count * 1e6
+    landing.close()
+    print(f"Kafka landing ({threads} threads, acks=all, linger_ms={settings.linger_ms}, keyed from the header): "
+          f"{rate:,.0f} messages/s ({cpu:,.0f} µs CPU per message in the landing process)")  # fmt: skip
 
 
 def main() -> None:
@@ -166,12 +238,18 @@ def main() -> None:
     parser.add_argument("--copies", type=int, default=3)
     parser.add_argument("--connections", type=int, default=4)
     parser.add_argument("--processes", type=int, default=1)
+    parser.add_argument("--ack", choices=("converted", "stored"), default="converted")
+    parser.add_argument("--profile", metavar="FILE", help="record the engine with py-spy (collapsed stacks)")
     parser.add_argument("--bootstrap")
+    parser.add_argument("--kafka-only", action="store_true", help="only the Kafka landing (needs --bootstrap)")
+    parser.add_argument("--threads", type=int, default=4, help="Kafka landing: concurrent landers")
+    parser.add_argument("--linger-ms", type=int, help="Kafka landing: producer linger_ms (default: the setting's)")
     args = parser.parse_args()
-    keys()
-    service(args.copies, args.connections, args.processes)
+    if not args.kafka_only:
+        keys()
+        service(args.copies, args.connections, args.processes, args.ack, args.profile)
     if args.bootstrap:
-        kafka_landing(args.bootstrap)
+        kafka_landing(args.bootstrap, threads=args.threads, linger_ms=args.linger_ms)
 
 
 if __name__ == "__main__":

@@ -49,6 +49,7 @@ __all__ = ["EXIT_CRASHED", "EXIT_OK", "EXIT_START_FAILED", "Runtime"]
 log = logging.getLogger("engine.runtime")
 
 EXIT_OK, EXIT_START_FAILED, EXIT_CRASHED = 0, 2, 3
+LINGER_S = 0.1  # how long a started worker batch may wait to fill (StoreSource linger)
 
 
 def _kafka(name: str) -> Any:
@@ -94,7 +95,9 @@ class Runtime:
         else:
             assert self.store is not None
             self.landing = self.store
-            self.source = StoreSource(self.store)
+            # linger: under load a worker batch fills for up to 0.1 s, so one sink sync and one store commit
+            # serve many messages (engine.store_source); an idle engine adds at most that to a message's latency
+            self.source = StoreSource(self.store, linger=min(LINGER_S, s.worker.poll_timeout))
         if s.folder_sink is not None:
             self.sinks.append(FolderSink(s.folder_sink.path))
         if s.kafka_sink is not None:

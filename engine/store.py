@@ -3,13 +3,18 @@
 * :meth:`MessageStore.land` (the :class:`engine.sources.base.Landing` protocol) returns only after the
   transaction holding the raw bytes is committed and the WAL is fsynced. Concurrent landers (the MLLP
   asyncio thread, pynetdicom's association threads, the inbox) share one writer thread that commits
-  whatever is queued in one transaction (*group commit*): every caller still waits for its own fsync,
-  but N concurrent callers pay for one. When the write fails, ``land`` raises
+  whatever is queued in one transaction (*group commit*, :mod:`engine.store_writer`): every caller still
+  waits for its own fsync, but N concurrent callers pay for one. When the write fails, ``land`` raises
   :class:`engine.errors.TransientError` so that the transport answers ``AE`` / ``0xA700``.
-* :class:`StoreSource` (the :class:`engine.sources.base.Source` protocol) hands the worker every
-  message whose status is ``received`` or ``mapped`` in id order, skipping the ones already handed out
-  and not yet acknowledged. Because the status lives in the file, unfinished messages are resumed
-  after a crash or restart simply by polling again.
+* :class:`StoreSource` (the :class:`engine.sources.base.Source` protocol, in :mod:`engine.store_source`,
+  re-exported here) hands the worker every message whose status is ``received`` or ``mapped`` in id order,
+  skipping the ones already handed out and not yet acknowledged. Because the status lives in the file,
+  unfinished messages are resumed after a crash or restart simply by polling again. A conversion made at
+  intake for the acknowledgement (``ack: converted``) is handed to the worker in memory
+  (:class:`engine.store_source.PreparedConversions`), so no message is converted twice.
+* Every operation of a group is durable when it returns (``synchronous=FULL``) except :meth:`mark_mapped`, a
+  progress note whose loss only means converting again: a group holding only such notes is committed
+  without an fsync, and the next durable commit makes it durable too (the WAL is written in order).
 * Status per message: ``received`` (landed) -> ``mapped`` (converted, outputs being published) ->
   ``published`` (every output confirmed) or ``failed`` (at least one part went to the dead letters) or
   ``filtered`` (nothing to convert: not a report; ``error_class`` holds the category, ``error_reason``
@@ -28,22 +33,34 @@ file grows until an operator prunes it; see the README.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import queue
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from engine.errors import TransientError
 from engine.message_index import IndexKeys, MessageIndexer
+from engine.outcomes import Conversion
 from engine.sources.base import Envelope
+from engine.store_records import (
+    FAILED,
+    FILTERED,
+    MAPPED,
+    PUBLISHED,
+    RECEIVED,
+    STATUSES,
+    UNFINISHED,
+    Outcome,
+    StoredMessage,
+    row_to_message,
+)
 from engine.store_schema import migrate
+from engine.store_source import PreparedConversions, StoreSource
+from engine.store_writer import GroupCommitWriter
 
 __all__ = [
     "FAILED",
@@ -52,16 +69,13 @@ __all__ = [
     "PUBLISHED",
     "RECEIVED",
     "STATUSES",
+    "UNFINISHED",
     "MessageStore",
     "Outcome",
+    "PreparedConversions",
     "StoreSource",
     "StoredMessage",
 ]
-
-RECEIVED, MAPPED, PUBLISHED, FAILED = "received", "mapped", "published", "failed"
-FILTERED = "filtered"  # not a report (lab ORU, ADT, non-report DICOM): reason + category kept, no dead letter
-STATUSES = (RECEIVED, MAPPED, PUBLISHED, FAILED, FILTERED)
-UNFINISHED = (RECEIVED, MAPPED)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -90,65 +104,6 @@ _COLUMNS = "id, source, content_type, headers, payload, status, received_at, upd
 FinishListener = Callable[[str, str, str], None]
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """Final result of one envelope, recorded when the worker acknowledges it."""
-
-    status: str  # PUBLISHED, FAILED or FILTERED
-    reason: str | None = None  # one PHI-free line (first dead letter / filter reason), None when published
-    error_class: str | None = None  # error class, or the filter category
-    outputs: tuple[str, ...] = ()  # bundle ids written
-
-
-@dataclass(frozen=True, slots=True)
-class StoredMessage:
-    id: str
-    source: str
-    content_type: str
-    headers: dict[str, str]
-    payload: bytes
-    status: str
-    received_at: float
-    updated_at: float
-    attempts: int
-    replays: int
-    error_class: str | None
-    error_reason: str | None
-    outputs: list[str]
-
-    def envelope(self) -> Envelope:
-        return Envelope(
-            id=self.id,
-            payload=self.payload,
-            content_type=self.content_type,
-            source=self.source,
-            received_at=self.received_at,
-            position=int(self.id),
-            headers=self.headers,
-        )
-
-
-def _row(row: Sequence[Any]) -> StoredMessage:
-    return StoredMessage(
-        id=str(row[0]),
-        source=row[1],
-        content_type=row[2],
-        headers=json.loads(row[3]),
-        payload=bytes(row[4]),
-        status=row[5],
-        received_at=row[6],
-        updated_at=row[7],
-        attempts=row[8],
-        replays=row[9],
-        error_class=row[10],
-        error_reason=row[11],
-        outputs=json.loads(row[12]) if row[12] else [],
-    )
-
-
-_Op = tuple[Callable[[sqlite3.Connection], Any], "Future[Any]"]
-_STOP = object()
-
 
 class MessageStore:
     """The SQLite message store; thread-safe (one writer thread, one locked reader connection)."""
@@ -165,18 +120,16 @@ class MessageStore:
         self._indexer = indexer or MessageIndexer()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._busy_timeout_ms = busy_timeout_ms
-        self._max_group = max_group
+        self.prepared = PreparedConversions()  # conversions made before an ACK, for the worker (store_source)
         self._closed = False
         self._listeners: list[FinishListener] = []
-        self._landed = threading.Condition()
-        self._queue: queue.SimpleQueue[_Op | object] = queue.SimpleQueue()
         writer = self._connect()
         writer.executescript(_SCHEMA)
         migrate(writer, self._indexer)
         self._reader = self._connect()
         self._read_lock = threading.Lock()
-        self._thread = threading.Thread(target=self._write_loop, args=(writer,), name="store-writer", daemon=True)
-        self._thread.start()
+        self._writer = GroupCommitWriter(writer, str(self.path), max_group=max_group)
+        self._landed = self._writer.committed
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
@@ -185,79 +138,58 @@ class MessageStore:
         conn.execute("PRAGMA synchronous=FULL")
         return conn
 
-    # -- writing (group commit) ---------------------------------------------------------------------
-
-    def _write_loop(self, conn: sqlite3.Connection) -> None:
-        while True:
-            first = self._queue.get()
-            if first is _STOP:
-                break
-            batch: list[_Op] = [first]  # type: ignore[list-item]
-            stop = False
-            while len(batch) < self._max_group:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is _STOP:
-                    stop = True
-                    break
-                batch.append(item)  # type: ignore[arg-type]
-            self._commit(conn, batch)
-            if stop:
-                break
-        conn.close()
-
-    def _commit(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
-        results: list[tuple[bool, Any]] = []
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            for fn, _future in batch:
-                conn.execute("SAVEPOINT op")
-                try:
-                    results.append((True, fn(conn)))
-                except sqlite3.Error as exc:
-                    conn.execute("ROLLBACK TO op")
-                    results.append((False, TransientError(f"message store: {exc}")))
-                except Exception as exc:  # a bug in an operation: fail that caller, keep the writer alive
-                    conn.execute("ROLLBACK TO op")
-                    results.append((False, exc))
-                conn.execute("RELEASE op")
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            if conn.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-            error = TransientError(f"message store {self.path}: {exc}")
-            for _fn, future in batch:
-                future.set_exception(error)
-            return
-        for (_fn, future), (ok, value) in zip(batch, results, strict=True):
-            if ok:
-                future.set_result(value)
-            else:
-                future.set_exception(value)
-        with self._landed:
-            self._landed.notify_all()
-
-    def _submit(self, fn: Callable[[sqlite3.Connection], Any], timeout: float = 60.0) -> Any:
+    def _submit(self, fn: Callable[[sqlite3.Connection], Any], timeout: float = 60.0, *, durable: bool = True) -> Any:
+        """Run ``fn`` in the writer's next group; ``durable``: return only after the WAL is fsynced."""
         if self._closed:
             raise TransientError(f"message store {self.path} is closed")
-        future: Future[Any] = Future()
-        self._queue.put((fn, future))
+        future = self._writer.submit(fn, durable=durable)
         try:
             return future.result(timeout)
         except TimeoutError as exc:
             raise TransientError(f"message store {self.path}: commit timed out") from exc
 
-    def land(self, payload: bytes, *, content_type: str, source: str, headers: Mapping[str, str]) -> str:
-        """Store ``payload`` durably (committed and fsynced) and return its envelope id."""
+    def land(
+        self,
+        payload: bytes,
+        *,
+        content_type: str,
+        source: str,
+        headers: Mapping[str, str],
+        conversion: Conversion | Future[Conversion | None] | None = None,
+    ) -> str:
+        """Store ``payload`` durably (committed and fsynced) and return its envelope id.
+
+        ``conversion``: the result of converting ``payload`` at intake (``ack: converted``), or a future of it
+        (resolve it with None when the conversion fails); it is handed to the worker through :attr:`prepared`
+        before the row becomes visible, so the worker does not convert again."""
+        future = self.land_async(
+            payload, content_type=content_type, source=source, headers=headers, conversion=conversion
+        )
+        try:
+            return future.result(60.0)
+        except TimeoutError as exc:
+            raise TransientError(f"message store {self.path}: commit timed out") from exc
+
+    def land_async(
+        self,
+        payload: bytes,
+        *,
+        content_type: str,
+        source: str,
+        headers: Mapping[str, str],
+        conversion: Conversion | Future[Conversion | None] | None = None,
+    ) -> Future[str]:
+        """:meth:`land` without blocking: the future resolves to the envelope id once the row is committed and
+        fsynced, or fails with :class:`TransientError` (an event loop awaits it without holding a thread)."""
+        if self._closed:
+            raise TransientError(f"message store {self.path} is closed")
         now = time.time()
         head = json.dumps(dict(headers), sort_keys=True)
         keys = self._indexer(payload, content_type)
         row = (
             source, content_type, head, sqlite3.Binary(payload), RECEIVED, now, now, keys.message_type, keys.control_id
         )
+        handed: list[str] = []
 
         def insert(conn: sqlite3.Connection) -> str:
             cur = conn.execute(
@@ -270,10 +202,21 @@ class MessageStore:
                     "INSERT INTO message_accessions (message_id, accession_hash) VALUES (?, ?)",
                     [(cur.lastrowid, h) for h in keys.accession_hashes],
                 )
-            return str(cur.lastrowid)
+            envelope_id = str(cur.lastrowid)
+            if conversion is not None:  # before the commit: the worker cannot see the row without its hand-over
+                handed.append(envelope_id)
+                self.prepared.put(envelope_id, conversion, size=4 * len(payload))
+            return envelope_id
 
-        envelope_id: str = self._submit(insert)
-        return envelope_id
+        def rolled_back(done: Future[str]) -> None:
+            if done.exception() is not None:
+                for eid in handed:  # the id may be given to another message: forget the hand-over
+                    self.prepared.discard(eid)
+
+        future: Future[str] = self._writer.submit(insert)
+        if conversion is not None:
+            future.add_done_callback(rolled_back)
+        return future
 
     def land_many(self, items: Sequence[tuple[bytes, str, str, Mapping[str, str]]]) -> list[str]:
         """Store several (payload, content type, source, headers) in one transaction (one fsync), in order:
@@ -299,7 +242,9 @@ class MessageStore:
         return envelope_ids
 
     def mark_mapped(self, items: Iterable[tuple[str, Sequence[str]]]) -> None:
-        """Record that these envelopes were converted (bundle ids to be published)."""
+        """Record that these envelopes were converted (bundle ids to be published). Not fsynced on its own
+        (made durable by the next durable commit): losing it in a power cut only means the message is
+        converted again from ``received``, with the same outputs."""
         now = time.time()
         rows = [(json.dumps(list(outputs)), now, int(eid)) for eid, outputs in items]
 
@@ -311,7 +256,7 @@ class MessageStore:
             )
 
         if rows:
-            self._submit(update)
+            self._submit(update, durable=False)
 
     def finish(self, outcomes: Iterable[tuple[Envelope, Outcome]]) -> None:
         """Record final statuses in one transaction, then tell the finish listeners."""
@@ -382,11 +327,18 @@ class MessageStore:
             f"SELECT {_COLUMNS} FROM messages WHERE status IN ('received','mapped') ORDER BY id LIMIT ?",
             (limit + len(skip),),
         )
-        return [_row(r) for r in rows if r[0] not in skip][:limit]
+        return [row_to_message(r) for r in rows if r[0] not in skip][:limit]
+
+    def count_unfinished(self, limit: int) -> int:
+        """How many messages are ``received``/``mapped``, counting at most ``limit`` (cheap: the status index)."""
+        rows = self._query(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM messages WHERE status IN ('received','mapped') LIMIT ?)", (limit,)
+        )
+        return int(rows[0][0])
 
     def get(self, envelope_id: str) -> StoredMessage | None:
         rows = self._query(f"SELECT {_COLUMNS} FROM messages WHERE id=?", (int(envelope_id),))
-        return _row(rows[0]) if rows else None
+        return row_to_message(rows[0]) if rows else None
 
     def counts(self) -> dict[str, int]:
         counts = dict.fromkeys(STATUSES, 0)
@@ -428,65 +380,13 @@ class MessageStore:
         self._listeners.append(listener)
 
     def healthy(self) -> bool:
-        return not self._closed and self._thread.is_alive()
+        return not self._closed and self._writer.alive()
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        self._queue.put(_STOP)
-        self._thread.join(30)
+        self._writer.close(30)
         with self._read_lock:
             self._reader.close()
 
-
-class StoreSource:
-    """The worker's view of the store: unfinished messages in id order, each handed out once until acked.
-
-    ``pause`` makes ``poll`` return nothing; ``resume`` also forgets the envelopes handed out but not
-    acknowledged, so they are polled again (the equivalent of a Kafka seek back).
-    """
-
-    def __init__(self, store: MessageStore, name: str = "store", poll_interval: float = 0.2) -> None:
-        self.store = store
-        self.name = name
-        self._poll_interval = poll_interval
-        self._inflight: set[int] = set()
-        self._paused = False
-        self._lock = threading.Lock()
-
-    def poll(self, max_records: int, timeout: float) -> Sequence[Envelope]:
-        deadline = time.monotonic() + max(timeout, 0.0)
-        while True:
-            if not self._paused:
-                with self._lock:
-                    rows = self.store.unfinished(max_records, self._inflight)
-                    self._inflight.update(int(r.id) for r in rows)
-                if rows:
-                    return [r.envelope() for r in rows]
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return []
-            self.store.wait_for_landing(min(remaining, self._poll_interval))
-
-    def mark_mapped(self, items: Iterable[tuple[Envelope, Sequence[str]]]) -> None:
-        self.store.mark_mapped((env.id, outputs) for env, outputs in items)
-
-    def finish(self, outcomes: Sequence[tuple[Envelope, Outcome]]) -> None:
-        self.store.finish(outcomes)
-        with self._lock:
-            self._inflight.difference_update(int(env.id) for env, _ in outcomes)
-
-    def ack(self, envelopes: Sequence[Envelope]) -> None:
-        self.finish([(env, Outcome(PUBLISHED)) for env in envelopes])
-
-    def pause(self) -> None:
-        self._paused = True
-
-    def resume(self) -> None:
-        with self._lock:
-            self._paused = False
-            self._inflight.clear()
-
-    def close(self) -> None:
-        """The store itself is closed by its owner (the runtime)."""

@@ -156,11 +156,7 @@ class Worker:
 
     def process(self, envelopes: Sequence[Envelope]) -> None:
         started = time.monotonic()
-        many = getattr(self.converter, "convert_many", None)  # engine.pooled.PooledConverter: other processes
-        if callable(many):
-            conversions: list[Conversion | None] = list(many([env.payload for env in envelopes]))
-        else:
-            conversions = [None] * len(envelopes)
+        conversions = self._prepared(envelopes)
         plans = [self._convert(env, conv) for env, conv in zip(envelopes, conversions, strict=True)]
         if isinstance(self.source, OutcomeSource):
             recorder = self.source
@@ -202,6 +198,19 @@ class Worker:
                 )
 
     # -- steps --------------------------------------------------------------------------------------
+
+    def _prepared(self, envelopes: Sequence[Envelope]) -> list[Conversion | None]:
+        """Conversions already made at intake (``ack: converted``: the store hands them over, so a message is
+        never converted twice); the others converted as one batch in the conversion processes
+        (:class:`engine.pooled.PooledConverter`), or left None for :meth:`_convert` to do in process."""
+        take = getattr(self.source, "take_prepared", None)
+        conversions: list[Conversion | None] = list(take(envelopes)) if callable(take) else [None] * len(envelopes)
+        many = getattr(self.converter, "convert_many", None)  # engine.pooled.PooledConverter: other processes
+        missing = [i for i, c in enumerate(conversions) if c is None]
+        if missing and callable(many):
+            for i, conversion in zip(missing, many([envelopes[i].payload for i in missing]), strict=True):
+                conversions[i] = conversion
+        return conversions
 
     def _convert(self, envelope: Envelope, conversion: Conversion | None = None) -> _Plan:
         self.metrics.received.labels(source=envelope.source).inc()

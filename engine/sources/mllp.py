@@ -4,11 +4,13 @@
 in a background thread. Each connection is persistent and may carry any number of messages; the bytes
 are framed by :class:`~engine.sources.mllp_framing.MllpDecoder`. For every message:
 
-1. **store first**: ``landing.land(original bytes)`` in a thread pool (the loop never blocks on disk);
-2. with ``ack: converted`` (the default) the message is converted by :class:`engine.convert.Converter`
-   (pure, about a millisecond) in the same thread pool, or with ``convert_processes: N`` in a pool of N
-   spawned processes that send back only the verdict, so the loop stays free for other connections;
-3. acknowledge per HL7 v2.5.1 2.9, chosen by the message's own MSH-15/MSH-16
+1. **store**: the message store's ``land_async`` (awaited: the loop never blocks on disk), or
+   ``landing.land(original bytes)`` in a thread pool for other landings (Kafka);
+2. with ``ack: converted`` (the default), at the same time, convert it (pure, under a millisecond): in the
+   worker's conversion processes when the converter is an :class:`engine.pooled.PooledConverter` (messages of
+   one loop turn share a hand-over), in a pool of N spawned processes with ``convert_processes: N``, else in
+   the thread pool. The message store keeps the result for its worker, which does not convert it again;
+3. acknowledge, once both are done, per HL7 v2.5.1 2.9, chosen by the message's own MSH-15/MSH-16
    (:func:`engine.sources.hl7_ack.acknowledgements`):
 
 =================================  =====================  ===================================================
@@ -38,51 +40,29 @@ are counted and kept by :class:`~engine.sources.door.DoorRejects` (``engine_ingr
 the dead letters). A frame above the limit also closes the connection (its end cannot be found again).
 Connections from peers outside ``allowed_peers`` are refused the same way (counted, logged, closed).
 An idle connection is closed after ``idle_timeout_s``; a junk run followed by 2 s of silence is answered.
+
+This module holds the event loop, the server and the connections; storing, converting and answering one item
+(and the door rejections) live in :class:`engine.sources.mllp_intake.MllpIntake`, its base class.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import json
 import logging
 import multiprocessing
 import ssl
 import threading
-import time
-from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-from datetime import UTC, datetime
 from typing import Any
 
 from engine.convert import Converter
-from engine.errors import PermanentError, TransientError
-from engine.outcomes import Conversion
-from engine.sources.base import CONTENT_HL7V2, Landing
+from engine.sources.base import Landing
 from engine.sources.door import DoorRejects
-from engine.sources.hl7_ack import (
-    ERROR_SEGMENT_SEQUENCE,
-    MshInfo,
-    Verdict,
-    ack_control_id,
-    acknowledgements,
-    build_ack,
-    is_batch,
-    read_msh,
-)
 from engine.sources.listener_settings import MllpSettings, TlsSettings
-from engine.sources.mllp_framing import FrameTooLarge, Garbage, MllpDecoder, frame
-from engine.sources.mllp_verdicts import (
-    CONVERSION_BUG,
-    NOT_HL7,
-    batch_response,
-    batch_verdicts,
-    init_converter_process,
-    merge,
-    slim_conversion,
-    verdicts,
-)
+from engine.sources.mllp_framing import FrameTooLarge, MllpDecoder
+from engine.sources.mllp_intake import MllpIntake
+from engine.sources.mllp_verdicts import init_converter_process
 
 __all__ = ["MllpListener", "MllpSettings", "TlsSettings"]
 
@@ -90,7 +70,6 @@ log = logging.getLogger("engine.sources.mllp")
 
 _READ_CHUNK = 65536
 _JUNK_SILENCE_S = 2.0  # a junk run outside frames followed by this much silence is answered
-_OCTETS = "application/octet-stream"
 
 
 class _Connection:
@@ -102,7 +81,7 @@ class _Connection:
         self.busy = False
 
 
-class MllpListener:
+class MllpListener(MllpIntake):
     """Persist-before-ACK MLLP server on a background event loop (see the module docstring)."""
 
     def __init__(
@@ -113,27 +92,15 @@ class MllpListener:
         converter: Converter | None = None,
         door: DoorRejects | None = None,
     ) -> None:
-        self.settings = settings
-        self.landing = landing
-        self.converter = converter or Converter()
-        self.door = door or DoorRejects()
+        super().__init__(settings, landing, converter=converter, door=door)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.Server | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._start_error: BaseException | None = None
-        self._executor: ThreadPoolExecutor | None = None
-        self._pool: ProcessPoolExecutor | None = None
         self._connections: dict[asyncio.Task[None], _Connection] = {}
         self._closing = False
         self._port = 0
-        self.counters: dict[str, int] = dict.fromkeys(
-            (
-                "connections", "accepted", "rejected", "errors", "too_large", "idle_closed", "junk_bytes",
-                "converted", "filtered", "failed", "refused_peers", "garbage",
-            ),
-            0,
-        )  # fmt: skip
 
     @property
     def port(self) -> int:
@@ -239,9 +206,6 @@ class MllpListener:
             if pending:
                 await asyncio.wait(pending, timeout=2.0)
 
-    async def _blocking(self, fn: Callable[[], Any]) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
-
     # -- connections ---------------------------------------------------------------------------
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -310,186 +274,3 @@ class MllpListener:
             writer.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer.wait_closed(), 2.0)
-
-    async def _refuse_peer(self, peer: str, writer: asyncio.StreamWriter) -> None:
-        self.counters["refused_peers"] += 1
-        log.warning("mllp: connection from %s refused: not in allowed_peers", peer, extra={"source": "mllp"})
-        reason = "connection refused: peer address not in allowed_peers"
-        await self._blocking(
-            functools.partial(
-                self.door.reject,
-                source=self.settings.name,
-                reason_code="refused-peer",
-                reason=reason,
-                payload=json.dumps({"peer": peer, "reason": reason}).encode(),
-                content_type=CONTENT_HL7V2,
-                kept_type="application/json",
-                headers={"source.endpoint": peer},
-            )
-        )
-        writer.close()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(writer.wait_closed(), 2.0)
-
-    async def _item(self, item: bytes | Garbage, peer: str, writer: asyncio.StreamWriter) -> None:
-        if isinstance(item, Garbage):
-            await self._garbage(item, peer, writer)
-        elif is_batch(item):
-            await self._batch(item, peer, writer)
-        else:
-            await self._message(item, peer, writer)
-
-    # -- door rejections -------------------------------------------------------------------------
-    async def _door(
-        self, payload: bytes, size: int, code: str, reason: str, msh: MshInfo | None, peer: str
-    ) -> None:
-        headers = {"source.endpoint": peer}
-        if msh is not None:
-            headers["hl7.control-id"] = msh.control_id
-            headers["hl7.message-type"] = msh.message_type.replace(msh.encoding_characters[0], "^")
-        self.counters["rejected"] += 1
-        log.warning(
-            "mllp: rejected at the door from %s (%s): %s",
-            peer,
-            code,
-            reason,
-            extra={"control_id": msh.control_id if msh else "", "source": self.settings.name},
-        )
-        await self._blocking(
-            functools.partial(
-                self.door.reject,
-                source=self.settings.name,
-                reason_code=code,
-                reason=reason,
-                payload=payload,
-                size=size,
-                content_type=CONTENT_HL7V2,
-                kept_type=CONTENT_HL7V2 if msh else _OCTETS,
-                headers=headers,
-            )
-        )
-        self.door.outcome(self.settings.name, "rejected")
-
-    async def _garbage(self, item: Garbage, peer: str, writer: asyncio.StreamWriter) -> None:
-        self.counters["garbage"] += 1
-        msh = read_msh(item.data)
-        await self._door(item.data, item.size, item.reason, item.description, msh, peer)
-        await self._answer(msh, Verdict("R", item.description, ERROR_SEGMENT_SEQUENCE), None, writer)
-
-    async def _too_large(self, exc: FrameTooLarge, peer: str, writer: asyncio.StreamWriter) -> None:
-        self.counters["too_large"] += 1
-        msh = read_msh(exc.head)
-        reason = f"message exceeds {exc.limit} bytes"
-        await self._door(exc.head, exc.size, "too-large", reason, msh, peer)
-        await self._answer(msh, Verdict("R", reason), None, writer)
-
-    # -- messages --------------------------------------------------------------------------------
-    def _headers(self, msh: MshInfo, peer: str, received: datetime) -> dict[str, str]:
-        headers = {
-            "hl7.control-id": msh.control_id,
-            "hl7.message-type": msh.message_type.replace(msh.encoding_characters[0], "^"),
-            "hl7.version": msh.version,
-            "source.endpoint": peer,
-            "received.at": received.isoformat(timespec="microseconds").replace("+00:00", "Z"),
-        }
-        if msh.charset:
-            headers["hl7.charset"] = msh.charset
-        return headers
-
-    async def _store(self, payload: bytes, headers: dict[str, str], label: str, peer: str) -> Verdict:
-        """Land ``payload``; the commit-stage verdict (A stored, E retry later, R never storable)."""
-        land = functools.partial(
-            self.landing.land, payload, content_type=CONTENT_HL7V2, source=self.settings.name, headers=headers
-        )
-        try:
-            envelope_id = await self._blocking(land)
-        except TransientError as exc:
-            # The sender sees a generic reason; details (paths, hosts) stay in our log.
-            log.warning("mllp: landing failed for control id %s from %s: %s", label, peer, exc)
-            return Verdict("E", "message not stored (temporary storage failure), retry later")
-        except PermanentError as exc:  # can never be stored (e.g. above Kafka's max_request_size): do not resend
-            log.error("mllp: landing rejected control id %s from %s: %s", label, peer, exc)
-            reason = "message not stored (the message store cannot take it, e.g. too large)"
-            await self._door(payload, len(payload), "store-refused", reason, read_msh(payload), peer)
-            return Verdict("R", reason)
-        except Exception as exc:  # unknown: never acknowledge success, report loudly, keep serving
-            self.counters["errors"] += 1
-            log.error("mllp: unexpected landing error for control id %s", label, exc_info=True)
-            return Verdict("E", f"message not stored: internal error ({exc.__class__.__name__})")
-        self.counters["accepted"] += 1
-        log.debug("mllp: landed %s as %s from %s", label, envelope_id, peer)
-        return Verdict("A")
-
-    async def _convert(self, payload: bytes, label: str) -> Conversion | None:
-        try:
-            if self._pool is not None:  # another process: the GIL stays with the event loop and the stores
-                loop = asyncio.get_running_loop()
-                result: Conversion = await loop.run_in_executor(self._pool, slim_conversion, payload)
-            else:
-                result = await self._blocking(functools.partial(self.converter.convert, payload))
-        except Exception:  # a converter bug: the message is stored, the worker will meet it too
-            self.counters["errors"] += 1
-            log.error("mllp: conversion for the ACK failed unexpectedly (control id %s)", label, exc_info=True)
-            return None
-        return result
-
-    def _count(self, verdict: Verdict) -> None:
-        outcome = {"A": "converted", "R": "filtered", "E": "failed"}[verdict.kind]
-        self.counters[outcome] += 1
-        self.door.outcome(self.settings.name, {"failed": "rejected"}.get(outcome, outcome))
-
-    async def _message(self, message: bytes, peer: str, writer: asyncio.StreamWriter) -> None:
-        msh = read_msh(message)
-        if msh is None:
-            await self._door(message, len(message), "not-hl7", NOT_HL7.text, None, peer)
-            await self._answer(None, NOT_HL7, None, writer)
-            return
-        received = datetime.now(UTC)
-        stored = await self._store(message, self._headers(msh, peer, received), msh.control_id, peer)
-        if msh.message_code.upper() == "ACK":  # 2.9: an acknowledgement is never acknowledged
-            return
-        applied: Verdict | None = None
-        if stored.kind == "A":
-            if self.settings.ack == "converted":
-                conversion = await self._convert(message, msh.control_id)
-                applied = CONVERSION_BUG if conversion is None else merge(verdicts(conversion))
-                self._count(applied)
-            else:
-                self.door.outcome(self.settings.name, "stored")
-        await self._answer(msh, stored, applied, writer)
-
-    async def _batch(self, payload: bytes, peer: str, writer: asyncio.StreamWriter) -> None:
-        from pipelines.hl7v2 import split_stream
-
-        received = datetime.now(UTC)
-        chunks = split_stream(payload)
-        mshs = [None if c.junk else read_msh(c.data) for c in chunks]
-        first = next((m for m in mshs if m is not None), None)
-        headers = {"hl7.batch": "true", "hl7.batch-messages": str(len(chunks)), "source.endpoint": peer}
-        if first is not None:
-            headers.update({k: v for k, v in self._headers(first, peer, received).items() if k != "hl7.control-id"})
-        stored = await self._store(payload, headers, "batch", peer)
-        converted = self.settings.ack == "converted"
-        conversion = await self._convert(payload, "batch") if stored.kind == "A" and converted else None
-        results = batch_verdicts(mshs, stored, conversion, converted)
-        if stored.kind == "A":
-            for msh, verdict in zip(mshs, results, strict=True):
-                if converted or msh is None:
-                    self._count(verdict)
-                else:
-                    self.door.outcome(self.settings.name, "stored")
-        await self._send(writer, batch_response(payload, mshs, results, received.astimezone()))
-
-    async def _answer(
-        self, msh: MshInfo | None, stored: Verdict, applied: Verdict | None, writer: asyncio.StreamWriter
-    ) -> None:
-        now = datetime.now(UTC).astimezone()
-        for code, verdict in acknowledgements(msh, stored, applied):
-            ack_id = ack_control_id(msh.control_id if msh else "", time.time_ns(), code)
-            text = verdict.text if verdict.kind != "A" else ""
-            await self._send(writer, build_ack(msh, code, now=now, control_id=ack_id, text=text, error=verdict.error))
-
-    async def _send(self, writer: asyncio.StreamWriter, ack: bytes) -> None:
-        writer.write(frame(ack))
-        await writer.drain()
-

@@ -29,6 +29,7 @@ __all__ = [
     "NOT_HL7",
     "batch_response",
     "batch_verdicts",
+    "full_conversion",
     "init_converter_process",
     "merge",
     "slim_conversion",
@@ -115,3 +116,12 @@ def slim_conversion(payload: bytes) -> Conversion:
         rejections=[Rejection(r.index, r.reason, b"", r.error_class) for r in full.rejections],
         filtered=[Filtered(f.index, f.reason, b"", f.category) for f in full.filtered],
     )
+
+
+def full_conversion(payload: bytes) -> Conversion:
+    """Convert in a pool process and return the whole result (Bundles, dead-letter bytes), for a landing that
+    hands it to the worker; filtered parts drop their bytes (never dead-lettered)."""
+    converter = _CONVERTER or Converter()
+    full = converter.convert(payload)
+    full.filtered = [Filtered(f.index, f.reason, b"", f.category) for f in full.filtered]
+    return full

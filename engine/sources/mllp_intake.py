@@ -1,0 +1,353 @@
+"""The per-message half of the MLLP listener (:mod:`engine.sources.mllp`): store, convert, acknowledge, and the
+rejections at the door. :class:`MllpIntake` is the base of :class:`engine.sources.mllp.MllpListener`, which adds
+the event loop, the server socket and the connections; the behaviour (persist before ACK, the acknowledgement
+table, batches, door rejections) is documented there.
+
+With ``ack: converted`` a message is stored and converted at the same time and acknowledged when both are done.
+A landing that keeps conversions (the message store, ``engine.store_source.PreparedConversions``) gets a future
+of the result together with the row, so the worker takes it instead of converting the message again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any
+
+from engine.convert import Converter
+from engine.errors import PermanentError, TransientError
+from engine.outcomes import Conversion
+from engine.sources.base import CONTENT_HL7V2, Landing
+from engine.sources.door import DoorRejects
+from engine.sources.hl7_ack import (
+    ERROR_SEGMENT_SEQUENCE,
+    MshInfo,
+    Verdict,
+    ack_control_id,
+    acknowledgements,
+    build_ack,
+    is_batch,
+    read_msh,
+)
+from engine.sources.listener_settings import MllpSettings
+from engine.sources.mllp_framing import FrameTooLarge, Garbage, frame
+from engine.sources.mllp_verdicts import (
+    CONVERSION_BUG,
+    NOT_HL7,
+    batch_response,
+    batch_verdicts,
+    full_conversion,
+    merge,
+    slim_conversion,
+    verdicts,
+)
+
+__all__ = ["MllpIntake"]
+
+log = logging.getLogger("engine.sources.mllp")
+
+_OCTETS = "application/octet-stream"
+_LAND_TIMEOUT_S = 60.0  # a commit that takes longer is answered AE (retry later)
+
+
+class MllpIntake:
+    """Store, convert and acknowledge one framed item at a time (runs on the listener's event loop)."""
+
+    def __init__(
+        self,
+        settings: MllpSettings,
+        landing: Landing,
+        *,
+        converter: Converter | None = None,
+        door: DoorRejects | None = None,
+    ) -> None:
+        self.settings = settings
+        self.landing = landing
+        self.converter = converter or Converter()
+        self.door = door or DoorRejects()
+        # the message store keeps a conversion made for the ACK for its worker (engine.store_source); others don't
+        self._hand_over = getattr(landing, "prepared", None) is not None
+        self._executor: ThreadPoolExecutor | None = None
+        self._pool: ProcessPoolExecutor | None = None
+        self._gathering: list[tuple[bytes, asyncio.Future[Conversion]]] = []  # see _gathered
+        self.counters: dict[str, int] = dict.fromkeys(
+            (
+                "connections", "accepted", "rejected", "errors", "too_large", "idle_closed", "junk_bytes",
+                "converted", "filtered", "failed", "refused_peers", "garbage",
+            ),
+            0,
+        )  # fmt: skip
+
+    async def _blocking(self, fn: Callable[[], Any]) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    async def _refuse_peer(self, peer: str, writer: asyncio.StreamWriter) -> None:
+        self.counters["refused_peers"] += 1
+        log.warning("mllp: connection from %s refused: not in allowed_peers", peer, extra={"source": "mllp"})
+        reason = "connection refused: peer address not in allowed_peers"
+        await self._blocking(
+            functools.partial(
+                self.door.reject,
+                source=self.settings.name,
+                reason_code="refused-peer",
+                reason=reason,
+                payload=json.dumps({"peer": peer, "reason": reason}).encode(),
+                content_type=CONTENT_HL7V2,
+                kept_type="application/json",
+                headers={"source.endpoint": peer},
+            )
+        )
+        writer.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(writer.wait_closed(), 2.0)
+
+    async def _item(self, item: bytes | Garbage, peer: str, writer: asyncio.StreamWriter) -> None:
+        if isinstance(item, Garbage):
+            await self._garbage(item, peer, writer)
+        elif is_batch(item):
+            await self._batch(item, peer, writer)
+        else:
+            await self._message(item, peer, writer)
+
+    # -- door rejections -------------------------------------------------------------------------
+    async def _door(
+        self, payload: bytes, size: int, code: str, reason: str, msh: MshInfo | None, peer: str
+    ) -> None:
+        headers = {"source.endpoint": peer}
+        if msh is not None:
+            headers["hl7.control-id"] = msh.control_id
+            headers["hl7.message-type"] = msh.message_type.replace(msh.encoding_characters[0], "^")
+        self.counters["rejected"] += 1
+        log.warning(
+            "mllp: rejected at the door from %s (%s): %s",
+            peer,
+            code,
+            reason,
+            extra={"control_id": msh.control_id if msh else "", "source": self.settings.name},
+        )
+        await self._blocking(
+            functools.partial(
+                self.door.reject,
+                source=self.settings.name,
+                reason_code=code,
+                reason=reason,
+                payload=payload,
+                size=size,
+                content_type=CONTENT_HL7V2,
+                kept_type=CONTENT_HL7V2 if msh else _OCTETS,
+                headers=headers,
+            )
+        )
+        self.door.outcome(self.settings.name, "rejected")
+
+    async def _garbage(self, item: Garbage, peer: str, writer: asyncio.StreamWriter) -> None:
+        self.counters["garbage"] += 1
+        msh = read_msh(item.data)
+        await self._door(item.data, item.size, item.reason, item.description, msh, peer)
+        await self._answer(msh, Verdict("R", item.description, ERROR_SEGMENT_SEQUENCE), None, writer)
+
+    async def _too_large(self, exc: FrameTooLarge, peer: str, writer: asyncio.StreamWriter) -> None:
+        self.counters["too_large"] += 1
+        msh = read_msh(exc.head)
+        reason = f"message exceeds {exc.limit} bytes"
+        await self._door(exc.head, exc.size, "too-large", reason, msh, peer)
+        await self._answer(msh, Verdict("R", reason), None, writer)
+
+    # -- messages --------------------------------------------------------------------------------
+    def _headers(self, msh: MshInfo, peer: str, received: datetime) -> dict[str, str]:
+        headers = {
+            "hl7.control-id": msh.control_id,
+            "hl7.message-type": msh.message_type.replace(msh.encoding_characters[0], "^"),
+            "hl7.version": msh.version,
+            "source.endpoint": peer,
+            "received.at": received.isoformat(timespec="microseconds").replace("+00:00", "Z"),
+        }
+        if msh.charset:
+            headers["hl7.charset"] = msh.charset
+        return headers
+
+    async def _store(
+        self,
+        payload: bytes,
+        headers: dict[str, str],
+        label: str,
+        peer: str,
+        conversion: Future[Conversion | None] | None = None,
+    ) -> Verdict:
+        """Land ``payload``; the commit-stage verdict (A stored, E retry later, R never storable). A landing that
+        keeps conversions (the message store) gets ``conversion`` too, for the worker (never converted twice)."""
+        extra = {"conversion": conversion} if conversion is not None and self._hand_over else {}
+        try:
+            land_async = getattr(self.landing, "land_async", None)
+            if callable(land_async):  # the message store: await its commit without holding a thread
+                future = land_async(payload, content_type=CONTENT_HL7V2, source=self.settings.name, headers=headers,
+                                    **extra)  # fmt: skip
+                try:
+                    envelope_id = await asyncio.wait_for(asyncio.wrap_future(future), _LAND_TIMEOUT_S)
+                except TimeoutError as exc:
+                    raise TransientError("message store: commit timed out") from exc
+            else:
+                land = functools.partial(
+                    self.landing.land, payload, content_type=CONTENT_HL7V2, source=self.settings.name,
+                    headers=headers, **extra,
+                )  # fmt: skip
+                envelope_id = await self._blocking(land)
+        except TransientError as exc:
+            # The sender sees a generic reason; details (paths, hosts) stay in our log.
+            log.warning("mllp: landing failed for control id %s from %s: %s", label, peer, exc)
+            return Verdict("E", "message not stored (temporary storage failure), retry later")
+        except PermanentError as exc:  # can never be stored (e.g. above Kafka's max_request_size): do not resend
+            log.error("mllp: landing rejected control id %s from %s: %s", label, peer, exc)
+            reason = "message not stored (the message store cannot take it, e.g. too large)"
+            await self._door(payload, len(payload), "store-refused", reason, read_msh(payload), peer)
+            return Verdict("R", reason)
+        except Exception as exc:  # unknown: never acknowledge success, report loudly, keep serving
+            self.counters["errors"] += 1
+            log.error("mllp: unexpected landing error for control id %s", label, exc_info=True)
+            return Verdict("E", f"message not stored: internal error ({exc.__class__.__name__})")
+        self.counters["accepted"] += 1
+        log.debug("mllp: landed %s as %s from %s", label, envelope_id, peer)
+        return Verdict("A")
+
+    async def _store_and_convert(
+        self, payload: bytes, headers: dict[str, str], label: str, peer: str, converted: bool
+    ) -> tuple[Verdict, Conversion | None]:
+        """Land ``payload`` and, with ``ack: converted``, convert it at the same time (the ACK waits for both).
+        The message store gets a future of the conversion with the row, resolved here, so its worker takes the
+        result instead of converting a second time (``engine.store_source.PreparedConversions``)."""
+        if not converted:
+            return await self._store(payload, headers, label, peer), None
+        conversion_task = asyncio.ensure_future(self._convert(payload, label))
+        hand_over: Future[Conversion | None] | None = Future() if self._hand_over else None
+        conversion: Conversion | None = None
+        try:
+            stored = await self._store(payload, headers, label, peer, hand_over)
+            conversion = await conversion_task
+        finally:
+            if hand_over is not None:  # always resolved: the worker may be waiting for it
+                hand_over.set_result(conversion)
+            if not conversion_task.done():
+                conversion_task.cancel()
+        return stored, conversion
+
+    async def _convert(self, payload: bytes, label: str) -> Conversion | None:
+        result: Conversion
+        try:
+            if self._pool is None and callable(getattr(self.converter, "submit_many", None)):
+                result = await self._gathered(payload)  # engine.pooled.PooledConverter: its processes
+            elif self._pool is not None:  # another process: the GIL stays with the event loop and the stores
+                loop = asyncio.get_running_loop()
+                convert = full_conversion if self._hand_over else slim_conversion  # Bundles only for the worker
+                result = await loop.run_in_executor(self._pool, convert, payload)
+            else:
+                result = await self._blocking(functools.partial(self.converter.convert, payload))
+        except Exception:  # a converter bug: the message is stored, the worker will meet it too
+            self.counters["errors"] += 1
+            log.error("mllp: conversion for the ACK failed unexpectedly (control id %s)", label, exc_info=True)
+            return None
+        return result
+
+    def _gathered(self, payload: bytes) -> asyncio.Future[Conversion]:
+        """Convert in the conversion processes, together with every other message that arrives in the same turn
+        of the event loop (one process hand-over and one wake-up per group instead of per message)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Conversion] = loop.create_future()
+        self._gathering.append((payload, future))
+        if len(self._gathering) == 1:
+            loop.call_soon(self._convert_gathered, loop)
+        return future
+
+    def _convert_gathered(self, loop: asyncio.AbstractEventLoop) -> None:
+        group, self._gathering = self._gathering, []
+        waiting = [future for _, future in group]
+
+        def settle(done: Future[list[Conversion]]) -> None:  # on the event loop
+            exc = done.exception() if not done.cancelled() else asyncio.CancelledError()
+            for i, future in enumerate(waiting):
+                if future.done():
+                    continue
+                if exc is not None:
+                    future.set_exception(exc)
+                else:
+                    future.set_result(done.result()[i])
+
+        try:
+            batch = self.converter.submit_many([payload for payload, _ in group])  # type: ignore[attr-defined]
+        except Exception as exc:  # e.g. the pool is shut down
+            for future in waiting:
+                future.set_exception(exc)
+            return
+
+        def hand_back(done: Future[list[Conversion]]) -> None:  # on the pool's result thread
+            with contextlib.suppress(RuntimeError):  # the listener stopped meanwhile: nobody waits any more
+                loop.call_soon_threadsafe(settle, done)
+
+        batch.add_done_callback(hand_back)
+
+    def _count(self, verdict: Verdict) -> None:
+        outcome = {"A": "converted", "R": "filtered", "E": "failed"}[verdict.kind]
+        self.counters[outcome] += 1
+        self.door.outcome(self.settings.name, {"failed": "rejected"}.get(outcome, outcome))
+
+    async def _message(self, message: bytes, peer: str, writer: asyncio.StreamWriter) -> None:
+        msh = read_msh(message)
+        if msh is None:
+            await self._door(message, len(message), "not-hl7", NOT_HL7.text, None, peer)
+            await self._answer(None, NOT_HL7, None, writer)
+            return
+        received = datetime.now(UTC)
+        is_ack = msh.message_code.upper() == "ACK"  # 2.9: an acknowledgement is never acknowledged (nor converted)
+        converted = self.settings.ack == "converted" and not is_ack
+        headers = self._headers(msh, peer, received)
+        stored, conversion = await self._store_and_convert(message, headers, msh.control_id, peer, converted)
+        if is_ack:
+            return
+        applied: Verdict | None = None
+        if stored.kind == "A":
+            if converted:
+                applied = CONVERSION_BUG if conversion is None else merge(verdicts(conversion))
+                self._count(applied)
+            else:
+                self.door.outcome(self.settings.name, "stored")
+        await self._answer(msh, stored, applied, writer)
+
+    async def _batch(self, payload: bytes, peer: str, writer: asyncio.StreamWriter) -> None:
+        from pipelines.hl7v2 import split_stream
+
+        received = datetime.now(UTC)
+        chunks = split_stream(payload)
+        mshs = [None if c.junk else read_msh(c.data) for c in chunks]
+        first = next((m for m in mshs if m is not None), None)
+        headers = {"hl7.batch": "true", "hl7.batch-messages": str(len(chunks)), "source.endpoint": peer}
+        if first is not None:
+            headers.update({k: v for k, v in self._headers(first, peer, received).items() if k != "hl7.control-id"})
+        converted = self.settings.ack == "converted"
+        stored, conversion = await self._store_and_convert(payload, headers, "batch", peer, converted)
+        results = batch_verdicts(mshs, stored, conversion, converted)
+        if stored.kind == "A":
+            for msh, verdict in zip(mshs, results, strict=True):
+                if converted or msh is None:
+                    self._count(verdict)
+                else:
+                    self.door.outcome(self.settings.name, "stored")
+        await self._send(writer, batch_response(payload, mshs, results, received.astimezone()))
+
+    async def _answer(
+        self, msh: MshInfo | None, stored: Verdict, applied: Verdict | None, writer: asyncio.StreamWriter
+    ) -> None:
+        now = datetime.now(UTC).astimezone()
+        for code, verdict in acknowledgements(msh, stored, applied):
+            ack_id = ack_control_id(msh.control_id if msh else "", time.time_ns(), code)
+            text = verdict.text if verdict.kind != "A" else ""
+            await self._send(writer, build_ack(msh, code, now=now, control_id=ack_id, text=text, error=verdict.error))
+
+    async def _send(self, writer: asyncio.StreamWriter, ack: bytes) -> None:
+        writer.write(frame(ack))
+        await writer.drain()
