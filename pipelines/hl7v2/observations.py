@@ -62,6 +62,7 @@ def read_observations(obx_rows: list[list[str]], d: Delimiters, base: str, chars
     last: str | None = None  # section of the latest OBX row (where a following NTE belongs)
     kinds: dict[tuple[str, str], _Obx3] = {}  # OBX-2/OBX-3 repeat on every line of a section: classify once
     skipping = False  # NTE comments of a retracted OBX are retracted with it
+    rep, esc, clean = d.repetition, d.escape, d.clean
     for n, obx in enumerate(obx_rows, start=1):
         if obx[0] == "NTE":  # NTE-3 comment: narrative of the section of the row it follows
             if skipping:
@@ -74,18 +75,22 @@ def read_observations(obx_rows: list[list[str]], d: Delimiters, base: str, chars
                     order.append(note_key)
                 texts[note_key].extend(comment)
             continue
-        status = _result_status(obx)
-        skipping = status in _RETRACTED or (len(status) == 1 and status.upper() in _RETRACTED)
+        size = len(obx)
+        status = obx[11].strip() if size > 11 else ""
+        if not status and size > 10:
+            status = _result_status(obx)  # OBX-11 drifted to OBX-10
+        skipping = status in _RETRACTED_ANY_CASE
         if skipping:
             out.retracted += 1
             continue
         out.observations += 1
-        raw2, raw3 = fld(obx, 2), fld(obx, 3)
+        raw2 = obx[2] if size > 2 else ""
+        raw3 = obx[3] if size > 3 else ""
         kind = kinds.get((raw2, raw3))
         if kind is None:
             kind = kinds[(raw2, raw3)] = _classify(raw2, raw3, d)
         vtype, section, uid_row, study_row, coded_text = kind
-        raw5 = fld(obx, 5)
+        raw5 = obx[5] if size > 5 else ""
         if uid_row:
             if study_row:
                 uid = _uid_value(raw5, d)
@@ -102,21 +107,24 @@ def read_observations(obx_rows: list[list[str]], d: Delimiters, base: str, chars
             continue
         if vtype in _CODED:
             is_text = not raw5.split(d.component, 1)[0].strip()  # CE without a code: text ("^Mass left lobe")
+            plain = False
         else:
             is_text = vtype in _TEXT_TYPES and not coded_text
+            # the common dictated line: nothing to split, decode or clean (the fast path of _text_lines)
+            plain = rep not in raw5 and esc not in raw5 and (clean or raw5.isprintable())
         if is_text:
-            lines = _text_lines(raw5, vtype, d, charset)
-            for i, line in enumerate(lines):
+            for i, line in enumerate((raw5.rstrip(),) if plain else _text_lines(raw5, vtype, d, charset)):
                 key = section
                 if key is None:  # untagged row: heading lines ("IMPRESSION:") switch the section
                     heading = section_for_heading(line) or (_leading_word(line) if i == 0 else None)
                     if heading is not None:
                         current = heading[0]
                     key = current or "report"
-                if key not in texts:
-                    texts[key] = []
+                bucket = texts.get(key)
+                if bucket is None:
+                    bucket = texts[key] = []
                     order.append(key)
-                texts[key].append(line)
+                bucket.append(line)
                 last = key
             if status:
                 out.text_statuses.append(status)
@@ -177,6 +185,7 @@ def _result_status(obx: list[str]) -> str:
 # OBX-11 (HL7 table 0085) values that withdraw a row: W "post original as wrong, e.g. transmitted for wrong
 # patient", D "delete the OBX record". Such a row never reaches text, notes, findings or narrative.
 _RETRACTED = frozenset({"W", "D"})
+_RETRACTED_ANY_CASE = _RETRACTED | frozenset({"w", "d"})  # a one-letter status is read case-blind
 
 
 def retracted(obx: list[str]) -> bool:

@@ -32,6 +32,7 @@ from pipelines.output.parts import (
     resolve_extras,
 )
 from pipelines.output.sections import build_sections
+from pipelines.output.timezone import mark_resource
 
 __all__ = ["bundle_id", "shape_document", "wants_minimal"]
 
@@ -66,27 +67,32 @@ def shape_document(report: Report) -> dict[str, Any]:
     comp = _composition(report, parts, comp_id)
     entries: list[tuple[str, dict[str, Any]]] = [(comp_url, comp), (dr_url, dr), (parts.patient_url, parts.patient)]
     entries += parts.studies + parts.orders + parts.observations + parts.others + parts.people + parts.orgs
+    bid = bundle_id(report)
     bundle: dict[str, Any] = {
         "resourceType": "Bundle",
-        "id": bundle_id(report),
+        "id": bid,
         "meta": profiles.profile_meta(profiles.BUNDLE),
-        "identifier": {"system": "urn:ietf:rfc:3986", "value": urn(bundle_id(report))},
+        "identifier": {"system": "urn:ietf:rfc:3986", "value": urn(bid)},
         "type": "document",
     }
     timestamp = prim.instant(report.issued, report.timezone) if report.issued else None
     if timestamp:
         bundle["timestamp"] = timestamp
-    bundle["entry"] = [{"fullUrl": url, "resource": res} for url, res in _unique(entries)]
+    bundle["entry"] = _unique(entries, report.timezone_assumed)
     return bundle
 
 
-def _unique(entries: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
+def _unique(entries: list[tuple[str, dict[str, Any]]], uncertain: bool) -> list[dict[str, Any]]:
+    """Bundle entries, the first of each fullUrl; with ``uncertain`` (no source offset, none configured) each
+    resource's source dateTimes get the ``uncertainPeriod`` extension on the way (eu-imaging.md §2.5)."""
     seen: set[str] = set()
     out = []
     for url, res in entries:
         if url not in seen:
             seen.add(url)
-            out.append((url, res))
+            if uncertain:
+                mark_resource(res)
+            out.append({"fullUrl": url, "resource": res})
     return out
 
 
