@@ -149,12 +149,15 @@ def parse_message(text: str) -> Message:
     lines = _segment_lines(text, fs)
     segments: list[list[str]] = []
     for line in _join_continuations(lines, fs):
-        if len(line) < 3 or not line[:3].isalnum():
-            if line.strip():
-                raise ParseError(f"segment {len(segments) + 1} is not a valid segment (no 3-character id)")
-            continue
-        if len(line) > 3 and line[3] != fs:
-            raise ParseError(f"segment {len(segments) + 1} ({_safe(line[:3])}) has no field separator after its id")
+        if line[3:4] != fs or not line[:3].isalnum():  # not the usual "XXX|...": check it
+            if len(line) < 3 or not line[:3].isalnum():
+                if line.strip():
+                    raise ParseError(f"segment {len(segments) + 1} is not a valid segment (no 3-character id)")
+                continue
+            if len(line) > 3 and line[3] != fs:
+                raise ParseError(
+                    f"segment {len(segments) + 1} ({_safe(line[:3])}) has no field separator after its id"
+                )
         parts = line.split(fs)
         if parts[0] == "MSH":
             parts.insert(1, fs)
@@ -169,7 +172,7 @@ def _join_continuations(lines: list[str], fs: str) -> list[str]:
     start with a segment id and field separator: glue it back to its segment (with a line feed)."""
     out: list[str] = []
     for line in lines:
-        if out and line and not (len(line) >= 4 and line[:3].isalnum() and line[3] == fs) and line != line[:3]:
+        if len(line) > 3 and (line[3] != fs or not line[:3].isalnum()) and out:
             out[-1] = out[-1] + "\n" + line
         else:
             out.append(line)
@@ -199,6 +202,7 @@ def _delimiters(fs: str, enc: str) -> Delimiters:
 
 
 _KNOWN_IDS = re.compile("(?:" + _KNOWN_SEGMENTS + ")")
+_KNOWN_ID_BYTES = re.compile(("(?:" + _KNOWN_SEGMENTS + ")").encode("ascii"))
 
 
 @functools.lru_cache(maxsize=32)
@@ -212,9 +216,43 @@ def _glue_patterns(fs: str) -> tuple[re.Pattern[str], re.Pattern[str]]:
     return prefilter, glued
 
 
+@functools.lru_cache(maxsize=32)
+def _glue_table(fs: str) -> bytes | None:
+    """A ``bytes.translate`` table for :func:`_maybe_glued`: A-Z and 0-9 -> ``A``, space and TAB -> `` ``,
+    ``>`` stays, the field separator -> ``|``, every other byte -> ``.``. None for a separator it cannot mark."""
+    if len(fs.encode("utf-8")) != 1 or fs in " \t>" or fs.isalnum():
+        return None
+    table = bytearray(b"." * 256)
+    for c in b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789":
+        table[c] = ord("A")
+    table[ord(" ")] = table[ord("\t")] = ord(" ")
+    table[ord(">")] = ord(">")
+    table[ord(fs)] = ord("|")
+    return bytes(table)
+
+
+def _maybe_glued(text: str, fs: str) -> bool:
+    """A necessary condition for a glued segment, found with C passes: a space, TAB or ``>`` (of ``<cr>``), then
+    a known segment id, then the field separator. True when it cannot tell (an unusual separator)."""
+    table = _glue_table(fs)
+    if table is None:
+        return True
+    data = text.encode("utf-8", "surrogatepass")
+    marks = data.translate(table)
+    for needle in (b" AAA|", b">AAA|"):
+        i = marks.find(needle)
+        while i >= 0:
+            if _KNOWN_ID_BYTES.fullmatch(data, i + 1, i + 4) is not None:
+                return True
+            i = marks.find(needle, i + 1)
+    return False
+
+
 def _segment_lines(text: str, fs: str) -> list[str]:
     text = text.replace("\r\n", "\r").replace("\n", "\r")
     lines = text.split("\r")
+    if not _maybe_glued(text, fs):
+        return lines  # the common case: no glued segments anywhere
     prefilter, glued = _glue_patterns(fs)
     if not any(_KNOWN_IDS.fullmatch(text, m.start() - 3, m.start()) for m in prefilter.finditer(text)):
         return lines  # the common case: no glued segments anywhere
