@@ -124,10 +124,14 @@ def section_for_heading(line: str) -> tuple[str, str] | None:
     """If ``line`` starts with a known heading word followed by ':' (or is only the heading), return
     (section key, rest of the line)."""
     stripped = line.strip()
-    head, sep, rest = stripped.partition(":")
-    if not sep:  # a heading alone on its line ("FINDINGS", "Impression."): short
+    colon = stripped.find(":")
+    if colon < 0:  # a heading alone on its line ("FINDINGS", "Impression."): short
+        if len(stripped) > _LONGEST and stripped[-1:] != ".":
+            return None  # the usual dictated line: too long for a heading word (fast path)
         core = stripped.rstrip(".")
         key = _HEADINGS.get(core.lower()) if len(core) <= _LONGEST else None
         return (key, "") if key else None
-    key = _HEADINGS.get(head.strip().lower()) if len(head) <= 40 else None
-    return (key, rest.strip()) if key else None
+    if colon > 40:
+        return None
+    key = _HEADINGS.get(stripped[:colon].strip().lower())
+    return (key, stripped[colon + 1 :].strip()) if key else None

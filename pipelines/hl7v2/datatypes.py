@@ -80,10 +80,12 @@ def checked_system(designator: str, code: str, base: str) -> str | None:
     return f"{base}/codesystem/{slug(designator)}"
 
 
+@lru_cache(maxsize=4096)
 def cwe(raw: str, d: Delimiters, base: str) -> Concept:
     """CWE/CE -> Concept: triplets 1 and 2 as codings, CWE.9 (or a code-less display) as text. Components are
     split (and CWE.1 into its subcomponents) before unescaping; a code goes under the designator's standard
-    system only when valid there (:func:`checked_system`)."""
+    system only when valid there (:func:`checked_system`). Pure and immutable, so cached: a feed repeats its
+    procedure, reason and observation codes."""
     c = components(raw, d)
 
     def part(i: int) -> str:
@@ -158,9 +160,29 @@ def xpn(raw: str, d: Delimiters) -> tuple[str | None, list[str], list[str], list
 
 
 def xcn(raw: str, d: Delimiters, base: str, fallback_system: str) -> Person | None:
-    """XCN/CNN/NDL.1 -> Person: XCN.1 id (XCN.9 authority), XCN.2-6 name (v2-to-FHIR XCN[Practitioner])."""
+    """XCN/CNN/NDL.1 -> Person: XCN.1 id (XCN.9 authority), XCN.2-6 name (v2-to-FHIR XCN[Practitioner]).
+    A new (mutable) Person each call, built from the cached reading of the field."""
     if not raw:
         return None
+    parsed = _xcn(raw, d, base, fallback_system)
+    if parsed is None:
+        return None
+    family, given, prefix, suffix, text, ident = parsed
+    return Person(
+        identifiers=[ident] if ident is not None else [],
+        family=family,
+        given=list(given),
+        prefix=list(prefix),
+        suffix=list(suffix),
+        text=text,
+    )
+
+
+_XcnParts = tuple[str | None, tuple[str, ...], tuple[str, ...], tuple[str, ...], str | None, Ident | None]
+
+
+@lru_cache(maxsize=4096)  # pure; a feed repeats its radiologists and requesters on every message
+def _xcn(raw: str, d: Delimiters, base: str, fallback_system: str) -> _XcnParts | None:
     first = raw.split(d.repetition, 1)[0]
     c = first.split(d.component)
     if len(c) == 1 and d.subcomponent in first:  # NDL: CNN is carried in subcomponents of NDL.1
@@ -168,20 +190,21 @@ def xcn(raw: str, d: Delimiters, base: str, fallback_system: str) -> Person | No
     vals = [unescape(p, d).strip() for p in c]
     ident = vals[0] if vals else ""
     family = _first_sub(c[1], d) if len(c) > 1 else ""  # XCN.2 (FN): surname is its first subcomponent
-    given = [g for g in (vals[2] if len(vals) > 2 else "", vals[3] if len(vals) > 3 else "") if g]
-    suffix = [s for s in (vals[4] if len(vals) > 4 else "", vals[6] if len(vals) > 6 else "") if s]
-    prefix = [vals[5]] if len(vals) > 5 and vals[5] else []
+    given = tuple(g for g in (vals[2] if len(vals) > 2 else "", vals[3] if len(vals) > 3 else "") if g)
+    suffix = tuple(s for s in (vals[4] if len(vals) > 4 else "", vals[6] if len(vals) > 6 else "") if s)
+    prefix = (vals[5],) if len(vals) > 5 and vals[5] else ()
     if family.lower().startswith("unk") and not ident.strip("^"):
         family = ""
-    person = Person(family=family or None, given=given, prefix=prefix, suffix=suffix)
+    text: str | None = None
+    identifier: Ident | None = None
     if ident and not (len(c) == 2 and "," in ident):
         system = hd_system(c[8], d, base, d.subcomponent) if len(c) > 8 and c[8] else None
-        person.identifiers.append(Ident(system=system or fallback_system, value=ident))
+        identifier = Ident(system=system or fallback_system, value=ident)
     elif ident and not family:
-        person.text = ident  # "01^LOCHLEAR, JUDY"-style: a name in the id component
-    if not person.has_name() and not person.identifiers:
+        text = ident  # "01^LOCHLEAR, JUDY"-style: a name in the id component
+    if not (family or given or text) and identifier is None:
         return None
-    return person
+    return family or None, given, prefix, suffix, text, identifier
 
 
 _DTM = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\.\d{1,4})?([+-]\d{4})?$")

@@ -238,8 +238,12 @@ _LABEL_WORDS = {
 
 
 def _text_lines(raw5: str, vtype: str, d: Delimiters, charset: str) -> list[str]:
-    if vtype not in _CODED and d.repetition not in raw5 and d.escape not in raw5 and (d.clean or raw5.isprintable()):
-        return [raw5.rstrip()]  # the common dictated line: nothing to split, decode or clean
+    if vtype not in _CODED and d.escape not in raw5:
+        if d.repetition not in raw5 and (d.clean or raw5.isprintable()):
+            return [raw5.rstrip()]  # the common dictated line: nothing to split, decode or clean
+        if raw5.isprintable() or (d.clean and "\n" not in raw5 and "\r" not in raw5):
+            # repetitions without escapes or line breaks: one line each, nothing to decode or clean
+            return [line.rstrip() for line in raw5.split(d.repetition)]
     lines: list[str] = []
     for rep in repetitions(raw5, d) or [""]:
         if vtype in ("CE", "CWE", "CNE", "CF"):
