@@ -183,6 +183,7 @@ def _safe(name: str) -> str:
     return name if name.isalnum() else "?"
 
 
+@functools.lru_cache(maxsize=64)  # pure and immutable; a feed declares the same MSH-1/MSH-2 on every message
 def _delimiters(fs: str, enc: str) -> Delimiters:
     """MSH-2 declares, in order, the component, repetition, escape and subcomponent characters (v2.5.1
     2.5.4; a fifth, the v2.7 truncation character, is ignored). MSH-2 may declare fewer: the missing ones

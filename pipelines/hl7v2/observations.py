@@ -63,6 +63,7 @@ def read_observations(obx_rows: list[list[str]], d: Delimiters, base: str, chars
     kinds: dict[tuple[str, str], _Obx3] = {}  # OBX-2/OBX-3 repeat on every line of a section: classify once
     skipping = False  # NTE comments of a retracted OBX are retracted with it
     rep, esc, clean = d.repetition, d.escape, d.clean
+    observations = 0
     for n, obx in enumerate(obx_rows, start=1):
         if obx[0] == "NTE":  # NTE-3 comment: narrative of the section of the row it follows
             if skipping:
@@ -83,7 +84,7 @@ def read_observations(obx_rows: list[list[str]], d: Delimiters, base: str, chars
         if skipping:
             out.retracted += 1
             continue
-        out.observations += 1
+        observations += 1
         raw2 = obx[2] if size > 2 else ""
         raw3 = obx[3] if size > 3 else ""
         kind = kinds.get((raw2, raw3))
@@ -113,19 +114,26 @@ def read_observations(obx_rows: list[list[str]], d: Delimiters, base: str, chars
             # the common dictated line: nothing to split, decode or clean (the fast path of _text_lines)
             plain = rep not in raw5 and esc not in raw5 and (clean or raw5.isprintable())
         if is_text:
-            for i, line in enumerate((raw5.rstrip(),) if plain else _text_lines(raw5, vtype, d, charset)):
-                key = section
-                if key is None:  # untagged row: heading lines ("IMPRESSION:") switch the section
+            lines = [raw5.rstrip()] if plain else _text_lines(raw5, vtype, d, charset)
+            if section is not None:  # a tagged row (OBX-3 suffix or code): every line goes to its section
+                bucket = texts.get(section)
+                if bucket is None:
+                    bucket = texts[section] = []
+                    order.append(section)
+                bucket.extend(lines)
+                last = section
+            else:
+                for i, line in enumerate(lines):  # untagged: heading lines ("IMPRESSION:") switch the section
                     heading = section_for_heading(line) or (_leading_word(line) if i == 0 else None)
                     if heading is not None:
                         current = heading[0]
                     key = current or "report"
-                bucket = texts.get(key)
-                if bucket is None:
-                    bucket = texts[key] = []
-                    order.append(key)
-                bucket.append(line)
-                last = key
+                    bucket = texts.get(key)
+                    if bucket is None:
+                        bucket = texts[key] = []
+                        order.append(key)
+                    bucket.append(line)
+                    last = key
             if status:
                 out.text_statuses.append(status)
             continue
@@ -139,6 +147,7 @@ def read_observations(obx_rows: list[list[str]], d: Delimiters, base: str, chars
                 words = finding.value_concept.text or next((c.display for c in finding.value_concept.codings), None)
                 if words:
                     texts[section].append(words)
+    out.observations = observations
     for key in order:
         text = "\n".join(texts[key]).strip("\n")
         if text.strip():

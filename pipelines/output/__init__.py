@@ -20,9 +20,6 @@ __all__ = ["serialize", "shape", "shape_document_model", "shape_harmonized_model
 
 def shape_document_model(report: Report) -> tuple[dict[str, Any], str]:
     """The ``document`` model: (Bundle, kind) with kind "document" or "minimal"."""
-    from pipelines.output.document import shape_document, wants_minimal
-    from pipelines.output.minimal import shape_minimal
-
     # Both shapers mark uncertain dateTimes (report.timezone_assumed) while they build the entries.
     if wants_minimal(report):
         return shape_minimal(report), "minimal"
@@ -89,3 +86,9 @@ def serialize(resource: dict[str, Any]) -> bytes:
     if out and _SMALL not in out and _DIFFERENT.search(out) is None:
         return out
     return json.dumps(resource, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+# Imported last (they import this package's submodules): bound once here rather than on every call of the
+# hot path (an import statement in a function costs a module look-up per call).
+from pipelines.output.document import shape_document, wants_minimal  # noqa: E402
+from pipelines.output.minimal import shape_minimal  # noqa: E402
