@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __all__ = [
     "ENTRY_TYPES",
+    "LONGEST_HEADING",
     "MANDATORY",
     "SECTIONS",
     "entry_allowed",
@@ -114,6 +115,9 @@ def entry_section(section: str, resource: dict[str, object]) -> str:
 
 
 _LONGEST = max(len(k) for k in _HEADINGS)
+#: Length of the longest heading word: a longer line with no colon, not indented and not ending in "." is never
+#: a heading (:func:`section_for_heading` returns None for it; callers may skip the call).
+LONGEST_HEADING = _LONGEST
 
 
 def section_for_code(code: str) -> str | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pipelines.common.model import Report
 from pipelines.context import MappingContext
 from pipelines.errors import ParseError
-from pipelines.hl7v2.er7 import Delimiters, decode_message, parse_message
+from pipelines.hl7v2.er7 import clean_delimiters, decode_message, parse_message
 from pipelines.hl7v2.framing import Chunk, split_stream
 from pipelines.hl7v2.oru import map_oru
 
@@ -27,8 +27,7 @@ def map_message(raw: bytes, ctx: MappingContext) -> list[Report]:
     msg.charset = codec
     if len(raw.translate(None, _CONTROL_BYTES)) == len(raw):
         # No control character anywhere (the usual message): decoded leaves are clean without a check.
-        d = msg.delimiters
-        msg.delimiters = Delimiters(d.field, d.component, d.repetition, d.escape, d.subcomponent, clean=True)
+        msg.delimiters = clean_delimiters(msg.delimiters)
     return map_oru(msg, ctx)
 
 

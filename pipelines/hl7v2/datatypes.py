@@ -210,7 +210,8 @@ def _xcn(raw: str, d: Delimiters, base: str, fallback_system: str) -> _XcnParts 
 _DTM = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\.\d{1,4})?([+-]\d{4})?$")
 
 
-def _split_dtm(raw: str) -> tuple[list[str], str | None] | None:
+@functools.lru_cache(maxsize=4096)  # pure; the three readings below share one parse of each value
+def _split_dtm(raw: str) -> tuple[tuple[str, ...], str | None] | None:
     value = raw.strip().split(" ")[0]
     m = _DTM.match(value)
     if not m:
@@ -224,7 +225,7 @@ def _split_dtm(raw: str) -> tuple[list[str], str | None] | None:
     if frac and second:
         parts[-1] += frac
     offset = f"{tz[:3]}:{tz[3:]}" if tz else None
-    return parts, offset
+    return tuple(parts), offset
 
 
 @functools.lru_cache(maxsize=4096)  # pure; MSH-7/OBR-7/OBR-22 recur within and across messages
@@ -247,7 +248,7 @@ def dtm_datetime(raw: str, default_offset: str) -> str | None:
     if len(p) <= 3:
         return date
     while len(p) < 6:  # FHIR dateTime: a time has hours, minutes and seconds
-        p = [*p, "00"]
+        p = (*p, "00")
     time = ":".join(p[3:6])
     return f"{date}T{time}{offset or default_offset}"
 
@@ -258,7 +259,8 @@ def dtm_instant(raw: str, default_offset: str) -> str | None:
     split = _split_dtm(raw)
     if split is None or len(split[0]) < 3:
         return None
-    p, offset = split
+    p = list(split[0])
+    offset = split[1]
     while len(p) < 6:
         p.append("00")
     return f"{p[0]}-{p[1]}-{p[2]}T{p[3]}:{p[4]}:{p[5]}{offset or default_offset}"

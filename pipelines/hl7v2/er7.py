@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from pipelines.errors import ParseError
 
-__all__ = ["CHARSETS", "NONE", "Delimiters", "Message", "decode_message", "parse_message"]
+__all__ = ["CHARSETS", "NONE", "Delimiters", "Message", "clean_delimiters", "decode_message", "parse_message"]
 
 #: Stands for a delimiter that MSH-2 does not declare. NUL never occurs in tokenized text (``map_message``
 #: drops stray NUL bytes, :func:`parse_message` rejects text holding one), so splitting on it splits nothing
@@ -95,6 +95,13 @@ class Message:
             if seg[0] == name:
                 return seg
         return None
+
+
+@functools.lru_cache(maxsize=64)
+def clean_delimiters(d: Delimiters) -> Delimiters:
+    """``d`` with ``clean`` set (the message holds no control character but TAB/CR/LF); one shared object per
+    delimiter set, so the caches keyed on delimiters compare them by identity."""
+    return Delimiters(d.field, d.component, d.repetition, d.escape, d.subcomponent, clean=True)
 
 
 def decode_message(raw: bytes) -> tuple[str, str]:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from pipelines.common.ids import uid_ok
 from pipelines.common.model import Attachment, Coding, Concept, Finding, Section
-from pipelines.common.sections import section_for_code, section_for_heading
+from pipelines.common.sections import LONGEST_HEADING, section_for_code, section_for_heading
 from pipelines.common.terminology import tho_code
 from pipelines.hl7v2 import datatypes as dt
 from pipelines.hl7v2.er7 import Delimiters
@@ -124,7 +124,14 @@ def read_observations(obx_rows: list[list[str]], d: Delimiters, base: str, chars
                 last = section
             else:
                 for i, line in enumerate(lines):  # untagged: heading lines ("IMPRESSION:") switch the section
-                    heading = section_for_heading(line) or (_leading_word(line) if i == 0 else None)
+                    # a long dictated line with no colon, not indented and not ending in "." is never a
+                    # heading (section_for_heading's own answer, without the call; lines are right-stripped)
+                    prose = (
+                        len(line) > LONGEST_HEADING and ":" not in line and line[-1] != "." and not line[0].isspace()
+                    )
+                    heading = None if prose else section_for_heading(line)
+                    if heading is None and i == 0:
+                        heading = _leading_word(line)
                     if heading is not None:
                         current = heading[0]
                     key = current or "report"
