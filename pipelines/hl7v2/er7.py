@@ -154,8 +154,10 @@ def parse_message(text: str) -> Message:
         raise ParseError("MSH-2 encoding characters are missing")
     delims = _delimiters(fs, text[4:enc_end])
     lines = _segment_lines(text, fs)
+    if _has_continuations("\r".join(lines), fs):
+        lines = _join_continuations(lines, fs)
     segments: list[list[str]] = []
-    for line in _join_continuations(lines, fs):
+    for line in lines:
         if line[3:4] != fs or not line[:3].isalnum():  # not the usual "XXX|...": check it
             if len(line) < 3 or not line[:3].isalnum():
                 if line.strip():
@@ -172,6 +174,18 @@ def parse_message(text: str) -> Message:
     if len(segments) < 2:
         raise ParseError("truncated message: only an MSH segment")
     return Message(segments=segments, delimiters=delims, charset="")
+
+
+@functools.lru_cache(maxsize=32)
+def _continuation_pattern(fs: str) -> re.Pattern[str]:
+    """A line after a segment end that does not start with an (ASCII) id and the field separator."""
+    return re.compile(r"\r(?![A-Za-z0-9]{3}" + re.escape(fs) + r")[^\r]{4}")
+
+
+def _has_continuations(joined: str, fs: str) -> bool:
+    """Could :func:`_join_continuations` change anything? One regex pass that stops only at segment ends; a
+    "yes" for a non-ASCII id (``isalnum`` takes it) only costs the exact check."""
+    return _continuation_pattern(fs).search(joined) is not None
 
 
 def _join_continuations(lines: list[str], fs: str) -> list[str]:
