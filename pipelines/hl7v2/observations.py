@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from pipelines.common.ids import uid_ok
 from pipelines.common.model import Attachment, Coding, Concept, Finding, Section
@@ -124,10 +125,12 @@ def read_observations(obx_rows: list[list[str]], d: Delimiters, base: str, chars
                 last = section
             else:
                 for i, line in enumerate(lines):  # untagged: heading lines ("IMPRESSION:") switch the section
-                    # a long dictated line with no colon, not indented and not ending in "." is never a
-                    # heading (section_for_heading's own answer, without the call; lines are right-stripped)
-                    prose = (
-                        len(line) > LONGEST_HEADING and ":" not in line and line[-1] != "." and not line[0].isspace()
+                    # A line that is not indented (lines are right-stripped) is never a heading when its first
+                    # colon comes after 40 characters, or when it has none, is longer than any heading word and
+                    # does not end in "." (section_for_heading's own answer, without the call).
+                    colon = line.find(":")
+                    prose = bool(line) and not line[0].isspace() and (
+                        colon > 40 or (colon < 0 and len(line) > LONGEST_HEADING and line[-1] != ".")
                     )
                     heading = None if prose else section_for_heading(line)
                     if heading is None and i == 0:
@@ -171,6 +174,7 @@ _PLAIN_VALUES = _TEXT_TYPES | frozenset({"DT", "TM", "DTM", "TS", "ID", "IS", ""
 _Obx3 = tuple[str, str | None, bool, bool, bool]
 
 
+@lru_cache(maxsize=4096)  # pure and immutable; a feed repeats its OBX-2/OBX-3 pairs on every message
 def _classify(raw2: str, raw3: str, d: Delimiters) -> _Obx3:
     vtype = raw2.split(d.component)[0].strip().upper()
     c3 = raw3.split(d.component)

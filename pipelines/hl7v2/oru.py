@@ -26,7 +26,7 @@ from pipelines.errors import InvalidReport, MappingError, RetractedContent, Stat
 from pipelines.hl7v2 import classify
 from pipelines.hl7v2 import datatypes as dt
 from pipelines.hl7v2.er7 import Delimiters, Message
-from pipelines.hl7v2.fields import component, leaf
+from pipelines.hl7v2.fields import component, leaf, unescape
 from pipelines.hl7v2.fields import field as fld
 from pipelines.hl7v2.groups import OrderGroup, split_groups
 from pipelines.hl7v2.observations import GroupContent, read_observations
@@ -237,7 +237,7 @@ def _organization(
 
 def _ei(raw: str, d: Delimiters, base: str, default_system: str, type_code: str) -> Ident | None:
     parts = raw.split(d.repetition)[0].split(d.component)
-    value = component(raw, d, 1).strip()
+    value = unescape(parts[0], d).strip()  # component 1 (the entity identifier), split before unescaping
     if not value:
         return None
     hd = d.subcomponent.join(parts[1:4]) if len(parts) > 1 else ""

@@ -32,7 +32,7 @@ from pipelines.output.parts import (
     resolve_extras,
 )
 from pipelines.output.sections import build_sections
-from pipelines.output.timezone import mark_resource
+from pipelines.output.timezone import MARKED_TYPES, mark_resource
 
 __all__ = ["bundle_id", "shape_document", "wants_minimal"]
 
@@ -90,7 +90,7 @@ def _unique(entries: list[tuple[str, dict[str, Any]]], uncertain: bool) -> list[
     for url, res in entries:
         if url not in seen:
             seen.add(url)
-            if uncertain:
+            if uncertain and res.get("resourceType") in MARKED_TYPES:
                 mark_resource(res)
             out.append({"fullUrl": url, "resource": res})
     return out

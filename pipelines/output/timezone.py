@@ -8,7 +8,7 @@ import functools
 from datetime import datetime, timedelta
 from typing import Any
 
-__all__ = ["mark_resource", "mark_uncertain"]
+__all__ = ["MARKED_TYPES", "mark_resource", "mark_uncertain"]
 
 URL = "http://hl7.org/fhir/StructureDefinition/uncertainPeriod"
 
@@ -20,6 +20,8 @@ _ELEMENTS = {
     "ImagingStudy": ("started",),
     "ServiceRequest": ("authoredOn",),
 }
+#: Resource types :func:`mark_resource` may change (the others are left as they are).
+MARKED_TYPES = frozenset(_ELEMENTS)
 
 
 def mark_uncertain(bundle: dict[str, Any]) -> None:
