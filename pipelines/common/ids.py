@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import uuid
@@ -43,6 +44,7 @@ def hashed_key(system: str, value: str) -> str:
 _SLUG = re.compile(r"[^A-Za-z0-9._-]+")
 
 
+@functools.lru_cache(maxsize=1024)  # pure; a feed repeats its facility and authority names
 def slug(value: str) -> str:
     """A URI-safe path segment for a namespace name (e.g. an HD namespace id like ``ABC HOSP``)."""
     cleaned = _SLUG.sub("-", value.strip()).strip("-")

@@ -31,6 +31,7 @@ from pipelines.output.parts import (
     report_code,
     resolve_extras,
 )
+from pipelines.output.resources import _observation_status
 from pipelines.output.sections import build_sections
 from pipelines.output.timezone import MARKED_TYPES, mark_resource
 
@@ -124,8 +125,6 @@ def _anchor(report: Report, parts: Parts) -> tuple[str, dict[str, Any]]:
 
 
 def _obs_status(status: str) -> str:
-    from pipelines.output.resources import _observation_status
-
     return _observation_status(status)
 
 
