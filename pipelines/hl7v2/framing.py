@@ -34,7 +34,7 @@ class Chunk:
 
 def split_stream(data: bytes) -> list[Chunk]:
     """Return the messages (and non-message junk) of ``data`` in order."""
-    if _LOG_SB in data:
+    if b"<" in data and _LOG_SB in data:  # one memchr first: most streams hold no "<" at all
         return _logged_frames(data)
     if _VT in data and _FS in data:
         chunks: list[Chunk] = []
