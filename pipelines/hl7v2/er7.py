@@ -11,6 +11,7 @@ strings indexed by HL7 field number (``seg[3]`` is field 3; for MSH, ``seg[1]`` 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 from dataclasses import dataclass
@@ -80,6 +81,19 @@ class Delimiters:
     escape: str = "\\"
     subcomponent: str = "&"
     clean: bool = False  # the message holds no control character but TAB/CR/LF: raw leaves need no cleaning
+    # The hash, computed once: delimiters key the field caches (CWE, XCN, HD, OBX-3), hashed ~10x a message.
+    _hash: int = dataclasses.field(default=0, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        key = (self.field, self.component, self.repetition, self.escape, self.subcomponent, self.clean)
+        object.__setattr__(self, "_hash", hash(key))
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __reduce__(self) -> tuple[type[Delimiters], tuple[str, str, str, str, str, bool]]:
+        # rebuilt through __init__, so another process (another hash seed) computes its own hash
+        return Delimiters, (self.field, self.component, self.repetition, self.escape, self.subcomponent, self.clean)
 
 
 @dataclass(slots=True)
