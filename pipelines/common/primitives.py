@@ -212,7 +212,8 @@ def decimal(value: float | int) -> float | int | None:
 def narrative_div(text: str, heading: str | None = None, *, clean: bool = False) -> str:
     """An XHTML ``div`` (FHIR narrative) from plain text: clean text (``clean=True``: the caller passes text
     that already went through :func:`clean_text`), XML-escaped, lines joined by ``<br/>``."""
-    body = "<br/>".join([_xml_escape(line, quote=False) for line in (text if clean else clean_text(text)).split("\n")])
+    # Escaping the whole text once equals escaping each line: quote=False touches only & < >, never a line feed.
+    body = _xml_escape(text if clean else clean_text(text), quote=False).replace("\n", "<br/>")
     if heading:
         body = f"<p><b>{_xml_escape(clean_text(heading), quote=False)}</b></p><p>{body}</p>"
     return f'<div xmlns="http://www.w3.org/1999/xhtml">{body}</div>'

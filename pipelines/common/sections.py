@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __all__ = [
     "ENTRY_TYPES",
+    "LONGEST_HEADING",
     "MANDATORY",
     "SECTIONS",
     "entry_allowed",
@@ -114,6 +115,9 @@ def entry_section(section: str, resource: dict[str, object]) -> str:
 
 
 _LONGEST = max(len(k) for k in _HEADINGS)
+#: Length of the longest heading word: a longer line with no colon, not indented and not ending in "." is never
+#: a heading (:func:`section_for_heading` returns None for it; callers may skip the call).
+LONGEST_HEADING = _LONGEST
 
 
 def section_for_code(code: str) -> str | None:
@@ -124,10 +128,14 @@ def section_for_heading(line: str) -> tuple[str, str] | None:
     """If ``line`` starts with a known heading word followed by ':' (or is only the heading), return
     (section key, rest of the line)."""
     stripped = line.strip()
-    head, sep, rest = stripped.partition(":")
-    if not sep:  # a heading alone on its line ("FINDINGS", "Impression."): short
+    colon = stripped.find(":")
+    if colon < 0:  # a heading alone on its line ("FINDINGS", "Impression."): short
+        if len(stripped) > _LONGEST and stripped[-1:] != ".":
+            return None  # the usual dictated line: too long for a heading word (fast path)
         core = stripped.rstrip(".")
         key = _HEADINGS.get(core.lower()) if len(core) <= _LONGEST else None
         return (key, "") if key else None
-    key = _HEADINGS.get(head.strip().lower()) if len(head) <= 40 else None
-    return (key, rest.strip()) if key else None
+    if colon > 40:
+        return None
+    key = _HEADINGS.get(stripped[:colon].strip().lower())
+    return (key, stripped[colon + 1 :].strip()) if key else None

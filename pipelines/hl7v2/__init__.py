@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from pipelines.common.model import Report
 from pipelines.context import MappingContext
 from pipelines.errors import ParseError
-from pipelines.hl7v2.er7 import decode_message, parse_message
+from pipelines.hl7v2.er7 import clean_delimiters, decode_message, parse_message
 from pipelines.hl7v2.framing import Chunk, split_stream
 from pipelines.hl7v2.oru import map_oru
 
@@ -29,7 +27,7 @@ def map_message(raw: bytes, ctx: MappingContext) -> list[Report]:
     msg.charset = codec
     if len(raw.translate(None, _CONTROL_BYTES)) == len(raw):
         # No control character anywhere (the usual message): decoded leaves are clean without a check.
-        msg.delimiters = replace(msg.delimiters, clean=True)
+        msg.delimiters = clean_delimiters(msg.delimiters)
     return map_oru(msg, ctx)
 
 

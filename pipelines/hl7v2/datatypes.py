@@ -80,10 +80,12 @@ def checked_system(designator: str, code: str, base: str) -> str | None:
     return f"{base}/codesystem/{slug(designator)}"
 
 
+@lru_cache(maxsize=4096)
 def cwe(raw: str, d: Delimiters, base: str) -> Concept:
     """CWE/CE -> Concept: triplets 1 and 2 as codings, CWE.9 (or a code-less display) as text. Components are
     split (and CWE.1 into its subcomponents) before unescaping; a code goes under the designator's standard
-    system only when valid there (:func:`checked_system`)."""
+    system only when valid there (:func:`checked_system`). Pure and immutable, so cached: a feed repeats its
+    procedure, reason and observation codes."""
     c = components(raw, d)
 
     def part(i: int) -> str:
@@ -158,9 +160,29 @@ def xpn(raw: str, d: Delimiters) -> tuple[str | None, list[str], list[str], list
 
 
 def xcn(raw: str, d: Delimiters, base: str, fallback_system: str) -> Person | None:
-    """XCN/CNN/NDL.1 -> Person: XCN.1 id (XCN.9 authority), XCN.2-6 name (v2-to-FHIR XCN[Practitioner])."""
+    """XCN/CNN/NDL.1 -> Person: XCN.1 id (XCN.9 authority), XCN.2-6 name (v2-to-FHIR XCN[Practitioner]).
+    A new (mutable) Person each call, built from the cached reading of the field."""
     if not raw:
         return None
+    parsed = _xcn(raw, d, base, fallback_system)
+    if parsed is None:
+        return None
+    family, given, prefix, suffix, text, ident = parsed
+    return Person(
+        identifiers=[ident] if ident is not None else [],
+        family=family,
+        given=list(given),
+        prefix=list(prefix),
+        suffix=list(suffix),
+        text=text,
+    )
+
+
+_XcnParts = tuple[str | None, tuple[str, ...], tuple[str, ...], tuple[str, ...], str | None, Ident | None]
+
+
+@lru_cache(maxsize=4096)  # pure; a feed repeats its radiologists and requesters on every message
+def _xcn(raw: str, d: Delimiters, base: str, fallback_system: str) -> _XcnParts | None:
     first = raw.split(d.repetition, 1)[0]
     c = first.split(d.component)
     if len(c) == 1 and d.subcomponent in first:  # NDL: CNN is carried in subcomponents of NDL.1
@@ -168,26 +190,28 @@ def xcn(raw: str, d: Delimiters, base: str, fallback_system: str) -> Person | No
     vals = [unescape(p, d).strip() for p in c]
     ident = vals[0] if vals else ""
     family = _first_sub(c[1], d) if len(c) > 1 else ""  # XCN.2 (FN): surname is its first subcomponent
-    given = [g for g in (vals[2] if len(vals) > 2 else "", vals[3] if len(vals) > 3 else "") if g]
-    suffix = [s for s in (vals[4] if len(vals) > 4 else "", vals[6] if len(vals) > 6 else "") if s]
-    prefix = [vals[5]] if len(vals) > 5 and vals[5] else []
+    given = tuple(g for g in (vals[2] if len(vals) > 2 else "", vals[3] if len(vals) > 3 else "") if g)
+    suffix = tuple(s for s in (vals[4] if len(vals) > 4 else "", vals[6] if len(vals) > 6 else "") if s)
+    prefix = (vals[5],) if len(vals) > 5 and vals[5] else ()
     if family.lower().startswith("unk") and not ident.strip("^"):
         family = ""
-    person = Person(family=family or None, given=given, prefix=prefix, suffix=suffix)
+    text: str | None = None
+    identifier: Ident | None = None
     if ident and not (len(c) == 2 and "," in ident):
         system = hd_system(c[8], d, base, d.subcomponent) if len(c) > 8 and c[8] else None
-        person.identifiers.append(Ident(system=system or fallback_system, value=ident))
+        identifier = Ident(system=system or fallback_system, value=ident)
     elif ident and not family:
-        person.text = ident  # "01^LOCHLEAR, JUDY"-style: a name in the id component
-    if not person.has_name() and not person.identifiers:
+        text = ident  # "01^LOCHLEAR, JUDY"-style: a name in the id component
+    if not (family or given or text) and identifier is None:
         return None
-    return person
+    return family or None, given, prefix, suffix, text, identifier
 
 
 _DTM = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\.\d{1,4})?([+-]\d{4})?$")
 
 
-def _split_dtm(raw: str) -> tuple[list[str], str | None] | None:
+@functools.lru_cache(maxsize=4096)  # pure; the three readings below share one parse of each value
+def _split_dtm(raw: str) -> tuple[tuple[str, ...], str | None] | None:
     value = raw.strip().split(" ")[0]
     m = _DTM.match(value)
     if not m:
@@ -201,7 +225,7 @@ def _split_dtm(raw: str) -> tuple[list[str], str | None] | None:
     if frac and second:
         parts[-1] += frac
     offset = f"{tz[:3]}:{tz[3:]}" if tz else None
-    return parts, offset
+    return tuple(parts), offset
 
 
 @functools.lru_cache(maxsize=4096)  # pure; MSH-7/OBR-7/OBR-22 recur within and across messages
@@ -224,7 +248,7 @@ def dtm_datetime(raw: str, default_offset: str) -> str | None:
     if len(p) <= 3:
         return date
     while len(p) < 6:  # FHIR dateTime: a time has hours, minutes and seconds
-        p = [*p, "00"]
+        p = (*p, "00")
     time = ":".join(p[3:6])
     return f"{date}T{time}{offset or default_offset}"
 
@@ -235,7 +259,8 @@ def dtm_instant(raw: str, default_offset: str) -> str | None:
     split = _split_dtm(raw)
     if split is None or len(split[0]) < 3:
         return None
-    p, offset = split
+    p = list(split[0])
+    offset = split[1]
     while len(p) < 6:
         p.append("00")
     return f"{p[0]}-{p[1]}-{p[2]}T{p[3]}:{p[4]}:{p[5]}{offset or default_offset}"

@@ -11,13 +11,14 @@ strings indexed by HL7 field number (``seg[3]`` is field 3; for MSH, ``seg[1]`` 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 from dataclasses import dataclass
 
 from pipelines.errors import ParseError
 
-__all__ = ["CHARSETS", "NONE", "Delimiters", "Message", "decode_message", "parse_message"]
+__all__ = ["CHARSETS", "NONE", "Delimiters", "Message", "clean_delimiters", "decode_message", "parse_message"]
 
 #: Stands for a delimiter that MSH-2 does not declare. NUL never occurs in tokenized text (``map_message``
 #: drops stray NUL bytes, :func:`parse_message` rejects text holding one), so splitting on it splits nothing
@@ -80,6 +81,19 @@ class Delimiters:
     escape: str = "\\"
     subcomponent: str = "&"
     clean: bool = False  # the message holds no control character but TAB/CR/LF: raw leaves need no cleaning
+    # The hash, computed once: delimiters key the field caches (CWE, XCN, HD, OBX-3), hashed ~10x a message.
+    _hash: int = dataclasses.field(default=0, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        key = (self.field, self.component, self.repetition, self.escape, self.subcomponent, self.clean)
+        object.__setattr__(self, "_hash", hash(key))
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __reduce__(self) -> tuple[type[Delimiters], tuple[str, str, str, str, str, bool]]:
+        # rebuilt through __init__, so another process (another hash seed) computes its own hash
+        return Delimiters, (self.field, self.component, self.repetition, self.escape, self.subcomponent, self.clean)
 
 
 @dataclass(slots=True)
@@ -95,6 +109,13 @@ class Message:
             if seg[0] == name:
                 return seg
         return None
+
+
+@functools.lru_cache(maxsize=64)
+def clean_delimiters(d: Delimiters) -> Delimiters:
+    """``d`` with ``clean`` set (the message holds no control character but TAB/CR/LF); one shared object per
+    delimiter set, so the caches keyed on delimiters compare them by identity."""
+    return Delimiters(d.field, d.component, d.repetition, d.escape, d.subcomponent, clean=True)
 
 
 def decode_message(raw: bytes) -> tuple[str, str]:
@@ -147,14 +168,19 @@ def parse_message(text: str) -> Message:
         raise ParseError("MSH-2 encoding characters are missing")
     delims = _delimiters(fs, text[4:enc_end])
     lines = _segment_lines(text, fs)
+    if _has_continuations("\r".join(lines), fs):
+        lines = _join_continuations(lines, fs)
     segments: list[list[str]] = []
-    for line in _join_continuations(lines, fs):
-        if len(line) < 3 or not line[:3].isalnum():
-            if line.strip():
-                raise ParseError(f"segment {len(segments) + 1} is not a valid segment (no 3-character id)")
-            continue
-        if len(line) > 3 and line[3] != fs:
-            raise ParseError(f"segment {len(segments) + 1} ({_safe(line[:3])}) has no field separator after its id")
+    for line in lines:
+        if line[3:4] != fs or not line[:3].isalnum():  # not the usual "XXX|...": check it
+            if len(line) < 3 or not line[:3].isalnum():
+                if line.strip():
+                    raise ParseError(f"segment {len(segments) + 1} is not a valid segment (no 3-character id)")
+                continue
+            if len(line) > 3 and line[3] != fs:
+                raise ParseError(
+                    f"segment {len(segments) + 1} ({_safe(line[:3])}) has no field separator after its id"
+                )
         parts = line.split(fs)
         if parts[0] == "MSH":
             parts.insert(1, fs)
@@ -164,12 +190,24 @@ def parse_message(text: str) -> Message:
     return Message(segments=segments, delimiters=delims, charset="")
 
 
+@functools.lru_cache(maxsize=32)
+def _continuation_pattern(fs: str) -> re.Pattern[str]:
+    """A line after a segment end that does not start with an (ASCII) id and the field separator."""
+    return re.compile(r"\r(?![A-Za-z0-9]{3}" + re.escape(fs) + r")[^\r]{4}")
+
+
+def _has_continuations(joined: str, fs: str) -> bool:
+    """Could :func:`_join_continuations` change anything? One regex pass that stops only at segment ends; a
+    "yes" for a non-ASCII id (``isalnum`` takes it) only costs the exact check."""
+    return _continuation_pattern(fs).search(joined) is not None
+
+
 def _join_continuations(lines: list[str], fs: str) -> list[str]:
     """Senders that wrap long segments (base64 ED data, long text) put the rest on a new line that does not
     start with a segment id and field separator: glue it back to its segment (with a line feed)."""
     out: list[str] = []
     for line in lines:
-        if out and line and not (len(line) >= 4 and line[:3].isalnum() and line[3] == fs) and line != line[:3]:
+        if len(line) > 3 and (line[3] != fs or not line[:3].isalnum()) and out:
             out[-1] = out[-1] + "\n" + line
         else:
             out.append(line)
@@ -180,6 +218,7 @@ def _safe(name: str) -> str:
     return name if name.isalnum() else "?"
 
 
+@functools.lru_cache(maxsize=64)  # pure and immutable; a feed declares the same MSH-1/MSH-2 on every message
 def _delimiters(fs: str, enc: str) -> Delimiters:
     """MSH-2 declares, in order, the component, repetition, escape and subcomponent characters (v2.5.1
     2.5.4; a fifth, the v2.7 truncation character, is ignored). MSH-2 may declare fewer: the missing ones
@@ -199,6 +238,7 @@ def _delimiters(fs: str, enc: str) -> Delimiters:
 
 
 _KNOWN_IDS = re.compile("(?:" + _KNOWN_SEGMENTS + ")")
+_KNOWN_ID_BYTES = re.compile(("(?:" + _KNOWN_SEGMENTS + ")").encode("ascii"))
 
 
 @functools.lru_cache(maxsize=32)
@@ -212,9 +252,43 @@ def _glue_patterns(fs: str) -> tuple[re.Pattern[str], re.Pattern[str]]:
     return prefilter, glued
 
 
+@functools.lru_cache(maxsize=32)
+def _glue_table(fs: str) -> bytes | None:
+    """A ``bytes.translate`` table for :func:`_maybe_glued`: A-Z and 0-9 -> ``A``, space and TAB -> `` ``,
+    ``>`` stays, the field separator -> ``|``, every other byte -> ``.``. None for a separator it cannot mark."""
+    if len(fs.encode("utf-8")) != 1 or fs in " \t>" or fs.isalnum():
+        return None
+    table = bytearray(b"." * 256)
+    for c in b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789":
+        table[c] = ord("A")
+    table[ord(" ")] = table[ord("\t")] = ord(" ")
+    table[ord(">")] = ord(">")
+    table[ord(fs)] = ord("|")
+    return bytes(table)
+
+
+def _maybe_glued(text: str, fs: str) -> bool:
+    """A necessary condition for a glued segment, found with C passes: a space, TAB or ``>`` (of ``<cr>``), then
+    a known segment id, then the field separator. True when it cannot tell (an unusual separator)."""
+    table = _glue_table(fs)
+    if table is None:
+        return True
+    data = text.encode("utf-8", "surrogatepass")
+    marks = data.translate(table)
+    for needle in (b" AAA|", b">AAA|"):
+        i = marks.find(needle)
+        while i >= 0:
+            if _KNOWN_ID_BYTES.fullmatch(data, i + 1, i + 4) is not None:
+                return True
+            i = marks.find(needle, i + 1)
+    return False
+
+
 def _segment_lines(text: str, fs: str) -> list[str]:
     text = text.replace("\r\n", "\r").replace("\n", "\r")
     lines = text.split("\r")
+    if not _maybe_glued(text, fs):
+        return lines  # the common case: no glued segments anywhere
     prefilter, glued = _glue_patterns(fs)
     if not any(_KNOWN_IDS.fullmatch(text, m.start() - 3, m.start()) for m in prefilter.finditer(text)):
         return lines  # the common case: no glued segments anywhere

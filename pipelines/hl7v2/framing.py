@@ -34,7 +34,7 @@ class Chunk:
 
 def split_stream(data: bytes) -> list[Chunk]:
     """Return the messages (and non-message junk) of ``data`` in order."""
-    if _LOG_SB in data:
+    if b"<" in data and _LOG_SB in data:  # one memchr first: most streams hold no "<" at all
         return _logged_frames(data)
     if _VT in data and _FS in data:
         chunks: list[Chunk] = []
@@ -87,17 +87,22 @@ def _mllp_frames(data: bytes) -> list[bytes]:
 _SEGMENT_STARTS = (b"MSH", b"FHS", b"BHS", b"BTS", b"FTS")
 
 
+_NAMES = frozenset(_SEGMENT_STARTS)
+_LF_TO_CR = bytes.maketrans(b"\n", b"\r")
+
+
 def _starts(data: bytes) -> list[tuple[int, bytes]]:
-    """Offsets of MSH/FHS/BHS/BTS/FTS at the start of the data or of a line (a plain find loop: the hot path)."""
+    """Offsets of MSH/FHS/BHS/BTS/FTS at the start of the data or of a line (the hot path: one C split into
+    lines, then a look at each line's first bytes, instead of one scan of the data per segment name)."""
     found: list[tuple[int, bytes]] = []
-    for name in _SEGMENT_STARTS:
-        pos = data.find(name)
-        while pos >= 0:
-            prev = data[pos - 1 : pos] if pos else b"\n"
-            nxt = data[pos + 3 : pos + 4]
-            if prev in (b"\r", b"\n") and nxt and not nxt.isalnum() and nxt not in (b"\r", b"\n"):
+    pos = 0
+    for line in data.translate(_LF_TO_CR).split(b"\r"):
+        name = line[:3]
+        if name in _NAMES:
+            nxt = line[3:4]  # the byte after the name ('' when the line ends there: no segment)
+            if nxt and not nxt.isalnum():
                 found.append((pos, name))
-            pos = data.find(name, pos + 3)
+        pos += len(line) + 1
     if data.startswith(_BOM):
         for name in _SEGMENT_STARTS:
             if data.startswith(name, 3):

@@ -14,10 +14,11 @@ from __future__ import annotations
 import base64
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from pipelines.common.ids import uid_ok
 from pipelines.common.model import Attachment, Coding, Concept, Finding, Section
-from pipelines.common.sections import section_for_code, section_for_heading
+from pipelines.common.sections import LONGEST_HEADING, section_for_code, section_for_heading
 from pipelines.common.terminology import tho_code
 from pipelines.hl7v2 import datatypes as dt
 from pipelines.hl7v2.er7 import Delimiters
@@ -62,6 +63,8 @@ def read_observations(obx_rows: list[list[str]], d: Delimiters, base: str, chars
     last: str | None = None  # section of the latest OBX row (where a following NTE belongs)
     kinds: dict[tuple[str, str], _Obx3] = {}  # OBX-2/OBX-3 repeat on every line of a section: classify once
     skipping = False  # NTE comments of a retracted OBX are retracted with it
+    rep, esc, clean = d.repetition, d.escape, d.clean
+    observations = 0
     for n, obx in enumerate(obx_rows, start=1):
         if obx[0] == "NTE":  # NTE-3 comment: narrative of the section of the row it follows
             if skipping:
@@ -74,18 +77,22 @@ def read_observations(obx_rows: list[list[str]], d: Delimiters, base: str, chars
                     order.append(note_key)
                 texts[note_key].extend(comment)
             continue
-        status = _result_status(obx)
-        skipping = status in _RETRACTED or (len(status) == 1 and status.upper() in _RETRACTED)
+        size = len(obx)
+        status = obx[11].strip() if size > 11 else ""
+        if not status and size > 10:
+            status = _result_status(obx)  # OBX-11 drifted to OBX-10
+        skipping = status in _RETRACTED_ANY_CASE
         if skipping:
             out.retracted += 1
             continue
-        out.observations += 1
-        raw2, raw3 = fld(obx, 2), fld(obx, 3)
+        observations += 1
+        raw2 = obx[2] if size > 2 else ""
+        raw3 = obx[3] if size > 3 else ""
         kind = kinds.get((raw2, raw3))
         if kind is None:
             kind = kinds[(raw2, raw3)] = _classify(raw2, raw3, d)
         vtype, section, uid_row, study_row, coded_text = kind
-        raw5 = fld(obx, 5)
+        raw5 = obx[5] if size > 5 else ""
         if uid_row:
             if study_row:
                 uid = _uid_value(raw5, d)
@@ -102,22 +109,41 @@ def read_observations(obx_rows: list[list[str]], d: Delimiters, base: str, chars
             continue
         if vtype in _CODED:
             is_text = not raw5.split(d.component, 1)[0].strip()  # CE without a code: text ("^Mass left lobe")
+            plain = False
         else:
             is_text = vtype in _TEXT_TYPES and not coded_text
+            # the common dictated line: nothing to split, decode or clean (the fast path of _text_lines)
+            plain = rep not in raw5 and esc not in raw5 and (clean or raw5.isprintable())
         if is_text:
-            lines = _text_lines(raw5, vtype, d, charset)
-            for i, line in enumerate(lines):
-                key = section
-                if key is None:  # untagged row: heading lines ("IMPRESSION:") switch the section
-                    heading = section_for_heading(line) or (_leading_word(line) if i == 0 else None)
+            lines = [raw5.rstrip()] if plain else _text_lines(raw5, vtype, d, charset)
+            if section is not None:  # a tagged row (OBX-3 suffix or code): every line goes to its section
+                bucket = texts.get(section)
+                if bucket is None:
+                    bucket = texts[section] = []
+                    order.append(section)
+                bucket.extend(lines)
+                last = section
+            else:
+                for i, line in enumerate(lines):  # untagged: heading lines ("IMPRESSION:") switch the section
+                    # A line that is not indented (lines are right-stripped) is never a heading when its first
+                    # colon comes after 40 characters, or when it has none, is longer than any heading word and
+                    # does not end in "." (section_for_heading's own answer, without the call).
+                    colon = line.find(":")
+                    prose = bool(line) and not line[0].isspace() and (
+                        colon > 40 or (colon < 0 and len(line) > LONGEST_HEADING and line[-1] != ".")
+                    )
+                    heading = None if prose else section_for_heading(line)
+                    if heading is None and i == 0:
+                        heading = _leading_word(line)
                     if heading is not None:
                         current = heading[0]
                     key = current or "report"
-                if key not in texts:
-                    texts[key] = []
-                    order.append(key)
-                texts[key].append(line)
-                last = key
+                    bucket = texts.get(key)
+                    if bucket is None:
+                        bucket = texts[key] = []
+                        order.append(key)
+                    bucket.append(line)
+                    last = key
             if status:
                 out.text_statuses.append(status)
             continue
@@ -131,6 +157,7 @@ def read_observations(obx_rows: list[list[str]], d: Delimiters, base: str, chars
                 words = finding.value_concept.text or next((c.display for c in finding.value_concept.codings), None)
                 if words:
                     texts[section].append(words)
+    out.observations = observations
     for key in order:
         text = "\n".join(texts[key]).strip("\n")
         if text.strip():
@@ -147,6 +174,7 @@ _PLAIN_VALUES = _TEXT_TYPES | frozenset({"DT", "TM", "DTM", "TS", "ID", "IS", ""
 _Obx3 = tuple[str, str | None, bool, bool, bool]
 
 
+@lru_cache(maxsize=4096)  # pure and immutable; a feed repeats its OBX-2/OBX-3 pairs on every message
 def _classify(raw2: str, raw3: str, d: Delimiters) -> _Obx3:
     vtype = raw2.split(d.component)[0].strip().upper()
     c3 = raw3.split(d.component)
@@ -177,6 +205,7 @@ def _result_status(obx: list[str]) -> str:
 # OBX-11 (HL7 table 0085) values that withdraw a row: W "post original as wrong, e.g. transmitted for wrong
 # patient", D "delete the OBX record". Such a row never reaches text, notes, findings or narrative.
 _RETRACTED = frozenset({"W", "D"})
+_RETRACTED_ANY_CASE = _RETRACTED | frozenset({"w", "d"})  # a one-letter status is read case-blind
 
 
 def retracted(obx: list[str]) -> bool:
@@ -229,8 +258,12 @@ _LABEL_WORDS = {
 
 
 def _text_lines(raw5: str, vtype: str, d: Delimiters, charset: str) -> list[str]:
-    if vtype not in _CODED and d.repetition not in raw5 and d.escape not in raw5 and (d.clean or raw5.isprintable()):
-        return [raw5.rstrip()]  # the common dictated line: nothing to split, decode or clean
+    if vtype not in _CODED and d.escape not in raw5:
+        if d.repetition not in raw5 and (d.clean or raw5.isprintable()):
+            return [raw5.rstrip()]  # the common dictated line: nothing to split, decode or clean
+        if raw5.isprintable() or (d.clean and "\n" not in raw5 and "\r" not in raw5):
+            # repetitions without escapes or line breaks: one line each, nothing to decode or clean
+            return [line.rstrip() for line in raw5.split(d.repetition)]
     lines: list[str] = []
     for rep in repetitions(raw5, d) or [""]:
         if vtype in ("CE", "CWE", "CNE", "CF"):

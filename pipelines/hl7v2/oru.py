@@ -18,15 +18,16 @@ rejected.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
-from pipelines.common.ids import digest, slug
+from pipelines.common.ids import digest, slug, uid_ok
 from pipelines.common.model import Ident, Order, Organization, Patient, Report, StatusUpdate, Study
 from pipelines.context import MappingContext, SenderProfile
 from pipelines.errors import InvalidReport, MappingError, RetractedContent, StatusOnly, UnsupportedMessage
 from pipelines.hl7v2 import classify
 from pipelines.hl7v2 import datatypes as dt
 from pipelines.hl7v2.er7 import Delimiters, Message
-from pipelines.hl7v2.fields import component, leaf
+from pipelines.hl7v2.fields import component, leaf, unescape
 from pipelines.hl7v2.fields import field as fld
 from pipelines.hl7v2.groups import OrderGroup, split_groups
 from pipelines.hl7v2.observations import GroupContent, read_observations
@@ -221,23 +222,32 @@ def _patient(pid: list[str], d: Delimiters, ctx: MappingContext, profile: Sender
 def _organization(
     msh: list[str], d: Delimiters, profile: SenderProfile, base: str, ctx: MappingContext
 ) -> Organization | None:
-    raw = fld(msh, 4)
-    name = profile.organization_name or component(raw, d, 1) or component(fld(msh, 3), d, 1)
+    """The sending organisation (MSH-4, else MSH-3; the profile's name wins); a new Organization each call."""
+    found = _organization_parts(fld(msh, 4), fld(msh, 3), d, profile.organization_name, ctx.system_base)
+    if found is None:
+        return None
+    name, ident = found
+    return Organization(name=name, identifiers=[ident])
+
+
+@lru_cache(maxsize=256)  # pure; a feed sends the same MSH-3/MSH-4 on every message
+def _organization_parts(
+    raw: str, raw3: str, d: Delimiters, organization_name: str | None, system_base: str
+) -> tuple[str, Ident] | None:
+    name = organization_name or component(raw, d, 1) or component(raw3, d, 1)
     if not name:
         return None
-    system = dt.hd_system(raw.split(d.repetition)[0].replace(d.component, d.subcomponent), d, ctx.system_base,
+    system = dt.hd_system(raw.split(d.repetition)[0].replace(d.component, d.subcomponent), d, system_base,
                           d.subcomponent) if raw else None  # fmt: skip
     ident_value = component(raw, d, 1) or name
     if system and system.startswith("urn:oid:"):
-        ident = Ident(system="urn:ietf:rfc:3986", value=system)
-    else:
-        ident = Ident(system=f"{ctx.system_base}/sending-facility", value=ident_value)
-    return Organization(name=name, identifiers=[ident])
+        return name, Ident(system="urn:ietf:rfc:3986", value=system)
+    return name, Ident(system=f"{system_base}/sending-facility", value=ident_value)
 
 
 def _ei(raw: str, d: Delimiters, base: str, default_system: str, type_code: str) -> Ident | None:
     parts = raw.split(d.repetition)[0].split(d.component)
-    value = component(raw, d, 1).strip()
+    value = unescape(parts[0], d).strip()  # component 1 (the entity identifier), split before unescaping
     if not value:
         return None
     hd = d.subcomponent.join(parts[1:4]) if len(parts) > 1 else ""
@@ -369,8 +379,6 @@ def _has_offset(raw: str) -> bool:
 
 
 def _extra_study_uid(seg: list[str], d: Delimiters) -> str | None:
-    from pipelines.common.ids import uid_ok
-
     if seg[0] == "ZDS":
         uid = component(fld(seg, 1), d, 1).strip()
     elif seg[0] == "IPC":

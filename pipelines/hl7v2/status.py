@@ -37,7 +37,8 @@ def report_status(obr25: str, obx11: list[str]) -> str:
     key = _norm(obr25)
     if key in _OBR25:
         return _OBR25[key]
-    found = {_OBX11.get(_norm(v)) or _OBR25.get(_norm(v)) for v in obx11 if v.strip() and _norm(v) != "O"}
+    # one look-up per distinct value (a dictated report repeats one OBX-11 on every line)
+    found = {_OBX11.get(_norm(v)) or _OBR25.get(_norm(v)) for v in set(obx11) if v.strip() and _norm(v) != "O"}
     found.discard(None)
     if len(found) == 1:
         return str(found.pop())

@@ -31,7 +31,9 @@ from pipelines.output.parts import (
     report_code,
     resolve_extras,
 )
+from pipelines.output.resources import _observation_status
 from pipelines.output.sections import build_sections
+from pipelines.output.timezone import MARKED_TYPES, mark_resource
 
 __all__ = ["bundle_id", "shape_document", "wants_minimal"]
 
@@ -66,27 +68,32 @@ def shape_document(report: Report) -> dict[str, Any]:
     comp = _composition(report, parts, comp_id)
     entries: list[tuple[str, dict[str, Any]]] = [(comp_url, comp), (dr_url, dr), (parts.patient_url, parts.patient)]
     entries += parts.studies + parts.orders + parts.observations + parts.others + parts.people + parts.orgs
+    bid = bundle_id(report)
     bundle: dict[str, Any] = {
         "resourceType": "Bundle",
-        "id": bundle_id(report),
+        "id": bid,
         "meta": profiles.profile_meta(profiles.BUNDLE),
-        "identifier": {"system": "urn:ietf:rfc:3986", "value": urn(bundle_id(report))},
+        "identifier": {"system": "urn:ietf:rfc:3986", "value": urn(bid)},
         "type": "document",
     }
     timestamp = prim.instant(report.issued, report.timezone) if report.issued else None
     if timestamp:
         bundle["timestamp"] = timestamp
-    bundle["entry"] = [{"fullUrl": url, "resource": res} for url, res in _unique(entries)]
+    bundle["entry"] = _unique(entries, report.timezone_assumed)
     return bundle
 
 
-def _unique(entries: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
+def _unique(entries: list[tuple[str, dict[str, Any]]], uncertain: bool) -> list[dict[str, Any]]:
+    """Bundle entries, the first of each fullUrl; with ``uncertain`` (no source offset, none configured) each
+    resource's source dateTimes get the ``uncertainPeriod`` extension on the way (eu-imaging.md §2.5)."""
     seen: set[str] = set()
     out = []
     for url, res in entries:
         if url not in seen:
             seen.add(url)
-            out.append((url, res))
+            if uncertain and res.get("resourceType") in MARKED_TYPES:
+                mark_resource(res)
+            out.append({"fullUrl": url, "resource": res})
     return out
 
 
@@ -118,8 +125,6 @@ def _anchor(report: Report, parts: Parts) -> tuple[str, dict[str, Any]]:
 
 
 def _obs_status(status: str) -> str:
-    from pipelines.output.resources import _observation_status
-
     return _observation_status(status)
 
 

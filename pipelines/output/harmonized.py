@@ -109,12 +109,9 @@ def is_complete(patient: Patient) -> bool:
 def _document(report: Report) -> dict[str, Any]:
     from pipelines.output.document import shape_document, wants_minimal
     from pipelines.output.minimal import shape_minimal
-    from pipelines.output.timezone import mark_uncertain
 
-    bundle = shape_minimal(report) if wants_minimal(report) else shape_document(report)
-    if report.timezone_assumed:
-        mark_uncertain(bundle)
-    return bundle
+    # uncertain dateTimes (report.timezone_assumed) are marked by the shapers while they build the entries
+    return shape_minimal(report) if wants_minimal(report) else shape_document(report)
 
 
 def shape_harmonized(report: Report, options: HarmonizedOptions | None = None) -> dict[str, Any]:

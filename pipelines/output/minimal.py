@@ -13,6 +13,7 @@ from pipelines.common.model import Report
 from pipelines.output import profiles
 from pipelines.output.document import bundle_id
 from pipelines.output.parts import build_parts, dr_header, dr_narrative
+from pipelines.output.timezone import mark_resource
 
 __all__ = ["shape_minimal"]
 
@@ -44,5 +45,8 @@ def shape_minimal(report: Report) -> dict[str, Any]:
     timestamp = prim.instant(report.issued, report.timezone) if report.issued else None
     if timestamp:
         out["timestamp"] = timestamp
+    if report.timezone_assumed:  # no source offset, none configured (eu-imaging.md §2.5)
+        for _, res in entries:
+            mark_resource(res)
     out["entry"] = [{"fullUrl": url, "resource": res} for url, res in entries]
     return out

@@ -184,6 +184,8 @@ def build_parts(report: Report, *, with_studies: bool) -> Parts:
 
 def resolve_extras(report: Report, parts: Parts) -> None:
     """Place the source-specific resources and resolve their ``@`` placeholder references."""
+    if not report.extras:
+        return
     dr_url = urn(uuid_for("DiagnosticReport", report.identifier.system, report.identifier.value))
     comp_url = urn(uuid_for("Composition", report.identifier.system, report.identifier.value))
     for extra in report.extras:

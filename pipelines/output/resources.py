@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 from pipelines.common import fhir
@@ -21,6 +22,10 @@ __all__ = [
 ]
 
 _DATA_ABSENT_UNKNOWN = {"extension": [{"url": fhir.DATA_ABSENT, "valueCode": "unknown"}]}
+
+#: :func:`uuid_for` for the shared participants (Organization, Practitioner, PractitionerRole): pure, and a feed
+#: names the same organisation and radiologists on every report.
+_shared_id = lru_cache(maxsize=4096)(uuid_for)
 
 
 def _strings(values: list[str]) -> list[str]:
@@ -72,7 +77,7 @@ def patient_id(report: Report) -> str:
 
 def organization(org: Organization) -> tuple[str, dict[str, Any]]:
     key = f"{org.identifiers[0].system}|{org.identifiers[0].value}" if org.identifiers else org.name
-    oid = uuid_for("Organization", key)
+    oid = _shared_id("Organization", key)
     res: dict[str, Any] = {
         "resourceType": "Organization",
         "id": oid,
@@ -87,7 +92,7 @@ def organization(org: Organization) -> tuple[str, dict[str, Any]]:
 def practitioner(person: Person, org_url: str | None) -> list[tuple[str, dict[str, Any]]]:
     """A Practitioner (EU core: name required) and a PractitionerRole tying it to the organisation."""
     key = person.key()
-    prid = uuid_for("Practitioner", key)
+    prid = _shared_id("Practitioner", key)
     prac: dict[str, Any] = {
         "resourceType": "Practitioner",
         "id": prid,
@@ -96,7 +101,7 @@ def practitioner(person: Person, org_url: str | None) -> list[tuple[str, dict[st
     if person.identifiers:
         prac["identifier"] = [fhir.identifier(i) for i in person.identifiers]
     prac["name"] = [human_name(person, person.text)]
-    role_id = uuid_for("PractitionerRole", key, org_url or "")
+    role_id = _shared_id("PractitionerRole", key, org_url or "")
     role: dict[str, Any] = {
         "resourceType": "PractitionerRole",
         "id": role_id,

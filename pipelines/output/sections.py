@@ -61,6 +61,8 @@ def _section(key: str, text: str, entries: list[str], parts: Parts) -> dict[str,
 
 
 def _render_entries(key: str, entries: list[str], parts: Parts) -> str:
+    if not entries:
+        return ""
     index = dict(parts.studies + parts.orders + parts.observations + parts.others)
     lines = []
     for url in entries:

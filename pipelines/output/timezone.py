@@ -8,7 +8,7 @@ import functools
 from datetime import datetime, timedelta
 from typing import Any
 
-__all__ = ["mark_uncertain"]
+__all__ = ["MARKED_TYPES", "mark_resource", "mark_uncertain"]
 
 URL = "http://hl7.org/fhir/StructureDefinition/uncertainPeriod"
 
@@ -20,16 +20,26 @@ _ELEMENTS = {
     "ImagingStudy": ("started",),
     "ServiceRequest": ("authoredOn",),
 }
+#: Resource types :func:`mark_resource` may change (the others are left as they are).
+MARKED_TYPES = frozenset(_ELEMENTS)
 
 
 def mark_uncertain(bundle: dict[str, Any]) -> None:
+    """Mark every source ``dateTime`` of a built Bundle (the shapers mark theirs while building:
+    :func:`mark_resource`; this walk is for Bundles built elsewhere)."""
     for entry in bundle.get("entry", []):
-        res = entry["resource"]
-        for name in _ELEMENTS.get(res.get("resourceType", ""), ()):
-            _mark(res, name)
-        if res.get("resourceType") == "Composition":
-            for attester in res.get("attester", []):
-                _mark(attester, "time")
+        mark_resource(entry["resource"])
+
+
+def mark_resource(res: dict[str, Any]) -> None:
+    """Add the ``uncertainPeriod`` extension to the source ``dateTime`` elements of one finished resource
+    (the ``_<element>`` key goes last, after every element). Idempotent."""
+    rtype = res.get("resourceType", "")
+    for name in _ELEMENTS.get(rtype, ()):
+        _mark(res, name)
+    if rtype == "Composition":
+        for attester in res.get("attester", []):
+            _mark(attester, "time")
 
 
 def _mark(holder: dict[str, Any], name: str) -> None:
