@@ -36,6 +36,10 @@ class Tally:
     duplicates: int = 0  # exact duplicates (same message key as an earlier frame): counted, not converted
     filtered: dict[str, int] = field(default_factory=dict)  # reason -> messages
     rejected: dict[str, int] = field(default_factory=dict)  # reason -> messages
+    skipped: dict[str, int] = field(default_factory=dict)  # reason -> whole files (not message files)
+
+    def skip(self, reason: str) -> None:
+        _bump(self.skipped, reason)
 
     def filter(self, reason: str) -> None:
         _bump(self.filtered, reason)
@@ -53,6 +57,7 @@ class Tally:
             "duplicates": self.duplicates,
             "filtered": dict(sorted(self.filtered.items())),
             "rejected": dict(sorted(self.rejected.items())),
+            "skipped_files": dict(sorted(self.skipped.items())),
         }
 
     @classmethod
@@ -66,6 +71,7 @@ class Tally:
             duplicates=int(data.get("duplicates", 0)),
             filtered=dict(data.get("filtered", {})),
             rejected=dict(data.get("rejected", {})),
+            skipped=dict(data.get("skipped_files", {})),
         )
 
 
@@ -140,6 +146,8 @@ class Progress:
             *(f"  {n:>8,}  {r}" for r, n in sorted(tally.filtered.items(), key=lambda x: -x[1])),
             f"rejected: {sum(tally.rejected.values()):,} (dead letters)",
             *(f"  {n:>8,}  {r}" for r, n in sorted(tally.rejected.items(), key=lambda x: -x[1])),
+            f"skipped files: {sum(tally.skipped.values()):,} (not message files; no outcome per message)",
+            *(f"  {n:>8,}  {r}" for r, n in sorted(tally.skipped.items(), key=lambda x: -x[1])),
             f"throughput: {self.rate(tally):,.0f} messages/s over {elapsed:,.1f} s (this run)",
         ]
         return "\n".join(lines)
