@@ -309,7 +309,7 @@ def message_key(raw: bytes) -> bytes:
         cut = body.rfind(b"<EB>")
         if cut >= 0:
             body = body[:cut]
-    if b"\n" in body or b"<" in body:  # plain CR-terminated ER7 (the common case) needs no rewriting
+    if b"\n" in body or b"<R>" in body or b"<CR>" in body:  # plain CR-terminated ER7 needs no rewriting
         body = _LOG_CR.sub(b"\r", body)
     body = body.strip(_WS)
     return hashlib.blake2b(body, digest_size=16).digest()

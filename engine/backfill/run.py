@@ -201,7 +201,7 @@ class _Loop:
                 self._reject(item, 1, item.first, "ReadError", b"")
             else:
                 result = next(it_results)
-                if isinstance(result, Done):
+                if isinstance(result, tuple):
                     self._done(item, result)
                 else:
                     self._outcome(item, result)
@@ -231,16 +231,17 @@ class _Loop:
     def _done(self, item: _Item, done: Done) -> None:
         """A frame converted and written by a worker (staging): publish its staged files, count it."""
         assert self.staged is not None
-        self.tally.inputs += done.messages
-        self.since_flush += done.messages
-        if done.outputs:
-            self.tally.converted += done.messages - len(done.rejections) - len(done.filtered)
-        for bundle_id, tmp in done.outputs:
+        messages, outputs, filtered, rejections = done
+        self.tally.inputs += messages
+        self.since_flush += messages
+        if outputs:
+            self.tally.converted += messages - len(rejections) - len(filtered)
+        for bundle_id, tmp in outputs:
             self.staged.stage(bundle_id, tmp)
             self.tally.outputs += 1
-        for reason in done.filtered:
+        for reason in filtered:
             self.tally.filter(reason)
-        for n, reason, error_class, raw in done.rejections:
+        for n, reason, error_class, raw in rejections:
             if raw is not None:  # the workers do not write this deployment's dead letters
                 self._reject(item, n, reason, error_class, raw)
                 continue
@@ -322,7 +323,12 @@ class _Loop:
     def _submit(self, executor: Any, batch: list[_Item]) -> Future[Any]:
         if self.options.staging is None:
             return executor.submit(convert_batch, [it.raw for it in batch if _live(it)])  # type: ignore[no-any-return]
-        jobs = [FrameJob(str(it.file.path), it.index, it.file.mtime_ns, it.raw or b"") for it in batch if _live(it)]
+        names: dict[Path, str] = {}  # one str per file: pickled once per task
+        jobs: list[FrameJob] = [
+            (names.setdefault(it.file.path, str(it.file.path)), it.index, it.file.mtime_ns, it.raw or b"")
+            for it in batch
+            if _live(it)
+        ]
         return executor.submit(stage_batch, jobs)  # type: ignore[no-any-return]
 
     def _discard(self, pending: collections.deque[_Batch]) -> None:
@@ -331,7 +337,7 @@ class _Loop:
         for _, future in pending:
             if future.done() and not future.cancelled() and future.exception() is None:
                 results: list[Done] = future.result()  # type: ignore[assignment]
-                self.staged.discard([tmp for done in results for _, tmp in done.outputs])
+                self.staged.discard([tmp for done in results for _, tmp in done[1]])
 
 
 def run_backfill(
