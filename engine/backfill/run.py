@@ -319,6 +319,8 @@ class _Loop:
                 self._discard(pending)
             if self._flusher is not None:
                 self._flusher.shutdown(wait=True)
+            if staging and not self.stop:
+                self.staged.close()  # type: ignore[union-attr]
 
     def _submit(self, executor: Any, batch: list[_Item]) -> Future[Any]:
         if self.options.staging is None:

@@ -192,7 +192,23 @@ class StagedFolder:
                 os.unlink(self.path / tmp)
 
     def close(self) -> None:
-        return None
+        """Remove staged files of processes that are gone (a worker of a killed run that outlived its parent
+        by a moment); everything this run staged was published or discarded by now."""
+        for leftover in self.path.glob(f"{TMP_PREFIX}*.json.*.*"):
+            pid = leftover.name.rsplit(".", 2)[-2]
+            if pid.isdigit() and not _alive(int(pid)):
+                with contextlib.suppress(OSError):
+                    leftover.unlink()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class WorkerDeadLetters(FolderDeadLetters):
