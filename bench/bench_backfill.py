@@ -199,7 +199,7 @@ class Sampler:
 
 
 def whole(cfg: Path, src: Path, workers: int, label: str) -> dict[str, Any]:
-    report = cfg.parent / f"{label.split(' (')[0].replace(' ', '-')}.json"
+    report = cfg.parent / "report.json"
     t0, proc = backfill(cfg, src, workers, report)
     sampler = Sampler()
     sampler.watch(proc)
@@ -215,7 +215,7 @@ def whole(cfg: Path, src: Path, workers: int, label: str) -> dict[str, Any]:
         f"skipped files {sum(data.get('skipped_files', {}).values())}, rejected {sum(data['rejected'].values())}",
         flush=True,
     )
-    data.update(wall_s=elapsed, rss_one=sampler.max_one, rss_sum=sampler.max_sum)
+    data.update(wall_s=elapsed, rss_one=sampler.max_one, rss_sum=sampler.max_sum, report=str(report))
     return data
 
 
@@ -252,7 +252,7 @@ def kill_and_resume(work: Path, src: Path, total: int, reference: Path, points: 
     proc.wait()
     same = digest_folder(work / "killed" / "outbox") == digest_folder(reference)
     dlq_same = sorted(digest_folder(work / "killed" / "dlq")) == sorted(digest_folder(reference.parent / "dlq"))
-    got, ref = json.loads(report.read_text()), json.loads((reference.parent / "2-workers.json").read_text())
+    got, ref = json.loads(report.read_text()), json.loads((reference.parent / "report.json").read_text())
     keys = ("files", "bytes", "inputs", "converted", "outputs", "duplicates", "filtered", "rejected", "skipped_files")
     counts_same = all(got.get(k) == ref.get(k) for k in keys)
     leftovers = [p.name for p in (work / "killed" / "outbox").iterdir() if p.name.startswith(".")]
@@ -273,6 +273,10 @@ def main() -> None:
     parser.add_argument("--skip-kill", action="store_true")
     parser.add_argument("--kill-at", default="0.3,0.7", help="checkpoint fractions at which to SIGKILL")
     parser.add_argument("--runs", type=int, default=1, help="alternating 1- and 2-worker runs (medians)")
+    parser.add_argument(
+        "--compare-scale", type=float, default=0.0,
+        help="run the 1-vs-2-worker comparison on the first files only (e.g. 0.1 = 100,000 messages)",
+    )  # fmt: skip
     args = parser.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-backfill-"))
     n_oru, n_sr = int(1_000_000 * args.scale), int(50_000 * args.scale)
@@ -284,25 +288,38 @@ def main() -> None:
         build_sr(work / "in-sr", n_sr)
     print(f"inputs: {n_oru:,} ORU messages, {n_sr:,} SR files in {work} (built in {time.perf_counter() - t:,.0f} s)")
     per_core(work / "in-oru", work / "in-sr")
+    cmp_src, n_cmp = work / "in-oru", n_oru
+    if args.compare_scale and args.compare_scale < args.scale:  # the 1-vs-2 comparison on the first files
+        cmp_src = work / "in-oru-compare"
+        shutil.rmtree(cmp_src, ignore_errors=True)
+        cmp_src.mkdir()
+        n_cmp = int(1_000_000 * args.compare_scale)
+        for path in sorted((work / "in-oru").iterdir())[: -(-n_cmp // 900)]:
+            (cmp_src / path.name).symlink_to(path)
+        n_cmp = min(n_oru, -(-n_cmp // 900) * 900)
     results: dict[int, list[dict[str, Any]]] = {1: [], 2: []}
     for run in range(args.runs):  # alternate, so that both see the same background load
         for workers in (1, 2):
-            root = work / f"w{workers}" if run == 0 else work / f"w{workers}-{run}"
+            root = work / f"cmp-w{workers}-{run}"
             label = f"{workers} worker{'s' if workers > 1 else ''} (run {run + 1})"
-            results[workers].append(whole(config(root), work / "in-oru", workers, label))
-            if run or workers == 1:  # keep only the first 2-worker output: the kill/resume reference
-                shutil.rmtree(root, ignore_errors=True)
+            results[workers].append(whole(config(root), cmp_src, workers, label))
+            shutil.rmtree(root, ignore_errors=True)
     one = statistics.median(r["wall_s"] for r in results[1])
     two = statistics.median(r["wall_s"] for r in results[2])
     print(
-        f"whole command, median wall clock over {args.runs} alternating run(s), 1 conversion process besides the "
-        f"parent vs 2: 1 worker {n_oru / one:,.0f} msg/s ({one:,.1f} s), 2 workers {n_oru / two:,.0f} msg/s "
-        f"({two:,.1f} s): {one / two:.2f}x (target >= 1.8x)"
+        f"whole command on {n_cmp:,} messages, median wall clock over {args.runs} alternating run(s), 1 conversion "
+        f"process besides the parent vs 2: 1 worker {n_cmp / one:,.0f} msg/s ({one:,.1f} s), 2 workers "
+        f"{n_cmp / two:,.0f} msg/s ({two:,.1f} s): {one / two:.2f}x (target >= 1.8x)",
+        flush=True,
     )
-    rss_one = max(r["rss_one"] for rs in results.values() for r in rs) / 2**20
-    rss_sum = max(r["rss_sum"] for rs in results.values() for r in rs) / 2**20
+    full = whole(config(work / "w2"), work / "in-oru", 2, "all cores = 2 workers, the whole input")
+    every = [*results[1], *results[2], full]
+    rss_one = max(r["rss_one"] for r in every) / 2**20
+    rss_sum = max(r["rss_sum"] for r in every) / 2**20
     print(f"peak RSS: largest process {rss_one:,.0f} MiB, all processes together {rss_sum:,.0f} MiB (target < 300 MB)")
-    print(f"{n_oru:,}-message backfill on all cores (2 workers): {two:,.1f} s = {two / 60:,.1f} min (target < 10 min)")
+    wall = full["wall_s"]
+    print(f"{n_oru:,}-message backfill on all cores (2 workers): {wall:,.1f} s = {wall / 60:,.1f} min "
+          f"(target < 10 min)", flush=True)  # fmt: skip
     if not args.skip_kill:
         points = [float(x) for x in args.kill_at.split(",")]
         kill_and_resume(work, work / "in-oru", n_oru, work / "w2" / "outbox", points)
