@@ -35,9 +35,13 @@ def _visible(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")}
 
 
-def test_workers_publish_in_input_order_and_write_dead_letters(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers_write_dead_letters", [True, False])
+def test_workers_publish_in_input_order_and_write_dead_letters(
+    tmp_path: Path, workers_write_dead_letters: bool
+) -> None:
     """Two worker processes, one frame per task (they finish in any order): every Bundle published whole, in
-    input order; a rejected message's dead letter is written by a worker; no temp file is left behind."""
+    input order; a rejected message's dead letter is written by a worker (or, for dead letters that are not
+    files, such as Kafka, sent back and written by the parent); no temp file is left behind."""
     src = tmp_path / "src"
     src.mkdir()
     frames = [_version(r, v) for r in range(12) for v in (1, 2)]
@@ -45,7 +49,8 @@ def test_workers_publish_in_input_order_and_write_dead_letters(tmp_path: Path) -
     (src / "feed.hl7").write_bytes(b"".join(frames) + no_pid.replace(b"|ORU^R01|", b"|ORU^R01|x", 1))
     out, dlq = tmp_path / "out", tmp_path / "dlq"
     ctx = load_mapping_context(None)
-    staging = Staging(out, sync=True, dead_letters=functools.partial(WorkerDeadLetters, dlq))
+    factory = functools.partial(WorkerDeadLetters, dlq) if workers_write_dead_letters else None
+    staging = Staging(out, sync=True, dead_letters=factory)
     options = Options(workers=2, batch=1, staging=staging)
     published: list[str] = []
     tally = run_backfill(
