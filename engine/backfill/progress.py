@@ -15,9 +15,10 @@ from typing import Any, TextIO
 
 from tqdm import tqdm
 
-__all__ = ["MAX_REASONS", "Progress", "Tally"]
+__all__ = ["MAX_REASONS", "MAX_SKIPPED_EXAMPLES", "Progress", "Tally"]
 
 MAX_REASONS = 100
+MAX_SKIPPED_EXAMPLES = 20  # skipped files named in the summary and the report (the rest only counted)
 
 
 def _bump(table: dict[str, int], reason: str, n: int = 1) -> None:
@@ -37,9 +38,12 @@ class Tally:
     filtered: dict[str, int] = field(default_factory=dict)  # reason -> messages
     rejected: dict[str, int] = field(default_factory=dict)  # reason -> messages
     skipped: dict[str, int] = field(default_factory=dict)  # reason -> whole files (not message files)
+    skipped_examples: list[str] = field(default_factory=list)  # the first skipped files' paths
 
-    def skip(self, reason: str) -> None:
+    def skip(self, reason: str, path: str = "") -> None:
         _bump(self.skipped, reason)
+        if path and len(self.skipped_examples) < MAX_SKIPPED_EXAMPLES:
+            self.skipped_examples.append(path)
 
     def filter(self, reason: str) -> None:
         _bump(self.filtered, reason)
@@ -58,6 +62,7 @@ class Tally:
             "filtered": dict(sorted(self.filtered.items())),
             "rejected": dict(sorted(self.rejected.items())),
             "skipped_files": dict(sorted(self.skipped.items())),
+            "skipped_examples": list(self.skipped_examples),
         }
 
     @classmethod
@@ -72,6 +77,7 @@ class Tally:
             filtered=dict(data.get("filtered", {})),
             rejected=dict(data.get("rejected", {})),
             skipped=dict(data.get("skipped_files", {})),
+            skipped_examples=list(data.get("skipped_examples", [])),
         )
 
 
@@ -148,6 +154,7 @@ class Progress:
             *(f"  {n:>8,}  {r}" for r, n in sorted(tally.rejected.items(), key=lambda x: -x[1])),
             f"skipped files: {sum(tally.skipped.values()):,} (not message files; no outcome per message)",
             *(f"  {n:>8,}  {r}" for r, n in sorted(tally.skipped.items(), key=lambda x: -x[1])),
+            *(f"  skipped: {p}" for p in tally.skipped_examples),
             f"throughput: {self.rate(tally):,.0f} messages/s over {elapsed:,.1f} s (this run)",
         ]
         return "\n".join(lines)

@@ -189,7 +189,7 @@ class _Loop:
         it_results: Iterator[Conversion | Done] = iter(results)
         for item in items:
             if item.skip is not None:
-                self.tally.skip(item.skip)
+                self.tally.skip(item.skip, str(item.file.path))
                 if self.record is not None:
                     self.record(str(item.file.path), f"skipped: {item.skip}", "skipped")
             elif item.raw is None:

@@ -126,6 +126,7 @@ def test_backfill_counts_skipped_files(tmp_path: Path) -> None:
     assert main(["backfill", "--config", str(cfg), "--workers", "0", "--report", str(report), str(src)]) == 0
     data = json.loads(report.read_text())
     assert data["skipped_files"] == {NOT_A_MESSAGE_FILE: 3} and data["files"] == 4
+    assert sorted(Path(p).name for p in data["skipped_examples"]) == ["README.md", "blob.bin", "notes-utf16.txt"]
     assert data["inputs"] == 1 and data["rejected"] == {} and len(_visible(root / "outbox")) == 1
     assert not _visible(root / "dlq")
 
