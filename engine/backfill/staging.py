@@ -35,7 +35,7 @@ from typing import Any, Protocol
 
 from engine.outcomes import Conversion
 from engine.sinks.dlq_folder import FolderDeadLetters
-from engine.sinks.folder import _SAFE_NAME, TMP_PREFIX, fsync_dir, remove_stale_tmp, sync_files
+from engine.sinks.folder import _SAFE_NAME, TMP_PREFIX, fsync_dir, remove_stale_tmp, stale_tmp, sync_files
 from engine.sources.base import CONTENT_DICOM, CONTENT_HL7V2, Envelope
 
 __all__ = [
@@ -194,11 +194,11 @@ class StagedFolder:
     def close(self) -> None:
         """Remove staged files of processes that are gone (a worker of a killed run that outlived its parent
         by a moment); everything this run staged was published or discarded by now."""
-        for leftover in self.path.glob(f"{TMP_PREFIX}*.json.*.*"):
-            pid = leftover.name.rsplit(".", 2)[-2]
-            if pid.isdigit() and not _alive(int(pid)):
+        for name in stale_tmp(self.path):  # streaming: the folder may hold millions of Bundles
+            parts = name.rsplit(".", 3)
+            if len(parts) == 4 and parts[1] == "json" and parts[2].isdigit() and not _alive(int(parts[2])):
                 with contextlib.suppress(OSError):
-                    leftover.unlink()
+                    os.unlink(self.path / name)
 
 
 def _alive(pid: int) -> bool:
