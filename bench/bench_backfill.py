@@ -1,6 +1,6 @@
 """Backfill at scale: inputs made by repeating the shared data, then ``engine backfill`` measured.
 
-    .venv/bin/python bench/bench_backfill.py [--scale 1.0] [--workdir DIR] [--skip-kill]
+    .venv/bin/python bench/bench_backfill.py [--scale 1.0] [--workdir DIR] [--keep] [--runs N] [--skip-kill]
 
 ``--scale 1`` builds 1,000,000 ORU messages (the 900-message WashU feed repeated, each copy with its own
 filler order numbers and control ids, so every report is a distinct Bundle) in files of 900 messages,
@@ -8,11 +8,17 @@ and 50,000 SR files (the shared SR samples repeated with their SOP Instance UID 
 builds 20,000 and 1,000. Prints:
 
 * in process: ORU messages and SR files per CPU-second (one core: parse + map + shape + serialize);
-* the whole command on the ORU input with 1 and with 2 worker processes, alternating ``--runs`` times
-  (wall clock, messages/s, ratio of the medians) and the peak RSS of the largest process;
-* kill and resume: SIGKILL at ~40 % (2 workers), the same command again, then the output folder compared
-  file by file with the uninterrupted 2-worker run;
+* the whole command on the ORU input with 1 and with 2 conversion processes (``--workers 1`` / ``2``: the
+  command's own process reads, checks duplicates, publishes and commits in both), alternating ``--runs``
+  times (wall clock, messages/s, ratio of the medians), CPU seconds of the parent and of the workers, and
+  the peak RSS of the largest process and of all processes together (sampled from ``/proc``);
+* the time of the whole backfill on all cores (2 workers) against the 10-minute target;
+* kill and resume: SIGKILL (2 workers) at ``--kill-at`` fractions of the checkpoint (plus a random delay),
+  the same command again each time, then output files, dead letters and counts compared with the
+  uninterrupted 2-worker run;
 * the whole command on the SR files (files/s).
+
+Inputs already in ``--workdir`` are reused; everything generated is deleted at the end unless ``--keep``.
 
 Timing lives here, never in tests. The machine is shared: quote medians of several runs.
 """
@@ -23,8 +29,8 @@ import argparse
 import hashlib
 import json
 import os
+import random
 import re
-import resource
 import shutil
 import signal
 import sqlite3
@@ -34,6 +40,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -143,15 +150,72 @@ def backfill(cfg: Path, src: Path, workers: int, report: Path) -> tuple[float, s
     return time.perf_counter(), proc
 
 
-def whole(cfg: Path, src: Path, workers: int, label: str) -> dict[str, object]:
-    report = cfg.parent / f"{label}.json"
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (the forkserver and its worker processes included)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as fh:
+                    todo.extend(int(c) for c in fh.read().split())
+        except OSError:
+            continue
+    return out
+
+
+class Sampler:
+    """Samples the process tree every ``interval`` s: peak RSS of the largest process, peak of the sum, and
+    CPU seconds per process (last sample; the parent's own, and the rest)."""
+
+    def __init__(self, interval: float = 0.25) -> None:
+        self.interval = interval
+        self.max_one = self.max_sum = 0
+        self.cpu: dict[int, float] = {}
+
+    def sample(self, root: int) -> None:
+        total = 0
+        for pid in _tree(root):
+            try:
+                with open(f"/proc/{pid}/status") as fh:
+                    rss = next((int(x.split()[1]) for x in fh if x.startswith("VmRSS:")), 0) * 1024
+                with open(f"/proc/{pid}/stat") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+                self.cpu[pid] = (int(fields[11]) + int(fields[12])) / _TICK
+            except (OSError, IndexError, ValueError):
+                continue
+            total += rss
+            self.max_one = max(self.max_one, rss)
+        self.max_sum = max(self.max_sum, total)
+
+    def watch(self, proc: subprocess.Popen[bytes], until: Any = None) -> None:
+        while proc.poll() is None and (until is None or not until()):
+            self.sample(proc.pid)
+            time.sleep(self.interval)
+
+
+def whole(cfg: Path, src: Path, workers: int, label: str) -> dict[str, Any]:
+    report = cfg.parent / "report.json"
     t0, proc = backfill(cfg, src, workers, report)
-    proc.wait()
+    sampler = Sampler()
+    sampler.watch(proc)
     elapsed = time.perf_counter() - t0
-    data: dict[str, object] = json.loads(report.read_text())
-    rate = int(data["inputs"]) / elapsed  # type: ignore[call-overload]
-    print(f"engine backfill {label}: {data['inputs']:,} inputs in {elapsed:,.1f} s = {rate:,.0f} per s (wall clock)")
-    data["wall_s"] = elapsed
+    data: dict[str, Any] = json.loads(report.read_text())
+    rate = int(data["inputs"]) / elapsed
+    parent = sampler.cpu.get(proc.pid, 0.0)
+    others = sum(sampler.cpu.values()) - parent
+    print(
+        f"engine backfill {label}: {data['inputs']:,} inputs in {elapsed:,.1f} s = {rate:,.0f} per s (wall clock); "
+        f"CPU s: parent {parent:,.1f}, workers {others:,.1f}; peak RSS: largest process "
+        f"{sampler.max_one / 2**20:,.0f} MiB, all processes {sampler.max_sum / 2**20:,.0f} MiB; "
+        f"skipped files {sum(data.get('skipped_files', {}).values())}, rejected {sum(data['rejected'].values())}",
+        flush=True,
+    )
+    data.update(wall_s=elapsed, rss_one=sampler.max_one, rss_sum=sampler.max_sum, report=str(report))
     return data
 
 
@@ -168,53 +232,103 @@ def committed(db: Path) -> int:
         return 0
 
 
-def kill_and_resume(work: Path, src: Path, total: int, reference: Path) -> None:
+def kill_and_resume(work: Path, src: Path, total: int, reference: Path, points: list[float]) -> None:
+    """SIGKILL (2 workers) when the checkpoint passes each fraction of ``points``, re-run, at last run to the
+    end; then compare outputs, dead letters and counts with the uninterrupted 2-worker run."""
     cfg = config(work / "killed")
-    t0, proc = backfill(cfg, src, 2, work / "killed" / "k.json")
+    report = work / "killed" / "k.json"
     db = work / "killed" / "store" / "messages.db"
-    while proc.poll() is None and committed(db) < total * 0.4:
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    at = committed(db)
-    _, proc = backfill(cfg, src, 2, work / "killed" / "k.json")
+    t0 = time.perf_counter()
+    kills = []
+    for point in points:
+        _, proc = backfill(cfg, src, 2, report)
+        while proc.poll() is None and committed(db) < total * point:
+            time.sleep(0.1)
+        time.sleep(random.uniform(0, 1))  # anywhere between two commits
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills.append(committed(db))
+    _, proc = backfill(cfg, src, 2, report)
     proc.wait()
     same = digest_folder(work / "killed" / "outbox") == digest_folder(reference)
-    print(f"kill and resume: SIGKILL after {at:,} committed messages ({time.perf_counter() - t0:,.1f} s in all); "
-          f"output identical to the uninterrupted run: {same}")  # fmt: skip
+    dlq_same = sorted(digest_folder(work / "killed" / "dlq")) == sorted(digest_folder(reference.parent / "dlq"))
+    got, ref = json.loads(report.read_text()), json.loads((reference.parent / "report.json").read_text())
+    keys = ("files", "bytes", "inputs", "converted", "outputs", "duplicates", "filtered", "rejected", "skipped_files")
+    counts_same = all(got.get(k) == ref.get(k) for k in keys)
+    leftovers = [p.name for p in (work / "killed" / "outbox").iterdir() if p.name.startswith(".")]
+    print(
+        f"kill and resume: SIGKILL at {', '.join(f'{k:,}' for k in kills)} committed messages, then the same "
+        f"command to the end ({time.perf_counter() - t0:,.1f} s in all); output files identical to the "
+        f"uninterrupted run: {same}; dead-letter names identical: {dlq_same}; counts identical: {counts_same}; "
+        f"temp files left: {len(leftovers)}",
+        flush=True,
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--scale", type=float, default=1.0)
-    parser.add_argument("--workdir", type=Path)
+    parser.add_argument("--workdir", type=Path, help="default: a new temporary directory (deleted at the end)")
+    parser.add_argument("--keep", action="store_true", help="keep the generated inputs and outputs")
     parser.add_argument("--skip-kill", action="store_true")
+    parser.add_argument("--kill-at", default="0.3,0.7", help="checkpoint fractions at which to SIGKILL")
     parser.add_argument("--runs", type=int, default=1, help="alternating 1- and 2-worker runs (medians)")
+    parser.add_argument(
+        "--compare-scale", type=float, default=0.0,
+        help="run the 1-vs-2-worker comparison on the first files only (e.g. 0.1 = 100,000 messages)",
+    )  # fmt: skip
     args = parser.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-backfill-"))
     n_oru, n_sr = int(1_000_000 * args.scale), int(50_000 * args.scale)
+    print(f"load before: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}", flush=True)
     t = time.perf_counter()
-    build_oru(work / "in-oru", n_oru)
-    build_sr(work / "in-sr", n_sr)
+    if not (work / "in-oru").is_dir():
+        build_oru(work / "in-oru", n_oru)
+    if not (work / "in-sr").is_dir():
+        build_sr(work / "in-sr", n_sr)
     print(f"inputs: {n_oru:,} ORU messages, {n_sr:,} SR files in {work} (built in {time.perf_counter() - t:,.0f} s)")
     per_core(work / "in-oru", work / "in-sr")
-    walls: dict[int, list[float]] = {1: [], 2: []}
+    cmp_src, n_cmp = work / "in-oru", n_oru
+    if args.compare_scale and args.compare_scale < args.scale:  # the 1-vs-2 comparison on the first files
+        cmp_src = work / "in-oru-compare"
+        shutil.rmtree(cmp_src, ignore_errors=True)
+        cmp_src.mkdir()
+        n_cmp = int(1_000_000 * args.compare_scale)
+        for path in sorted((work / "in-oru").iterdir())[: -(-n_cmp // 900)]:
+            (cmp_src / path.name).symlink_to(path)
+        n_cmp = min(n_oru, -(-n_cmp // 900) * 900)
+    results: dict[int, list[dict[str, Any]]] = {1: [], 2: []}
     for run in range(args.runs):  # alternate, so that both see the same background load
         for workers in (1, 2):
-            root = work / f"w{workers}" if run == 0 else work / f"w{workers}-{run}"
+            root = work / f"cmp-w{workers}-{run}"
             label = f"{workers} worker{'s' if workers > 1 else ''} (run {run + 1})"
-            walls[workers].append(float(whole(config(root), work / "in-oru", workers, label)["wall_s"]))  # type: ignore[arg-type]
-            if run:
-                shutil.rmtree(root, ignore_errors=True)
-    one, two = statistics.median(walls[1]), statistics.median(walls[2])
-    print(f"median wall clock: 1 worker {n_oru / one:,.0f} msg/s, 2 workers {n_oru / two:,.0f} msg/s: "
-          f"{one / two:.2f}x")  # fmt: skip
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    print(f"peak RSS of the largest process: {peak:,.0f} MiB")
+            results[workers].append(whole(config(root), cmp_src, workers, label))
+            shutil.rmtree(root, ignore_errors=True)
+    one = statistics.median(r["wall_s"] for r in results[1])
+    two = statistics.median(r["wall_s"] for r in results[2])
+    print(
+        f"whole command on {n_cmp:,} messages, median wall clock over {args.runs} alternating run(s), 1 conversion "
+        f"process besides the parent vs 2: 1 worker {n_cmp / one:,.0f} msg/s ({one:,.1f} s), 2 workers "
+        f"{n_cmp / two:,.0f} msg/s ({two:,.1f} s): {one / two:.2f}x (target >= 1.8x)",
+        flush=True,
+    )
+    full = whole(config(work / "w2"), work / "in-oru", 2, "all cores = 2 workers, the whole input")
+    every = [*results[1], *results[2], full]
+    rss_one = max(r["rss_one"] for r in every) / 2**20
+    rss_sum = max(r["rss_sum"] for r in every) / 2**20
+    print(f"peak RSS: largest process {rss_one:,.0f} MiB, all processes together {rss_sum:,.0f} MiB (target < 300 MB)")
+    wall = full["wall_s"]
+    print(f"{n_oru:,}-message backfill on all cores (2 workers): {wall:,.1f} s = {wall / 60:,.1f} min "
+          f"(target < 10 min)", flush=True)  # fmt: skip
     if not args.skip_kill:
-        kill_and_resume(work, work / "in-oru", n_oru, work / "w2" / "outbox")
+        points = [float(x) for x in args.kill_at.split(",")]
+        kill_and_resume(work, work / "in-oru", n_oru, work / "w2" / "outbox", points)
+    shutil.rmtree(work / "w2", ignore_errors=True)
+    shutil.rmtree(work / "killed", ignore_errors=True)
     whole(config(work / "sr"), work / "in-sr", os.cpu_count() or 1, "SR files, all cores")
-    if args.workdir is None:
+    shutil.rmtree(work / "sr", ignore_errors=True)
+    print(f"load after: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}", flush=True)
+    if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -9,14 +9,23 @@ without one). All cores by default (``--workers``, 0 = in this process; inputs u
 Running the same command again after a kill or Ctrl-C continues where it stopped; after completion it
 converts nothing and prints the same summary.
 
+**Who writes.** With a folder sink alone (``sinks.folder``), the worker processes write the Bundles and the
+folder dead letters themselves and this process only reads, checks duplicates, publishes the staged files in
+input order and commits (:mod:`engine.backfill.staging`); ``--workers N`` is N conversion processes besides
+this one, ``--workers 0`` converts in this process. Kafka and FHIR-server sinks are written by this process
+in input order (every version of a report in archive order).
+
 Exit codes: 0 done, nothing rejected; 1 done, something rejected (the rest converted); 2 usage or
-configuration error; 130 interrupted (SIGINT/SIGTERM; progress committed).
+configuration error; 130 interrupted (SIGINT/SIGTERM; progress committed). Files that are not message
+files (a README, a binary blob) are skipped as a whole, counted by reason in ``skipped_files`` and the
+summary, and do not change the exit code.
 """
 
 from __future__ import annotations
 
 import argparse
 import fcntl
+import functools
 import json
 import sys
 from pathlib import Path
@@ -26,6 +35,7 @@ from engine.backfill.checkpoint import SqliteCheckpoint, job_id
 from engine.backfill.formats import iter_files
 from engine.backfill.progress import Progress
 from engine.backfill.run import Interrupted, Options, auto_workers, run_backfill
+from engine.backfill.staging import Staging, WorkerDeadLetters
 from engine.errors import ConfigError
 from engine.sinks.base import DeadLetterSink, Sink
 
@@ -85,6 +95,16 @@ def _destinations(settings: Any) -> tuple[list[Sink], DeadLetterSink, str]:
     return sinks, dead, ",".join(names)
 
 
+def _staging(settings: Any, sinks: list[Sink]) -> Staging | None:
+    """Workers write when the only sink is the folder sink (see the module docstring)."""
+    from engine.sinks.folder import FolderSink
+
+    if len(sinks) != 1 or not isinstance(sinks[0], FolderSink):
+        return None
+    dead = functools.partial(WorkerDeadLetters, settings.dlq_folder.path) if settings.dlq_folder is not None else None
+    return Staging(sinks[0].path, sync=True, dead_letters=dead)
+
+
 def _run(args: argparse.Namespace) -> int:
     from engine.settings import load_settings
 
@@ -122,6 +142,7 @@ def _run(args: argparse.Namespace) -> int:
         limit=settings.mapping.max_message_bytes,
         flush_seconds=max(0.0, args.commit_interval),
         model=settings.model,
+        staging=_staging(settings, sinks),
     )
     code = 0
     try:
@@ -148,4 +169,4 @@ def _run(args: argparse.Namespace) -> int:
     print(progress.summary(tally), file=sys.stderr)
     if args.report is not None:
         args.report.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    return 1 if tally.rejected else 0
+    return 1 if tally.rejected else 0  # skipped (non-message) files are reported, they do not fail the job

@@ -26,11 +26,21 @@ to add one (one implementation per layout):
 
 DICOM files (Part 10, raw datasets, DICOM JSON) are detected by content first and are one frame each;
 UTF-16 text files are read whole (the converter re-encodes them).
+
+**Files that are not messages.** A file that is not DICOM, holds no HL7 v2 message start anywhere
+(:data:`MESSAGE_START`: ``MSH``/``FHS``/``BHS`` at the start of the file or of a line, or right after an
+MLLP or ``<SB>`` marker, followed by a field separator and the encoding characters) and is not a listener
+log (no ``<SB>`` marker) yields one frame with ``skip`` set to :data:`NOT_A_MESSAGE_FILE`: one outcome for
+the whole file (a README, a binary blob), never one rejected "message" per run of junk. A listener log's
+``<SB>`` frames are what a sender transmitted, so they stay message candidates even when none holds a
+message (an empty or junk transmission is rejected with its reason). The scan stops at the first start or
+marker found (usually in the first block).
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import re
 from collections.abc import Generator, Iterator, Sequence
@@ -43,6 +53,8 @@ from engine._dispatch import is_dicom
 __all__ = [
     "BLOCK",
     "FORMATS",
+    "MESSAGE_START",
+    "NOT_A_MESSAGE_FILE",
     "Er7Stream",
     "Frame",
     "InputFile",
@@ -59,10 +71,19 @@ BLOCK = 1 << 20  # bytes read per step
 _WS = b" \t\r\n"
 
 
+NOT_A_MESSAGE_FILE = "not an HL7 v2 or DICOM file (no MSH/FHS/BHS message start, no DICOM header)"
+
+#: An HL7 v2 message (or batch) start: segment id at the start of the file or a line, or after an MLLP /
+#: ``<SB>`` marker, then the field separator, 2 to 5 encoding characters and the separator again (HL7 v2.5.1
+#: section 2.5.4: MSH-1, MSH-2).
+MESSAGE_START = re.compile(rb"(?:\A|[\r\n\x0b>])(?:\xef\xbb\xbf)?(?:MSH|FHS|BHS)([^A-Za-z0-9\s])[^A-Za-z0-9\s]{2,5}?\1")
+
+
 @dataclass(frozen=True, slots=True)
 class Frame:
     index: int  # 1-based position of the frame in its file (the checkpoint unit)
     raw: bytes  # the original bytes (markers included): converted, and dead-lettered verbatim
+    skip: str | None = None  # the whole file is not a message file: this reason, one outcome
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,14 +264,34 @@ def frames_of(path: Path, limit: int, formats: Sequence[LogFormat] = FORMATS) ->
     """The frames of one file, in order (see the module docstring)."""
     with open(path, "rb") as stream:
         head = stream.read(64 * 1024)
-        if is_dicom(head) or head[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        if is_dicom(head):
             rest = stream.read(limit + 1 - len(head))
             yield Frame(1, head + rest)
+            return
+        if head[:2] in (b"\xff\xfe", b"\xfe\xff"):  # UTF-16 text
+            data = head + stream.read(limit + 1 - len(head))
+            text = data.decode("utf-16", errors="replace").encode("utf-8", errors="replace")
+            yield Frame(1, data) if MESSAGE_START.search(text) else Frame(1, b"", NOT_A_MESSAGE_FILE)
+            return
+        if head.strip(_WS) and not _has_start(head, stream):
+            yield Frame(1, b"", NOT_A_MESSAGE_FILE)
             return
         stream.seek(0)
         fmt = detect_format(head, formats)
         for n, raw in enumerate(fmt.frames(stream, limit), start=1):
             yield Frame(n, raw)
+
+
+def _has_start(head: bytes, stream: BinaryIO) -> bool:
+    """Is there a :data:`MESSAGE_START` or a ``<SB>`` log marker in ``head`` or the rest of ``stream`` (read
+    block by block, with an overlap)?"""
+    tail = b""
+    for block in itertools.chain((head,), _blocks(stream)):
+        buf = tail + block
+        if MESSAGE_START.search(buf) or b"<SB>" in buf:
+            return True
+        tail = buf[-16:]
+    return False
 
 
 _LOG_CR = re.compile(rb"<(?:R|CR)>[ \t]*(?:\r\n|\n|\r)?|\r\n|\n")
@@ -268,7 +309,7 @@ def message_key(raw: bytes) -> bytes:
         cut = body.rfind(b"<EB>")
         if cut >= 0:
             body = body[:cut]
-    if b"\n" in body or b"<" in body:  # plain CR-terminated ER7 (the common case) needs no rewriting
+    if b"\n" in body or b"<R>" in body or b"<CR>" in body:  # plain CR-terminated ER7 needs no rewriting
         body = _LOG_CR.sub(b"\r", body)
     body = body.strip(_WS)
     return hashlib.blake2b(body, digest_size=16).digest()

@@ -4,25 +4,35 @@ one :class:`engine.convert.Converter` (built once by the pool initializer), fed 
 Batches (tens of frames) amortise the inter-process hand-over; the caller keeps a bounded number of batches
 in flight and consumes results in submission order, which keeps every report's versions in input order and
 bounds memory. ``workers=0`` converts in the calling process (same interface, no pool).
+
+:func:`convert_batch` returns whole :class:`Conversion` s (Bundle bodies included) to the caller, which
+writes them (the service; backfill sinks that need the parent: Kafka, FHIR server, stdout);
+:func:`stage_batch` has the worker write the outputs itself and return small results
+(:mod:`engine.backfill.staging`).
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import multiprocessing
 import os
+import signal
 import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from typing import Any
 
+from engine.backfill.staging import Done, FrameJob, Stager, Staging
 from engine.convert import Converter
 from engine.outcomes import Conversion, Filtered
 from pipelines.context import MappingContext
 
-__all__ = ["InlineExecutor", "convert_batch", "make_executor"]
+__all__ = ["InlineExecutor", "convert_batch", "make_executor", "stage_batch"]
 
 _converter: Converter | None = None
+_stager: Stager | None = None
 
 
 def _watch_parent(pid: int) -> None:
@@ -38,11 +48,25 @@ def _watch_parent(pid: int) -> None:
             continue
 
 
-def _init(context: MappingContext, model: str, parent: int | None = None) -> None:
-    global _converter
-    _converter = Converter(context, model)
+def _die_with_forkserver() -> None:
+    """Linux: SIGKILL this worker the moment its parent (the forkserver, which exits as soon as the backfill
+    process is gone) dies, so that a killed backfill leaves no worker writing temp files while the next run
+    starts. Elsewhere :func:`_watch_parent` alone (within half a second)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+
+
+def _init(context: MappingContext, model: str, parent: int | None = None, staging: Staging | None = None) -> None:
+    global _converter, _stager
     if parent is not None:
+        _die_with_forkserver()
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the process group: the parent stops us
         threading.Thread(target=_watch_parent, args=(parent,), name="parent-watch", daemon=True).start()
+    _converter = Converter(context, model)
+    _stager = Stager(staging) if staging is not None else None
 
 
 def convert_batch(frames: Sequence[bytes]) -> list[Conversion]:
@@ -57,6 +81,12 @@ def convert_batch(frames: Sequence[bytes]) -> list[Conversion]:
     return results
 
 
+def stage_batch(jobs: Sequence[FrameJob]) -> list[Done]:
+    """Convert each frame and write its outputs as temp files (and its dead letters) in this process."""
+    assert _converter is not None and _stager is not None, "pool worker not initialised for staging"
+    return _stager.run(_converter.convert, jobs)
+
+
 class InlineExecutor(Executor):
     """Runs each task at submit time in the calling process (``--workers 0``)."""
 
@@ -69,14 +99,15 @@ class InlineExecutor(Executor):
         return future
 
 
-def make_executor(workers: int, context: MappingContext, model: str) -> Executor:
+def make_executor(workers: int, context: MappingContext, model: str, staging: Staging | None = None) -> Executor:
     """A process pool of ``workers`` processes (``forkserver`` start: no inherited threads or open store
-    connections), or an :class:`InlineExecutor` for ``workers == 0``."""
+    connections), or an :class:`InlineExecutor` for ``workers == 0``; ``staging``: what :func:`stage_batch`
+    writes."""
     if workers <= 0:
-        _init(context, model)
+        _init(context, model, None, staging)
         return InlineExecutor()
     methods = multiprocessing.get_all_start_methods()
     ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
     return ProcessPoolExecutor(
-        max_workers=workers, mp_context=ctx, initializer=_init, initargs=(context, model, os.getpid())
+        max_workers=workers, mp_context=ctx, initializer=_init, initargs=(context, model, os.getpid(), staging)
     )

@@ -15,9 +15,10 @@ from typing import Any, TextIO
 
 from tqdm import tqdm
 
-__all__ = ["MAX_REASONS", "Progress", "Tally"]
+__all__ = ["MAX_REASONS", "MAX_SKIPPED_EXAMPLES", "Progress", "Tally"]
 
 MAX_REASONS = 100
+MAX_SKIPPED_EXAMPLES = 20  # skipped files named in the summary and the report (the rest only counted)
 
 
 def _bump(table: dict[str, int], reason: str, n: int = 1) -> None:
@@ -36,6 +37,13 @@ class Tally:
     duplicates: int = 0  # exact duplicates (same message key as an earlier frame): counted, not converted
     filtered: dict[str, int] = field(default_factory=dict)  # reason -> messages
     rejected: dict[str, int] = field(default_factory=dict)  # reason -> messages
+    skipped: dict[str, int] = field(default_factory=dict)  # reason -> whole files (not message files)
+    skipped_examples: list[str] = field(default_factory=list)  # the first skipped files' paths
+
+    def skip(self, reason: str, path: str = "") -> None:
+        _bump(self.skipped, reason)
+        if path and len(self.skipped_examples) < MAX_SKIPPED_EXAMPLES:
+            self.skipped_examples.append(path)
 
     def filter(self, reason: str) -> None:
         _bump(self.filtered, reason)
@@ -53,6 +61,8 @@ class Tally:
             "duplicates": self.duplicates,
             "filtered": dict(sorted(self.filtered.items())),
             "rejected": dict(sorted(self.rejected.items())),
+            "skipped_files": dict(sorted(self.skipped.items())),
+            "skipped_examples": list(self.skipped_examples),
         }
 
     @classmethod
@@ -66,6 +76,8 @@ class Tally:
             duplicates=int(data.get("duplicates", 0)),
             filtered=dict(data.get("filtered", {})),
             rejected=dict(data.get("rejected", {})),
+            skipped=dict(data.get("skipped_files", {})),
+            skipped_examples=list(data.get("skipped_examples", [])),
         )
 
 
@@ -140,6 +152,9 @@ class Progress:
             *(f"  {n:>8,}  {r}" for r, n in sorted(tally.filtered.items(), key=lambda x: -x[1])),
             f"rejected: {sum(tally.rejected.values()):,} (dead letters)",
             *(f"  {n:>8,}  {r}" for r, n in sorted(tally.rejected.items(), key=lambda x: -x[1])),
+            f"skipped files: {sum(tally.skipped.values()):,} (not message files; no outcome per message)",
+            *(f"  {n:>8,}  {r}" for r, n in sorted(tally.skipped.items(), key=lambda x: -x[1])),
+            *(f"  skipped: {p}" for p in tally.skipped_examples),
             f"throughput: {self.rate(tally):,.0f} messages/s over {elapsed:,.1f} s (this run)",
         ]
         return "\n".join(lines)

@@ -16,6 +16,15 @@
   overwrite, so the output set is identical.
 * **Outcomes.** Each message is converted (outputs), filtered (counted by reason) or rejected (dead letter
   with its original bytes, counted by reason); a frame whose message key was seen before is a duplicate.
+  A file that holds no HL7 v2 message start and is not DICOM is *skipped*: one outcome for the whole file
+  (counted by reason in ``skipped``, not a message, not a dead letter).
+
+**Who writes.** With ``Options.staging`` (folder outputs: ``engine backfill`` with ``sinks.folder`` only,
+``engine map --out``) the worker processes write the Bundles as temp files and the dead letters themselves
+and return small results; this process only reads frames, checks duplicates, publishes the staged files in
+input order (rename) and commits (:mod:`engine.backfill.staging`). Sinks that need one ordered writer (Kafka,
+the FHIR server models, stdout) keep the classic path: whole conversions come back in submission order and
+this process writes them, which keeps every version of a report in archive order for them too.
 """
 
 from __future__ import annotations
@@ -24,7 +33,7 @@ import collections
 import os
 import signal
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,11 +42,12 @@ from typing import Any
 
 from engine.backfill.checkpoint import Checkpoint
 from engine.backfill.formats import FORMATS, Frame, InputFile, LogFormat, frames_of, message_key
-from engine.backfill.pool import convert_batch, make_executor
+from engine.backfill.pool import convert_batch, make_executor, stage_batch
 from engine.backfill.progress import Progress, Tally
+from engine.backfill.staging import Done, FrameJob, StagedFolder, Staging, envelope_for, rejection_label
 from engine.outcomes import Conversion
 from engine.sinks.base import DeadLetterSink, Sink
-from engine.sources.base import CONTENT_DICOM, CONTENT_HL7V2, Envelope
+from engine.sources.base import Envelope
 from pipelines.context import MappingContext
 
 __all__ = ["SMALL_INPUT", "Interrupted", "Options", "auto_workers", "run_backfill"]
@@ -61,7 +71,7 @@ class Interrupted(Exception):
 @dataclass(frozen=True, slots=True)
 class Options:
     workers: int = 0  # 0: convert in this process
-    batch: int = 64  # frames per task
+    batch: int = 256  # frames per task (per-task costs in this process amortised)
     batch_bytes: int = 4 << 20  # or fewer frames when they are large
     inflight_per_worker: int = 4  # bounded queue: batches waiting or converting per worker
     flush_every: int = 4000  # messages between sink flushes + checkpoint commits
@@ -69,6 +79,7 @@ class Options:
     limit: int = 16 * 1024 * 1024  # largest frame (MappingContext.max_message_bytes)
     model: str = "document"
     formats: tuple[LogFormat, ...] = FORMATS
+    staging: Staging | None = None  # workers write the outputs (engine.backfill.staging); else this process
 
 
 @dataclass(slots=True)
@@ -79,9 +90,14 @@ class _Item:
     first: str | None = None
     eof: bool = False  # last frame of its file
     size: int = 0  # bytes of the frame in the file
+    skip: str | None = None  # the whole file is skipped, with this reason
 
 
-_Batch = tuple[list[_Item], "Future[list[Conversion]]"]
+def _live(item: _Item) -> bool:
+    return item.raw is not None and item.first is None and item.skip is None
+
+
+_Batch = tuple[list[_Item], "Future[list[Conversion]] | Future[list[Done]]"]
 
 
 def _label(f: InputFile, index: int) -> str:
@@ -98,14 +114,19 @@ class _Loop:
         progress: Progress | None,
         options: Options,
         tally: Tally,
+        published: Callable[[str], Any] | None = None,
     ) -> None:
         self.context, self.sinks, self.dead_letters = context, list(sinks), dead_letters
         self.checkpoint, self.progress, self.options, self.tally = checkpoint, progress, options, tally
+        self.staged: StagedFolder | None = None
+        if options.staging is not None:
+            self.staged = StagedFolder(options.staging.outputs, sync=options.staging.sync, on_publish=published)
+        self.record = getattr(dead_letters, "record", None)  # engine map lists what workers dead-lettered
         self.marks: dict[Path, tuple[InputFile, int, bool]] = {}
         self.since_flush = 0
         self.last_flush = time.monotonic()
         self.stop = False
-        concurrent = all(getattr(x, "concurrent_flush", False) for x in self.sinks) and (
+        concurrent = all(getattr(x, "concurrent_flush", False) for x in self._flushing()) and (
             getattr(dead_letters, "concurrent_flush", False) or not hasattr(dead_letters, "flush")
         )
         self._flusher = ThreadPoolExecutor(1, thread_name_prefix="backfill-flush") if concurrent else None
@@ -126,6 +147,9 @@ class _Loop:
                         continue
                     if last is not None:
                         yield last
+                    if frame.skip is not None:
+                        last = _Item(f, frame.index, None, skip=frame.skip, size=f.size)
+                        continue
                     last = _Item(f, frame.index, frame.raw, size=len(frame.raw))
                     if self.stop:
                         return
@@ -152,7 +176,7 @@ class _Loop:
             yield self._dedupe(batch)
 
     def _dedupe(self, batch: list[_Item]) -> list[_Item]:
-        live = [it for it in batch if it.raw is not None and it.first is None]
+        live = [it for it in batch if _live(it)]
         firsts = self.checkpoint.claim([(message_key(it.raw or b""), _label(it.file, it.index)) for it in live])
         for it, first in zip(live, firsts, strict=True):
             if first is not None:
@@ -161,10 +185,14 @@ class _Loop:
 
     # -- consuming ----------------------------------------------------------------------------------
 
-    def consume(self, items: list[_Item], results: list[Conversion]) -> None:
-        it_results = iter(results)
+    def consume(self, items: list[_Item], results: list[Conversion] | list[Done]) -> None:
+        it_results: Iterator[Conversion | Done] = iter(results)
         for item in items:
-            if item.raw is None:
+            if item.skip is not None:
+                self.tally.skip(item.skip, str(item.file.path))
+                if self.record is not None:
+                    self.record(str(item.file.path), f"skipped: {item.skip}", "skipped")
+            elif item.raw is None:
                 if item.first:  # "" marks an empty end-of-file item
                     self.tally.inputs += 1
                     self.tally.duplicates += 1
@@ -172,7 +200,11 @@ class _Loop:
                 self.tally.inputs += 1
                 self._reject(item, 1, item.first, "ReadError", b"")
             else:
-                self._outcome(item, next(it_results))
+                result = next(it_results)
+                if isinstance(result, tuple):
+                    self._done(item, result)
+                else:
+                    self._outcome(item, result)
             self.tally.bytes += item.size
             self.marks[item.file.path] = (item.file, item.index, item.eof)
             if item.eof:
@@ -196,25 +228,40 @@ class _Loop:
         for rej in result.rejections:
             self._reject(item, rej.index, rej.reason, rej.error_class, rej.raw)
 
+    def _done(self, item: _Item, done: Done) -> None:
+        """A frame converted and written by a worker (staging): publish its staged files, count it."""
+        assert self.staged is not None
+        messages, outputs, filtered, rejections = done
+        self.tally.inputs += messages
+        self.since_flush += messages
+        if outputs:
+            self.tally.converted += messages - len(rejections) - len(filtered)
+        for bundle_id, tmp in outputs:
+            self.staged.stage(bundle_id, tmp)
+            self.tally.outputs += 1
+        for reason in filtered:
+            self.tally.filter(reason)
+        for n, reason, error_class, raw in rejections:
+            if raw is not None:  # the workers do not write this deployment's dead letters
+                self._reject(item, n, reason, error_class, raw)
+                continue
+            self.tally.reject(reason)
+            if self.record is not None:
+                self.record(rejection_label(str(item.file.path), item.index, n), reason, error_class)
+
     def _reject(self, item: _Item, n: int, reason: str, error_class: str, raw: bytes) -> None:
         self.tally.reject(reason)
-        label = _label(item.file, item.index) if n == 1 else f"{_label(item.file, item.index)}.{n}"
+        label = rejection_label(str(item.file.path), item.index, n)
         self.dead_letters.put(self._envelope(item, raw, label), raw, reason, error_class)
 
     def _envelope(self, item: _Item, raw: bytes, label: str | None = None) -> Envelope:
-        dicom = raw[128:132] == b"DICM"
-        return Envelope(
-            id=label or _label(item.file, item.index),
-            payload=raw,
-            content_type=CONTENT_DICOM if dicom else CONTENT_HL7V2,
-            source="backfill",
-            received_at=item.file.mtime_ns / 1e9,
-            position=(str(item.file.path), item.index),
-            headers={"input": str(item.file.path), "frame": str(item.index)},
-        )
+        return envelope_for(str(item.file.path), item.index, item.file.mtime_ns, raw, label)
+
+    def _flushing(self) -> list[Any]:
+        return [self.staged] if self.options.staging is not None else list(self.sinks)
 
     def _flush_and_commit(self, marks: list[tuple[InputFile, int, bool]], counts: dict[str, Any]) -> None:
-        for sink in self.sinks:
+        for sink in self._flushing():
             sink.flush()
         flush = getattr(self.dead_letters, "flush", None)
         if callable(flush):
@@ -248,13 +295,12 @@ class _Loop:
 
     def run(self, files: Sequence[InputFile]) -> None:
         o = self.options
-        executor = make_executor(o.workers, self.context, o.model)
+        executor = make_executor(o.workers, self.context, o.model, o.staging)
         pending: collections.deque[_Batch] = collections.deque()
         limit = max(1, o.workers) * o.inflight_per_worker
         try:
             for batch in self.batches(files):
-                frames = [it.raw for it in batch if it.raw is not None and it.first is None]
-                pending.append((batch, executor.submit(convert_batch, frames)))
+                pending.append((batch, self._submit(executor, batch)))
                 while len(pending) >= limit or (pending and pending[0][1].done()):
                     items, future = pending.popleft()
                     self.consume(items, future.result())
@@ -267,9 +313,33 @@ class _Loop:
                 self.maybe_commit()
             self.maybe_commit(force=True)
         finally:
-            executor.shutdown(wait=not self.stop, cancel_futures=True)
+            staging = self.staged is not None
+            executor.shutdown(wait=staging or not self.stop, cancel_futures=True)
+            if staging:
+                self._discard(pending)
             if self._flusher is not None:
                 self._flusher.shutdown(wait=True)
+            if staging and not self.stop:
+                self.staged.close()  # type: ignore[union-attr]
+
+    def _submit(self, executor: Any, batch: list[_Item]) -> Future[Any]:
+        if self.options.staging is None:
+            return executor.submit(convert_batch, [it.raw for it in batch if _live(it)])  # type: ignore[no-any-return]
+        names: dict[Path, str] = {}  # one str per file: pickled once per task
+        jobs: list[FrameJob] = [
+            (names.setdefault(it.file.path, str(it.file.path)), it.index, it.file.mtime_ns, it.raw or b"")
+            for it in batch
+            if _live(it)
+        ]
+        return executor.submit(stage_batch, jobs)  # type: ignore[no-any-return]
+
+    def _discard(self, pending: collections.deque[_Batch]) -> None:
+        """After a stop or a failure: staged files of results that were never consumed are removed."""
+        assert self.staged is not None
+        for _, future in pending:
+            if future.done() and not future.cancelled() and future.exception() is None:
+                results: list[Done] = future.result()  # type: ignore[assignment]
+                self.staged.discard([tmp for done in results for _, tmp in done[1]])
 
 
 def run_backfill(
@@ -282,14 +352,17 @@ def run_backfill(
     options: Options | None = None,
     progress: Progress | None = None,
     handle_signals: bool = True,
+    published: Callable[[str], Any] | None = None,
 ) -> Tally:
     """Convert every frame of ``files`` (see the module docstring); returns the job's cumulative tally
     (a resumed job includes what earlier runs committed). Raises :class:`Interrupted` after a graceful
-    stop (SIGTERM/SIGINT), with everything consumed flushed and committed."""
+    stop (SIGTERM/SIGINT), with everything consumed flushed and committed. With ``options.staging`` the
+    workers write the outputs (``sinks`` are then not written to); ``published(bundle_id)`` is called for
+    each output they staged, in input order."""
     opts = options or Options(limit=context.max_message_bytes)
     stored = checkpoint.counts()
     tally = Tally.from_dict(stored) if stored else Tally()
-    loop = _Loop(context, sinks, dead_letters, checkpoint, progress, opts, tally)
+    loop = _Loop(context, sinks, dead_letters, checkpoint, progress, opts, tally, published)
     if progress is not None:
         progress.update(tally)  # the baseline: a resumed job's rate counts this run only
     previous: dict[signal.Signals, Any] = {}

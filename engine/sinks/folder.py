@@ -28,7 +28,7 @@ from engine.convert import Output
 from engine.errors import PermanentError
 from engine.sources.base import Envelope
 
-__all__ = ["FolderSink", "atomic_write", "fsync_dir", "sync_files", "write_batch"]
+__all__ = ["FolderSink", "atomic_write", "fsync_dir", "remove_stale_tmp", "stale_tmp", "sync_files", "write_batch"]
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
 TMP_PREFIX = ".tmp-"
@@ -139,11 +139,18 @@ def atomic_write(directory: Path, name: str, data: bytes, *, sync_dir: bool = Tr
     return target
 
 
+def stale_tmp(directory: Path) -> list[str]:
+    """Names of the temporary files in ``directory``, read with a streaming ``os.scandir`` (an outbox holds
+    millions of Bundles: ``Path.glob`` would list every entry in memory first)."""
+    with os.scandir(directory) as entries:
+        return [e.name for e in entries if e.name.startswith(TMP_PREFIX)]
+
+
 def remove_stale_tmp(directory: Path) -> None:
     """Drop temporary files a crashed process left behind (never visible as outputs)."""
-    for leftover in directory.glob(f"{TMP_PREFIX}*"):
+    for name in stale_tmp(directory):
         with contextlib.suppress(OSError):
-            leftover.unlink()
+            os.unlink(directory / name)
 
 
 class FolderSink:
