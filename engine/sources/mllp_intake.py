@@ -37,6 +37,7 @@ from engine.sources.hl7_ack import (
     read_msh,
 )
 from engine.sources.listener_settings import MllpSettings
+from engine.sources.loop_bridge import LoopBridge
 from engine.sources.mllp_framing import FrameTooLarge, Garbage, frame
 from engine.sources.mllp_verdicts import (
     CONVERSION_BUG,
@@ -77,6 +78,7 @@ class MllpIntake:
         self._executor: ThreadPoolExecutor | None = None
         self._pool: ProcessPoolExecutor | None = None
         self._gathering: list[tuple[bytes, asyncio.Future[Conversion]]] = []  # see _gathered
+        self._bridge: LoopBridge | None = None  # store commits -> the event loop, see _committed
         self.counters: dict[str, int] = dict.fromkeys(
             (
                 "connections", "accepted", "rejected", "errors", "too_large", "idle_closed", "junk_bytes",
@@ -189,10 +191,7 @@ class MllpIntake:
             if callable(land_async):  # the message store: await its commit without holding a thread
                 future = land_async(payload, content_type=CONTENT_HL7V2, source=self.settings.name, headers=headers,
                                     **extra)  # fmt: skip
-                try:
-                    envelope_id = await asyncio.wait_for(asyncio.wrap_future(future), _LAND_TIMEOUT_S)
-                except TimeoutError as exc:
-                    raise TransientError("message store: commit timed out") from exc
+                envelope_id = await self._committed(future)
             else:
                 land = functools.partial(
                     self.landing.land, payload, content_type=CONTENT_HL7V2, source=self.settings.name,
@@ -216,6 +215,23 @@ class MllpIntake:
         log.debug("mllp: landed %s as %s from %s", label, envelope_id, peer)
         return Verdict("A")
 
+    def _committed(self, future: Future[str]) -> asyncio.Future[str]:
+        """Await a store commit through the loop bridge (one wake-up per group commit, not per message); after
+        ``_LAND_TIMEOUT_S`` it fails with :class:`TransientError` and the commit is cancelled if not yet run."""
+        loop = asyncio.get_running_loop()
+        if self._bridge is None or self._bridge.loop is not loop:
+            self._bridge = LoopBridge(loop)
+        mirror = self._bridge.watch(future)
+
+        def expire() -> None:
+            if not mirror.done():
+                future.cancel()
+                mirror.set_exception(TransientError("message store: commit timed out"))
+
+        timer = loop.call_later(_LAND_TIMEOUT_S, expire)
+        mirror.add_done_callback(lambda _: timer.cancel())
+        return mirror
+
     async def _store_and_convert(
         self, payload: bytes, headers: dict[str, str], label: str, peer: str, converted: bool
     ) -> tuple[Verdict, Conversion | None]:
@@ -224,18 +240,34 @@ class MllpIntake:
         result instead of converting a second time (``engine.store_source.PreparedConversions``)."""
         if not converted:
             return await self._store(payload, headers, label, peer), None
-        conversion_task = asyncio.ensure_future(self._convert(payload, label))
+        gathered = self._pool is None and callable(getattr(self.converter, "submit_many", None))
+        # the conversion processes' group hand-over is awaited as is (no task per message); others run in a task
+        conversion_task: asyncio.Future[Conversion] | asyncio.Future[Conversion | None] = (
+            self._gathered(payload) if gathered else asyncio.ensure_future(self._convert(payload, label))
+        )
         hand_over: Future[Conversion | None] | None = Future() if self._hand_over else None
         conversion: Conversion | None = None
         try:
             stored = await self._store(payload, headers, label, peer, hand_over)
-            conversion = await conversion_task
+            if gathered:
+                conversion = await self._convert_result(conversion_task, label)
+            else:
+                conversion = await conversion_task
         finally:
             if hand_over is not None:  # always resolved: the worker may be waiting for it
                 hand_over.set_result(conversion)
             if not conversion_task.done():
                 conversion_task.cancel()
         return stored, conversion
+
+    async def _convert_result(self, pending: asyncio.Future[Any], label: str) -> Conversion | None:
+        try:
+            result: Conversion = await pending
+        except Exception:  # a converter bug: the message is stored, the worker will meet it too
+            self.counters["errors"] += 1
+            log.error("mllp: conversion for the ACK failed unexpectedly (control id %s)", label, exc_info=True)
+            return None
+        return result
 
     async def _convert(self, payload: bytes, label: str) -> Conversion | None:
         result: Conversion
