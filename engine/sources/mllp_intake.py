@@ -78,6 +78,7 @@ class MllpIntake:
         self._executor: ThreadPoolExecutor | None = None
         self._pool: ProcessPoolExecutor | None = None
         self._gathering: list[tuple[bytes, asyncio.Future[Conversion]]] = []  # see _gathered
+        self._ack_clock: tuple[int, datetime] = (-1, datetime.now(UTC))  # see _ack_time
         self._bridge: LoopBridge | None = None  # store commits -> the event loop, see _committed
         self.counters: dict[str, int] = dict.fromkeys(
             (
@@ -374,11 +375,18 @@ class MllpIntake:
     async def _answer(
         self, msh: MshInfo | None, stored: Verdict, applied: Verdict | None, writer: asyncio.StreamWriter
     ) -> None:
-        now = datetime.now(UTC).astimezone()
+        now = self._ack_time()
         for code, verdict in acknowledgements(msh, stored, applied):
             ack_id = ack_control_id(msh.control_id if msh else "", time.time_ns(), code)
             text = verdict.text if verdict.kind != "A" else ""
             await self._send(writer, build_ack(msh, code, now=now, control_id=ack_id, text=text, error=verdict.error))
+
+    def _ack_time(self) -> datetime:
+        """Local time for MSH-7 of ACKs, to the second (one datetime per second: ``build_ack`` memoises its text)."""
+        second = int(time.time())
+        if second != self._ack_clock[0]:
+            self._ack_clock = (second, datetime.fromtimestamp(second, UTC).astimezone())
+        return self._ack_clock[1]
 
     async def _send(self, writer: asyncio.StreamWriter, ack: bytes) -> None:
         writer.write(frame(ack))
