@@ -56,6 +56,9 @@ log = logging.getLogger("engine.sources.mllp")
 
 _OCTETS = "application/octet-stream"
 _LAND_TIMEOUT_S = 60.0  # a commit that takes longer is answered AE (retry later)
+# messages arriving within this long share one hand-over to the conversion processes (measured: 1 ms cuts the
+# pool's result thread from ~130 to ~80 µs of CPU per message, 4 connections, ACK median unchanged)
+_GATHER_S = 0.001
 
 
 class MllpIntake:
@@ -288,13 +291,14 @@ class MllpIntake:
         return result
 
     def _gathered(self, payload: bytes) -> asyncio.Future[Conversion]:
-        """Convert in the conversion processes, together with every other message that arrives in the same turn
-        of the event loop (one process hand-over and one wake-up per group instead of per message)."""
+        """Convert in the conversion processes, together with every other message that arrives within
+        ``_GATHER_S`` (one process hand-over and one wake-up per group instead of per message). The wait costs the
+        ACK nothing in practice: the store commit it runs beside (an fsync) takes longer."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Conversion] = loop.create_future()
         self._gathering.append((payload, future))
         if len(self._gathering) == 1:
-            loop.call_soon(self._convert_gathered, loop)
+            loop.call_later(_GATHER_S, self._convert_gathered, loop)
         return future
 
     def _convert_gathered(self, loop: asyncio.AbstractEventLoop) -> None:
