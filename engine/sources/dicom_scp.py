@@ -285,9 +285,8 @@ class StoreScp:
         return status
 
     def _store(self, event: evt.Event) -> int | Dataset:
-        # ack: converted with the message store: the conversion made for the status is handed to the worker
-        # with the row (engine.store_source.PreparedConversions), so it is never converted twice; the future is
-        # always resolved (None: not converted here, the worker converts the stored bytes itself)
+        # ack: converted + message store: the status's conversion goes to the worker with the row (never converted
+        # twice, engine.store_source.PreparedConversions); always resolved (None: the worker converts the bytes)
         hand_over: Future[Conversion | None] | None = None
         if self.settings.ack == "converted" and getattr(self.landing, "prepared", None) is not None:
             hand_over = Future()
@@ -376,11 +375,10 @@ class StoreScp:
         return self._converted(payload, sop_instance, hand_over)
 
     def _converted(
-        self, payload: bytes, sop_instance: str, hand_over: Future[Conversion | None] | None = None
+        self, payload: bytes, sop_instance: str, hand_over: Future[Conversion | None] | None
     ) -> int | Dataset:
-        """``ack: converted``: the status tells what became of the stored dataset. ``hand_over`` (given to the
-        message store with the row) is always resolved: with the result, or None when the conversion failed
-        unexpectedly (the worker then converts the stored bytes itself)."""
+        """``ack: converted``: the status tells what became of the stored dataset; ``hand_over`` gets the result
+        (the message store's future for the worker; :meth:`_store` resolves it with None if this fails)."""
         try:
             result = self.converter.convert(payload)
             if hand_over is not None:
