@@ -14,7 +14,8 @@ loopback ports, sends the 900-message WashU feed ``--copies`` times (distinct co
 * end to end: messages per second from the first send until every message is finished in the store
   (``published``/``filtered``/``failed``: each Bundle renamed into the outbox and synced);
 * the engine's CPU per message (user + system, the engine and its conversion processes, from /proc);
-  ``BENCH_THREADS=1`` prints it per thread, ``BENCH_THREADS=tid`` names each thread (needs ``py-spy``);
+  ``BENCH_THREADS=1`` prints it per thread, ``BENCH_THREADS=tid`` names each thread (needs ``py-spy``),
+  ``BENCH_SYS=1`` splits user and system CPU;
 * ``partition_key_for`` (the Kafka landing key, read from MSH/OBR alone) per CPU-second, against a full
   conversion per message (what the landing did before);
 * with ``--bootstrap``: Kafka landing rate (``KafkaLanding.land``, ``acks=all``, ``--threads`` concurrent
@@ -104,7 +105,11 @@ def cpu_by_thread(pid: int) -> dict[str, float]:
                 name = f"{'engine' if p == pid else 'child'}:{head.split('(', 1)[1].rstrip('0123456789_-')}"
                 if os.environ.get("BENCH_THREADS") == "tid":
                     name += f":{task.name}"
-                out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+                if os.environ.get("BENCH_SYS"):  # user and system CPU apart (system: syscalls, fsync, pipes)
+                    out[name + " sys"] = out.get(name + " sys", 0.0) + int(fields[12]) / tick
+                    out[name] = out.get(name, 0.0) + int(fields[11]) / tick
+                else:
+                    out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
                 todo.extend(int(c) for c in (task / "children").read_text().split())
         except (OSError, IndexError, ValueError):
             continue

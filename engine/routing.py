@@ -8,7 +8,8 @@ ORU and the SR of one study, and every version of one report, land on one Kafka 
   PATIENT_RESULT (ORC/OBR, ZDS/IPC); OBX rows are read only when no accession exists, for a Study UID.
   The order of the groups is the one the mapper gives the report's orders (content-less groups before the
   first group with OBX rows are its grouped procedures).
-* DICOM: the header (pydicom, content tree cut out unread): Accession Number with its issuer, Study UID,
+* DICOM: the header (``pipelines.dicom_sr.part10.read_part10``, the mapper's one-pass reader; pydicom for
+  other transfer syntaxes; content tree cut out unread): Accession Number with its issuer, Study UID,
   SOP Instance UID.
 
 Returns None for what is not an ORU or cannot be read (it will be filtered or dead-lettered anyway).
@@ -77,13 +78,21 @@ def hl7_key(raw: bytes, ctx: MappingContext) -> str | None:
 
 def dicom_key(data: bytes, ctx: MappingContext) -> str | None:
     """The partition key of a DICOM object, from its header."""
+    from pydicom.dataset import Dataset
+
     from pipelines.dicom_sr.header import read_header
+    from pipelines.dicom_sr.part10 import read_part10
     from pipelines.dicom_sr.rawtree import split_content
     from pipelines.dicom_sr.reader import read_dataset
 
     try:
-        split = None if data[:64].lstrip()[:1] == b"{" else split_content(data)
-        ds = read_dataset(split[0] if split else data)
+        fast = None if data[:64].lstrip()[:1] == b"{" else read_part10(data)  # one pass, no dcmread
+        ds: Dataset
+        if fast is not None:
+            ds = fast[0]
+        else:  # not a plain Part 10 Little Endian file (or DICOM JSON): pydicom, content tree cut out unread
+            split = None if data[:64].lstrip()[:1] == b"{" else split_content(data)
+            ds = read_dataset(split[0] if split else data)
         h = read_header(ds, ctx)
     except Exception:  # untrusted bytes: unreadable means no key (the converter rejects it with the reason)
         return None

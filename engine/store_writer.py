@@ -88,18 +88,24 @@ class GroupCommitWriter:
                 conn.execute(f"PRAGMA synchronous={synchronous}")
                 self._synchronous = synchronous
             conn.execute("BEGIN IMMEDIATE")
+            # a savepoint per operation only when others share the transaction: a lone one that fails rolls back
+            # the whole transaction instead (same effect, two statements fewer per commit)
+            alone = len(batch) == 1
             for fn, _future, _durable in batch:
-                conn.execute("SAVEPOINT op")
+                if not alone:
+                    conn.execute("SAVEPOINT op")
                 try:
                     results.append((True, fn(conn)))
                 except sqlite3.Error as exc:
-                    conn.execute("ROLLBACK TO op")
+                    conn.execute("ROLLBACK" if alone else "ROLLBACK TO op")
                     results.append((False, TransientError(f"message store: {exc}")))
                 except Exception as exc:  # a bug in an operation: fail that caller, keep the writer alive
-                    conn.execute("ROLLBACK TO op")
+                    conn.execute("ROLLBACK" if alone else "ROLLBACK TO op")
                     results.append((False, exc))
-                conn.execute("RELEASE op")
-            conn.execute("COMMIT")
+                if not alone:
+                    conn.execute("RELEASE op")
+            if conn.in_transaction:
+                conn.execute("COMMIT")
         except sqlite3.Error as exc:
             if conn.in_transaction:
                 with contextlib.suppress(sqlite3.Error):

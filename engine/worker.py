@@ -114,6 +114,7 @@ class Worker:
         self.dead_letters = dead_letters
         self.policy = policy or RetryPolicy()
         self.metrics = metrics or Metrics()
+        self._received: dict[str, Any] = {}  # source -> labelled child of metrics.received
         self.heartbeat = heartbeat or Heartbeat()
         self.batch_size = batch_size
         self.poll_timeout = poll_timeout
@@ -213,7 +214,10 @@ class Worker:
         return conversions
 
     def _convert(self, envelope: Envelope, conversion: Conversion | None = None) -> _Plan:
-        self.metrics.received.labels(source=envelope.source).inc()
+        received = self._received.get(envelope.source)  # the labelled child, cached (labels() is slow)
+        if received is None:
+            received = self._received[envelope.source] = self.metrics.received.labels(source=envelope.source)
+        received.inc()
         plan = _Plan(envelope)
         try:
             if conversion is None:

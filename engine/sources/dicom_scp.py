@@ -38,7 +38,9 @@ import json
 import logging
 import threading
 import time
+from concurrent.futures import Future
 from datetime import UTC, datetime
+from typing import Any
 
 from pydicom.dataset import Dataset
 from pynetdicom import AE, _config, evt
@@ -49,6 +51,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from engine.convert import Converter
 from engine.errors import PermanentError, TransientError
+from engine.outcomes import Conversion
 from engine.sources.base import CONTENT_DICOM, Landing
 from engine.sources.door import DoorRejects
 from engine.sources.listener_settings import ScpSettings, TlsSettings
@@ -282,6 +285,18 @@ class StoreScp:
         return status
 
     def _store(self, event: evt.Event) -> int | Dataset:
+        # ack: converted + message store: the status's conversion goes to the worker with the row (never converted
+        # twice, engine.store_source.PreparedConversions); always resolved (None: the worker converts the bytes)
+        hand_over: Future[Conversion | None] | None = None
+        if self.settings.ack == "converted" and getattr(self.landing, "prepared", None) is not None:
+            hand_over = Future()
+        try:
+            return self._land(event, hand_over)
+        finally:
+            if hand_over is not None and not hand_over.done():
+                hand_over.set_result(None)
+
+    def _land(self, event: evt.Event, hand_over: Future[Conversion | None] | None) -> int | Dataset:
         request = event.request
         assert isinstance(request, C_STORE)
         sop_class = str(request.AffectedSOPClassUID or "")
@@ -323,9 +338,10 @@ class StoreScp:
         }
         if study:
             headers["dicom.study-instance-uid"] = study
+        extra: dict[str, Any] = {"conversion": hand_over} if hand_over is not None else {}
         try:
             envelope_id = self.landing.land(
-                payload, content_type=CONTENT_DICOM, source=self.settings.name, headers=headers
+                payload, content_type=CONTENT_DICOM, source=self.settings.name, headers=headers, **extra
             )
         except TransientError as exc:
             self.counters["refused"] += 1
@@ -356,12 +372,17 @@ class StoreScp:
         if self.settings.ack == "stored":
             self.door.outcome(self.settings.name, "stored")
             return STATUS_SUCCESS
-        return self._converted(payload, sop_instance)
+        return self._converted(payload, sop_instance, hand_over)
 
-    def _converted(self, payload: bytes, sop_instance: str) -> int | Dataset:
-        """``ack: converted``: the status tells what became of the stored dataset."""
+    def _converted(
+        self, payload: bytes, sop_instance: str, hand_over: Future[Conversion | None] | None
+    ) -> int | Dataset:
+        """``ack: converted``: the status tells what became of the stored dataset; ``hand_over`` gets the result
+        (the message store's future for the worker; :meth:`_store` resolves it with None if this fails)."""
         try:
             result = self.converter.convert(payload)
+            if hand_over is not None:
+                hand_over.set_result(result)
         except Exception:  # a converter bug: stored; the worker meets it too and stops loudly
             self.counters["errors"] += 1
             log.error("dicom scp: conversion for the status failed unexpectedly (%s)", sop_instance, exc_info=True)

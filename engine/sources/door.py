@@ -69,11 +69,16 @@ class DoorRejects:
         self.keep_bytes = keep_bytes
         self.counts: dict[tuple[str, str], int] = {}
         self._lock = threading.Lock()
+        self._outcome_children: dict[tuple[str, str], _Counter] = {}
 
     def outcome(self, source: str, outcome: str) -> None:
         """Count what a sender was told (``converted``, ``filtered``, ``rejected``, ``stored``)."""
-        if self.metrics is not None:
-            self.metrics.ingress_outcomes.labels(source=source, outcome=outcome).inc()
+        if self.metrics is not None:  # the labelled child is cached: prometheus_client's labels() is slow
+            child = self._outcome_children.get((source, outcome))
+            if child is None:
+                child = self.metrics.ingress_outcomes.labels(source=source, outcome=outcome)
+                self._outcome_children[(source, outcome)] = child
+            child.inc()
 
     def reject(
         self,

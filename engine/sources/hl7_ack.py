@@ -16,6 +16,7 @@ Reasons are fixed engine texts, never message content (no PHI).
 from __future__ import annotations
 
 import codecs
+import functools
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime
@@ -104,10 +105,18 @@ def _msh_segment(message: bytes) -> bytes | None:
 
 
 def read_msh(message: bytes) -> MshInfo | None:
-    """Parse the MSH segment of ``message``; ``None`` when it does not start with a usable MSH."""
+    """Parse the MSH segment of ``message``; ``None`` when it does not start with a usable MSH.
+
+    The result is memoised per MSH segment (a few recent ones): the MLLP listener, the message index and the
+    ACK read the same header of one message (``MshInfo`` is immutable)."""
     segment = _msh_segment(message)
     if segment is None:
         return None
+    return _parse_msh(segment)
+
+
+@functools.lru_cache(maxsize=64)
+def _parse_msh(segment: bytes) -> MshInfo | None:
     sep = chr(segment[3])
     if sep.isalnum() or sep in "\r\n \t":
         return None
@@ -149,6 +158,13 @@ def read_msh(message: bytes) -> MshInfo | None:
     )
 
 
+@functools.lru_cache(maxsize=16)
+def _timestamp(now: datetime) -> str:
+    """MSH-7 (DTM, seconds and UTC offset); memoised: a busy listener acknowledges many messages per second."""
+    return now.strftime("%Y%m%d%H%M%S") + (now.strftime("%z") if now.tzinfo else "")
+
+
+@functools.lru_cache(maxsize=64)
 def _version_tuple(version: str) -> tuple[int, ...]:
     out: list[int] = []
     for part in version.split("."):
@@ -211,7 +227,7 @@ def build_ack(
     else:
         swap = ["", "", "", ""]
         processing_id, original_id, charset, codec = "P", "", "", "ascii"
-    timestamp = now.strftime("%Y%m%d%H%M%S") + (now.strftime("%z") if now.tzinfo else "")
+    timestamp = _timestamp(now)
     msh_fields = ["MSH", _STANDARD_ENCODING, *swap, timestamp, "", message_type, control_id, processing_id, version]
     if charset:
         msh_fields += ["", "", "", "", "", _escape(charset)]
@@ -312,7 +328,7 @@ def build_batch_ack(frame: bytes, acks: list[bytes], *, now: datetime, control_i
     swapped, FHS-11/BHS-11 a new control id and FHS-12/BHS-12 the original's FHS-11/BHS-11, one ``ACK``
     per message of the input batch in input order, ``BTS`` (BTS-1 the number of ACKs) and ``FTS``."""
     head = _first_segments(frame)
-    timestamp = now.strftime("%Y%m%d%H%M%S") + (now.strftime("%z") if now.tzinfo else "")
+    timestamp = _timestamp(now)
     segments: list[str] = []
 
     def header(name: str) -> str:

@@ -232,3 +232,44 @@ def test_a_landing_given_up_before_its_commit_is_skipped(tmp_path: Path) -> None
         assert store.get(kept) is not None and store.healthy()
     finally:
         store.close()
+
+
+def test_dicom_scp_ack_converted_is_converted_once(tmp_path: Path) -> None:
+    """C-STORE SCP (ack: converted) -> store -> worker: the conversion made for the C-STORE status goes to the
+    worker with the row; a dataset the SCP could not convert (here: filtered ones too) is never converted twice."""
+    import pydicom
+    from pydicom.uid import ExplicitVRLittleEndian
+    from pynetdicom import AE
+
+    from engine.sources.dicom_scp import STATUS_NOT_A_REPORT, ScpSettings, StoreScp
+
+    report = pydicom.dcmread(TESTDATA / "dicom-sr-dcmqi" / "sr.dcm")
+    not_report = pydicom.dcmread(TESTDATA / "dicom-sr-openrem" / "ESR_non-dose.dcm")
+    store = MessageStore(tmp_path / "m.db")
+    converter = CountingConverter()
+    scp = StoreScp(ScpSettings.from_mapping({"host": "127.0.0.1", "port": 0}), store, converter=converter)
+    scp.start()
+    sink = FolderSink(tmp_path / "out")
+    dead = FolderDeadLetters(tmp_path / "dlq", deferred=True)
+    try:
+        ae = AE(ae_title="PYNETDICOM")
+        for ds in (report, not_report):
+            ae.add_requested_context(ds.SOPClassUID, ExplicitVRLittleEndian)
+        assoc = ae.associate("127.0.0.1", scp.port, ae_title="ENGINE")
+        try:
+            assert assoc.send_c_store(report).Status == 0x0000
+            assert assoc.send_c_store(not_report).Status == STATUS_NOT_A_REPORT
+        finally:
+            assoc.release()
+        assert len(converter.calls) == 2  # once each, for the C-STORE status
+        assert Worker(StoreSource(store), converter, [sink], dead).run_once(timeout=5.0) == 2
+        counts = store.counts()
+        assert (counts[PUBLISHED], counts[FILTERED]) == (1, 1)
+        assert len(list((tmp_path / "out").glob("*.json"))) == 1
+        assert len(converter.calls) == 2  # the worker converted nothing again
+        assert len(store.prepared) == 0
+    finally:
+        scp.stop(timeout=5)
+        sink.close()
+        dead.close()
+        store.close()
