@@ -152,7 +152,8 @@ def _cut(
         pos += 8
     end = len(data)
     if length == _UNDEFINED:
-        cut[tag], pos = _sequence(data, pos, end, implicit, True)
+        # UN of undefined length: its items are Implicit VR Little Endian whatever the transfer syntax (PS3.5 6.2.2)
+        cut[tag], pos = _sequence(data, pos, end, implicit or vr == b"UN", True)
         return pos
     if pos + length > end:
         raise RawDataError("sequence runs past the end of the file")

@@ -140,8 +140,8 @@ def split_content(data: bytes) -> tuple[bytes, dict[int, list[Elements]]] | None
                 pos += 8
             is_sq = raw_vr == b"SQ" or length == _UNDEFINED
         if tag in _CUT and is_sq:
-            if length == _UNDEFINED:
-                items, pos = _sequence(buf, pos, end, implicit, True)
+            if length == _UNDEFINED:  # UN of undefined length holds Implicit VR items (PS3.5 6.2.2)
+                items, pos = _sequence(buf, pos, end, implicit or raw_vr == b"UN", True)
             else:
                 if pos + length > end:
                     raise RawDataError("sequence runs past the end of the file")
@@ -154,7 +154,7 @@ def split_content(data: bytes) -> tuple[bytes, dict[int, list[Elements]]] | None
         if length == _UNDEFINED:
             if not is_sq:
                 return None
-            _, pos = _sequence(buf, pos, end, implicit, True)
+            _, pos = _sequence(buf, pos, end, implicit or raw_vr == b"UN", True)
         else:
             pos += length
     kept.append(data[keep_from:])
@@ -282,10 +282,11 @@ def _explicit_dataset(buf: bytes, pos: int, end: int, undefined: bool) -> tuple[
             pos += 12
             if vr == b"SQ" or (length == _UNDEFINED and vr == b"UN"):
                 if length == _UNDEFINED:
+                    un = vr == b"UN"  # its items are Implicit VR Little Endian (PS3.5 6.2.2)
                     items, pos = (
-                        _undefined_sequence(buf, pos, end, False)
+                        _undefined_sequence(buf, pos, end, un)
                         if tag in vrs
-                        else _sequence(buf, pos, end, False, True)
+                        else _sequence(buf, pos, end, un, True)
                     )
                     if tag in vrs:
                         out[tag] = items

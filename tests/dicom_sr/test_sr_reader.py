@@ -48,3 +48,48 @@ def test_dicom_json_fast_path_equals_pydicom() -> None:
     ds = read_dataset(data)
     assert parsed.root == walk(ds) and len(parsed.root) == 4
     assert parsed.header.evidence == read_header(ds, MappingContext()).evidence
+
+
+def _content_as_undefined_length_un(data: bytes) -> bytes:
+    """The file with its Content Sequence written as VR UN of undefined length, its items in Implicit VR Little
+    Endian (PS3.5 6.2.2: what a node that does not know the attribute's VR forwards), the rest Explicit VR."""
+    import copy
+    import io
+
+    import pydicom
+    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    ds = pydicom.dcmread(io.BytesIO(data))
+    for tag in [el.tag for el in ds if el.tag > 0x0040A730]:
+        del ds[tag]
+
+    def undefined(d: pydicom.Dataset) -> None:
+        for el in d:
+            if el.VR == "SQ":
+                el.is_undefined_length = True
+                for item in el.value:
+                    item.is_undefined_length_sequence_item = True
+                    undefined(item)
+
+    undefined(ds)
+    out = {}
+    for implicit, syntax in ((False, ExplicitVRLittleEndian), (True, ImplicitVRLittleEndian)):
+        d = copy.deepcopy(ds)
+        d.file_meta.TransferSyntaxUID = syntax
+        buf = io.BytesIO()
+        pydicom.dcmwrite(buf, d, enforce_file_format=True, implicit_vr=implicit, little_endian=True)
+        out[implicit] = buf.getvalue()
+    explicit_head = b"\x40\x00\x30\xa7SQ\x00\x00\xff\xff\xff\xff"
+    implicit_head = b"\x40\x00\x30\xa7\xff\xff\xff\xff"
+    start = out[False].index(explicit_head)  # the first one is the top-level sequence (nested ones are inside)
+    items = out[True][out[True].index(implicit_head) + len(implicit_head) :]
+    return out[False][:start] + b"\x40\x00\x30\xa7UN\x00\x00\xff\xff\xff\xff" + items
+
+
+def test_content_sequence_as_undefined_length_un_reads_as_pydicom_does() -> None:
+    """A Content Sequence forwarded as UN of undefined length (Implicit VR items inside an Explicit VR file):
+    the raw reader gives pydicom's tree instead of rejecting the file as corrupt."""
+    data = _content_as_undefined_length_un(next(p for p in SR_FILES if p.name == "test-SR.dcm").read_bytes())
+    slow = content_tree(read_dataset(data), fast=False)
+    assert slow  # pydicom reads it
+    assert parse(data, MappingContext()).root == slow
