@@ -280,6 +280,14 @@ def _explicit_dataset(buf: bytes, pos: int, end: int, undefined: bool) -> tuple[
         if vr in long_vrs:
             length = _U32(buf, pos + 8)[0]
             pos += 12
+            if vr == b"UN" and length != _UNDEFINED and tag in vrs:
+                vr = vrs[tag]  # a UN value of an attribute read here: its dictionary VR, as pydicom reads it
+                if vr == b"SQ":  # a sequence's UN bytes are Implicit VR Little Endian items (PS3.5 6.2.2)
+                    if pos + length > end:
+                        raise RawDataError("sequence runs past its item")
+                    out[tag] = _sequence(buf, pos, pos + length, True, False)[0]
+                    pos += length
+                    continue
             if vr == b"SQ" or (length == _UNDEFINED and vr == b"UN"):
                 if length == _UNDEFINED:
                     un = vr == b"UN"  # its items are Implicit VR Little Endian (PS3.5 6.2.2)

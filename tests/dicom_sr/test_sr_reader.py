@@ -93,3 +93,44 @@ def test_content_sequence_as_undefined_length_un_reads_as_pydicom_does() -> None
     slow = content_tree(read_dataset(data), fast=False)
     assert slow  # pydicom reads it
     assert parse(data, MappingContext()).root == slow
+
+
+def test_nested_code_sequences_as_defined_length_un_read_as_pydicom_does() -> None:
+    """Concept Name Code Sequences written as UN of defined length (Implicit VR items inside, PS3.5 6.2.2) in an
+    Explicit VR file: the raw reader reads them with their dictionary VR, as pydicom does, instead of dropping
+    every concept name."""
+    import io
+
+    import pydicom
+    from pydicom.dataelem import RawDataElement
+    from pydicom.dataset import Dataset
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    ds = pydicom.dcmread(next(p for p in SR_FILES if p.name == "test-SR.dcm"))
+    changed = 0
+
+    def as_un(items: pydicom.Sequence) -> None:
+        nonlocal changed
+        for item in items:
+            if "ConceptNameCodeSequence" in item:
+                element = item["ConceptNameCodeSequence"]
+                holder = Dataset()
+                holder.add(element)
+                fp = DicomBytesIO()
+                fp.is_little_endian, fp.is_implicit_VR = True, True
+                write_dataset(fp, holder)
+                value = fp.getvalue()[8:]  # the implicit VR items, without the element header
+                item._dict[element.tag] = RawDataElement(element.tag, "UN", len(value), value, 0, False, True)
+                changed += 1
+            if "ContentSequence" in item:
+                as_un(item.ContentSequence)
+
+    as_un(ds.ContentSequence)
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    data = buf.getvalue()
+    assert changed and data.count(b"\x40\x00\x43\xa0UN") == changed
+    slow = content_tree(read_dataset(data), fast=False)
+    assert slow[0].name is not None  # pydicom reads the concept names
+    assert parse(data, MappingContext()).root == slow
