@@ -138,14 +138,15 @@ def split_content(data: bytes) -> tuple[bytes, dict[int, list[Elements]]] | None
             else:
                 length = struct.unpack_from("<H", buf, pos + 6)[0]
                 pos += 8
-            is_sq = raw_vr == b"SQ" or length == _UNDEFINED
+            is_sq = raw_vr == b"SQ" or length == _UNDEFINED or (raw_vr == b"UN" and tag in _CUT)
         if tag in _CUT and is_sq:
-            if length == _UNDEFINED:  # UN of undefined length holds Implicit VR items (PS3.5 6.2.2)
-                items, pos = _sequence(buf, pos, end, implicit or raw_vr == b"UN", True)
+            items_implicit = implicit or raw_vr == b"UN"  # UN holds Implicit VR items (PS3.5 6.2.2)
+            if length == _UNDEFINED:
+                items, pos = _sequence(buf, pos, end, items_implicit, True)
             else:
                 if pos + length > end:
                     raise RawDataError("sequence runs past the end of the file")
-                items, _ = _sequence(buf, pos, pos + length, implicit, False)
+                items, _ = _sequence(buf, pos, pos + length, items_implicit, False)
                 pos += length
             cut[tag] = items
             kept.append(data[keep_from:start])

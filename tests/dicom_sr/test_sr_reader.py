@@ -134,3 +134,31 @@ def test_nested_code_sequences_as_defined_length_un_read_as_pydicom_does() -> No
     slow = content_tree(read_dataset(data), fast=False)
     assert slow[0].name is not None  # pydicom reads the concept names
     assert parse(data, MappingContext()).root == slow
+
+
+def test_content_sequence_as_defined_length_un_is_not_an_empty_report() -> None:
+    """The top-level Content Sequence written as UN of defined length: read as pydicom reads it (Implicit VR
+    items), not left out (the report was filtered as having no content)."""
+    import io
+
+    import pydicom
+    from pydicom.dataelem import RawDataElement
+    from pydicom.dataset import Dataset
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    ds = pydicom.dcmread(next(p for p in SR_FILES if p.name == "test-SR.dcm"))
+    element = ds["ContentSequence"]
+    holder = Dataset()
+    holder.add(element)
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, True
+    write_dataset(fp, holder)
+    value = fp.getvalue()[8:]
+    ds._dict[element.tag] = RawDataElement(element.tag, "UN", len(value), value, 0, False, True)
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    data = buf.getvalue()
+    slow = content_tree(read_dataset(data), fast=False)
+    assert slow
+    assert parse(data, MappingContext()).root == slow
