@@ -162,3 +162,33 @@ def test_content_sequence_as_defined_length_un_is_not_an_empty_report() -> None:
     slow = content_tree(read_dataset(data), fast=False)
     assert slow
     assert parse(data, MappingContext()).root == slow
+
+
+def test_content_sequence_as_un_without_preamble_reads_as_pydicom_does() -> None:
+    """A file without the Part 10 preamble (read by pydicom, content walked raw) whose Content Sequence is UN:
+    its items are Implicit VR (PS3.5 6.2.2), as pydicom reads them, instead of a 'malformed content tree'."""
+    import io
+
+    import pydicom
+    from pydicom.dataelem import RawDataElement
+    from pydicom.dataset import Dataset
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import dcmwrite, write_dataset
+
+    ds = pydicom.dcmread(next(p for p in SR_FILES if p.name == "test-SR.dcm"))
+    element = ds["ContentSequence"]
+    holder = Dataset()
+    holder.add(element)
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, True
+    write_dataset(fp, holder)
+    value = fp.getvalue()[8:]
+    ds._dict[element.tag] = RawDataElement(element.tag, "UN", len(value), value, 0, False, True)
+    ds.preamble = None
+    buf = io.BytesIO()
+    dcmwrite(buf, ds, write_like_original=True)
+    data = buf.getvalue()
+    assert data[128:132] != b"DICM"
+    slow = content_tree(read_dataset(data), fast=False)
+    assert slow
+    assert parse(data, MappingContext()).root == slow
