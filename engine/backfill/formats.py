@@ -77,9 +77,10 @@ NOT_A_MESSAGE_FILE = "not an HL7 v2 or DICOM file (no MSH/FHS/BHS message start,
 #: ``<SB>`` marker, then the field separator, the encoding characters and the separator again or the end of
 #: the line (HL7 v2.5.1 section 2.5.4: MSH-1, MSH-2). As lenient as the mapper's message split: MSH-2 may
 #: declare fewer than four characters (the others default) or more (v2.7 truncation, sender extras), and a
-#: wrapped MSH line may end after MSH-2; a report the mapper converts is never skipped as a non-message file.
+#: wrapped MSH line may end after MSH-2, the field separator may be a TAB; a report the mapper converts is never
+#: skipped as a non-message file.
 MESSAGE_START = re.compile(
-    rb"(?:\A|[\r\n\x0b>])(?:\xef\xbb\xbf)?(?:MSH|FHS|BHS)([^A-Za-z0-9\s])[^A-Za-z0-9\s]{0,8}?(?:\1|[\r\n]|\Z)"
+    rb"(?:\A|[\r\n\x0b>])(?:\xef\xbb\xbf)?(?:MSH|FHS|BHS)([^A-Za-z0-9\s]|\t)[^A-Za-z0-9\s]{0,8}?(?:\1|[\r\n]|\Z)"
 )
 
 

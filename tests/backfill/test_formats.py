@@ -105,6 +105,7 @@ def test_special_files_are_not_read(tmp_path: Path) -> None:
         b"MSH|^|",  # MSH-2 declaring only the component separator (the others default)
         b"MSH|^~\\&#$|",  # more encoding characters than v2.7 defines
         b"MSH|^~\\&\r\n|",  # the MSH line wrapped right after MSH-2
+        b"MSH\t^~\\&\t",  # a TAB as the field separator
     ],
 )
 def test_a_message_the_mapper_converts_is_never_skipped_as_a_non_message_file(tmp_path: Path, msh: bytes) -> None:
@@ -113,6 +114,8 @@ def test_a_message_the_mapper_converts_is_never_skipped_as_a_non_message_file(tm
     body = MSG[len(b"MSH|^~\\&|") :]
     if msh == b"MSH|^|":
         body = body.replace(b"~", b"").replace(b"\\", b"").replace(b"&", b"")
+    if msh.startswith(b"MSH\t"):
+        body = body.replace(b"\t", b" ").replace(b"|", b"\t")
     data = msh + body
     assert Converter().convert(data).outputs  # the mapper converts it
     path = tmp_path / "report.hl7"
