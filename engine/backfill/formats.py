@@ -74,9 +74,14 @@ _WS = b" \t\r\n"
 NOT_A_MESSAGE_FILE = "not an HL7 v2 or DICOM file (no MSH/FHS/BHS message start, no DICOM header)"
 
 #: An HL7 v2 message (or batch) start: segment id at the start of the file or a line, or after an MLLP /
-#: ``<SB>`` marker, then the field separator, 2 to 5 encoding characters and the separator again (HL7 v2.5.1
-#: section 2.5.4: MSH-1, MSH-2).
-MESSAGE_START = re.compile(rb"(?:\A|[\r\n\x0b>])(?:\xef\xbb\xbf)?(?:MSH|FHS|BHS)([^A-Za-z0-9\s])[^A-Za-z0-9\s]{2,5}?\1")
+#: ``<SB>`` marker, then the field separator, the encoding characters and the separator again or the end of
+#: the line (HL7 v2.5.1 section 2.5.4: MSH-1, MSH-2). As lenient as the mapper's message split: MSH-2 may
+#: declare fewer than four characters (the others default) or more (v2.7 truncation, sender extras), and a
+#: wrapped MSH line may end after MSH-2, the field separator may be a TAB; a report the mapper converts is never
+#: skipped as a non-message file.
+MESSAGE_START = re.compile(
+    rb"(?:\A|[\r\n\x0b>])(?:\xef\xbb\xbf)?(?:MSH|FHS|BHS)([^A-Za-z0-9\s]|\t)[^A-Za-z0-9\s]{0,8}?(?:\1|[\r\n]|\Z)"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,7 +295,7 @@ def _has_start(head: bytes, stream: BinaryIO) -> bool:
         buf = tail + block
         if MESSAGE_START.search(buf) or b"<SB>" in buf:
             return True
-        tail = buf[-16:]
+        tail = buf[-32:]  # longer than any MESSAGE_START match
     return False
 
 

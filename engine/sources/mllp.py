@@ -123,7 +123,7 @@ class MllpListener(MllpIntake):
                 self.settings.convert_processes,
                 mp_context=multiprocessing.get_context("spawn"),  # never fork a process with threads
                 initializer=init_converter_process,
-                initargs=(self.converter.context,),
+                initargs=(self.converter.context, getattr(self.converter, "model", "document")),
             )
         self._thread = threading.Thread(target=self._run, args=(ssl_ctx,), name="mllp-listener", daemon=True)
         self._thread.start()

@@ -101,10 +101,11 @@ def batch_response(payload: bytes, mshs: list[MshInfo | None], results: list[Ver
 _CONVERTER: Converter | None = None
 
 
-def init_converter_process(context: MappingContext) -> None:
-    """Process-pool initializer: one converter per worker process, with the engine's mapping context."""
+def init_converter_process(context: MappingContext, model: str = "document") -> None:
+    """Process-pool initializer: one converter per worker process, with the engine's mapping context and output
+    model (the conversion may be handed to the worker, which publishes its Bundles as they are)."""
     global _CONVERTER
-    _CONVERTER = Converter(context)
+    _CONVERTER = Converter(context, model)
 
 
 def slim_conversion(payload: bytes) -> Conversion:

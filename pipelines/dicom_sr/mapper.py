@@ -112,8 +112,8 @@ def content_tree(ds: Dataset, *, fast: bool = True) -> list[Item]:
     raw = ds._dict.get(_CONTENT_SEQUENCE)
     implicit, little = ds.original_encoding
     if fast and isinstance(raw, RawDataElement) and isinstance(raw.value, bytes) and little:
-        try:
-            return walk_raw(raw.value, bool(implicit), _decoder(ds))
+        try:  # sent as UN: Implicit VR Little Endian items whatever the transfer syntax (PS3.5 6.2.2)
+            return walk_raw(raw.value, bool(implicit) or raw.VR == "UN", _decoder(ds))
         except (RawDataError, struct.error) as exc:
             raise ParseError(f"malformed SR content tree ({exc.__class__.__name__})") from None
     return walk(ds)

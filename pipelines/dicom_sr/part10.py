@@ -146,17 +146,20 @@ def _cut(
             pos += 12
         else:
             pos += 8
-        if vr != b"SQ" and length != _UNDEFINED:
+        if vr not in (b"SQ", b"UN") and length != _UNDEFINED:
             raise _Unusual("content sequence with another VR")
     else:
         pos += 8
     end = len(data)
+    # sent as UN (a node that did not know the VR): Implicit VR Little Endian items, whatever the transfer syntax
+    # (PS3.5 6.2.2), as pydicom reads them
+    items_implicit = implicit or vr == b"UN"
     if length == _UNDEFINED:
-        cut[tag], pos = _sequence(data, pos, end, implicit, True)
+        cut[tag], pos = _sequence(data, pos, end, items_implicit, True)
         return pos
     if pos + length > end:
         raise RawDataError("sequence runs past the end of the file")
-    cut[tag] = _sequence(data, pos, pos + length, implicit, False)[0]
+    cut[tag] = _sequence(data, pos, pos + length, items_implicit, False)[0]
     return pos + length
 
 

@@ -138,14 +138,15 @@ def split_content(data: bytes) -> tuple[bytes, dict[int, list[Elements]]] | None
             else:
                 length = struct.unpack_from("<H", buf, pos + 6)[0]
                 pos += 8
-            is_sq = raw_vr == b"SQ" or length == _UNDEFINED
+            is_sq = raw_vr == b"SQ" or length == _UNDEFINED or (raw_vr == b"UN" and tag in _CUT)
         if tag in _CUT and is_sq:
+            items_implicit = implicit or raw_vr == b"UN"  # UN holds Implicit VR items (PS3.5 6.2.2)
             if length == _UNDEFINED:
-                items, pos = _sequence(buf, pos, end, implicit, True)
+                items, pos = _sequence(buf, pos, end, items_implicit, True)
             else:
                 if pos + length > end:
                     raise RawDataError("sequence runs past the end of the file")
-                items, _ = _sequence(buf, pos, pos + length, implicit, False)
+                items, _ = _sequence(buf, pos, pos + length, items_implicit, False)
                 pos += length
             cut[tag] = items
             kept.append(data[keep_from:start])
@@ -154,7 +155,7 @@ def split_content(data: bytes) -> tuple[bytes, dict[int, list[Elements]]] | None
         if length == _UNDEFINED:
             if not is_sq:
                 return None
-            _, pos = _sequence(buf, pos, end, implicit, True)
+            _, pos = _sequence(buf, pos, end, implicit or raw_vr == b"UN", True)
         else:
             pos += length
     kept.append(data[keep_from:])
@@ -280,12 +281,21 @@ def _explicit_dataset(buf: bytes, pos: int, end: int, undefined: bool) -> tuple[
         if vr in long_vrs:
             length = _U32(buf, pos + 8)[0]
             pos += 12
+            if vr == b"UN" and length != _UNDEFINED and tag in vrs:
+                vr = vrs[tag]  # a UN value of an attribute read here: its dictionary VR, as pydicom reads it
+                if vr == b"SQ":  # a sequence's UN bytes are Implicit VR Little Endian items (PS3.5 6.2.2)
+                    if pos + length > end:
+                        raise RawDataError("sequence runs past its item")
+                    out[tag] = _sequence(buf, pos, pos + length, True, False)[0]
+                    pos += length
+                    continue
             if vr == b"SQ" or (length == _UNDEFINED and vr == b"UN"):
                 if length == _UNDEFINED:
+                    un = vr == b"UN"  # its items are Implicit VR Little Endian (PS3.5 6.2.2)
                     items, pos = (
-                        _undefined_sequence(buf, pos, end, False)
+                        _undefined_sequence(buf, pos, end, un)
                         if tag in vrs
-                        else _sequence(buf, pos, end, False, True)
+                        else _sequence(buf, pos, end, un, True)
                     )
                     if tag in vrs:
                         out[tag] = items

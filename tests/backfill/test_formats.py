@@ -97,3 +97,32 @@ def test_special_files_are_not_read(tmp_path: Path) -> None:
     os.mkfifo(tmp_path / "pipe")
     assert [f.path.name for f in iter_files([tmp_path])] == ["a.hl7"]
     assert list(iter_files([tmp_path / "pipe"])) == []
+
+
+@pytest.mark.parametrize(
+    "msh",
+    [
+        b"MSH|^|",  # MSH-2 declaring only the component separator (the others default)
+        b"MSH|^~\\&#$|",  # more encoding characters than v2.7 defines
+        b"MSH|^~\\&\r\n|",  # the MSH line wrapped right after MSH-2
+        b"MSH\t^~\\&\t",  # a TAB as the field separator
+    ],
+)
+def test_a_message_the_mapper_converts_is_never_skipped_as_a_non_message_file(tmp_path: Path, msh: bytes) -> None:
+    """The whole-file skip (no message start) must not hide a report the HL7 v2 mapper converts."""
+    assert MSG.startswith(b"MSH|^~\\&|")
+    body = MSG[len(b"MSH|^~\\&|") :]
+    if msh == b"MSH|^|":
+        body = body.replace(b"~", b"").replace(b"\\", b"").replace(b"&", b"")
+    if msh.startswith(b"MSH\t"):
+        body = body.replace(b"\t", b" ").replace(b"|", b"\t")
+    data = msh + body
+    assert Converter().convert(data).outputs  # the mapper converts it
+    path = tmp_path / "report.hl7"
+    path.write_bytes(data)
+    frames = list(frames_of(path, 1 << 20))
+    assert [f.skip for f in frames] == [None] and Converter().convert(frames[0].raw).outputs
+    assert formats.NOT_A_MESSAGE_FILE  # still the reason for files without any message start
+    prose = tmp_path / "notes.txt"
+    prose.write_bytes(b"MSH-3 is the sending application\nMSH: header\n")
+    assert [f.skip for f in frames_of(prose, 1 << 20)] == [formats.NOT_A_MESSAGE_FILE]

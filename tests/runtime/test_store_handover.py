@@ -273,3 +273,34 @@ def test_dicom_scp_ack_converted_is_converted_once(tmp_path: Path) -> None:
         sink.close()
         dead.close()
         store.close()
+
+
+def test_convert_processes_hand_over_the_configured_model(tmp_path: Path) -> None:
+    """sources.mllp.convert_processes with a model other than ``document``: the conversion processes convert with
+    the service's model too, so the Bundles handed to the worker are the ones the worker would have made."""
+    messages = _messages(2)
+    context = load_mapping_context(None)
+    expected = Converter(context, "harmonized")
+    assert [o.body for o in expected.convert(messages[0]).outputs] != [
+        o.body for o in Converter(context).convert(messages[0]).outputs
+    ]  # the models differ for this message
+    store = MessageStore(tmp_path / "m.db")
+    listener = MllpListener(
+        MllpSettings.from_mapping({"port": 0, "ack": "converted", "convert_processes": 1}), store, converter=expected
+    )
+    listener.start()
+    try:
+        with socket.create_connection(("127.0.0.1", listener.port), timeout=60) as sock:
+            for message in messages:
+                sock.sendall(frame(message))
+                data = b""
+                while not data.endswith(b"\x1c\r"):
+                    data += sock.recv(65536)
+        envelopes = StoreSource(store).poll(10, 0.0)
+        taken = StoreSource(store).take_prepared(envelopes)
+        for env, conversion in zip(envelopes, taken, strict=True):
+            assert conversion is not None
+            assert [o.body for o in conversion.outputs] == [o.body for o in expected.convert(env.payload).outputs]
+    finally:
+        listener.stop()
+        store.close()
