@@ -118,11 +118,14 @@ def read_msh(message: bytes) -> MshInfo | None:
 @functools.lru_cache(maxsize=64)
 def _parse_msh(segment: bytes) -> MshInfo | None:
     sep = chr(segment[3])
-    if sep.isalnum() or sep in "\r\n \t":
+    if sep.isalnum() or sep in "\r\n ":  # a TAB field separator is allowed, as the mapper allows it
         return None
     raw_fields = segment.decode("iso8859-1").split(sep)
     enc = raw_fields[1] if len(raw_fields) > 1 else ""
-    if not 2 <= len(enc) <= 5 or sep in enc or any(c.isalnum() for c in enc):
+    # MSH-2 as the mapper reads it (pipelines.hl7v2.er7): one to four delimiters count (a fifth, the v2.7
+    # truncation character, and anything after it is ignored), so a message `engine map` converts is never
+    # refused here as "not an HL7 v2 message".
+    if not enc or any(c.isalnum() or c.isspace() for c in enc[:4]):
         return None
     charset = raw_fields[17] if len(raw_fields) > 17 else ""
     charset = charset.split(enc[1])[0].strip() if len(enc) > 1 else charset.strip()

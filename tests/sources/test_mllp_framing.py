@@ -74,6 +74,24 @@ def test_read_msh_fields_bom_and_non_standard_delimiters() -> None:
     assert read_msh(b"PID|1||123\r") is None and read_msh(b"MSH") is None and read_msh(b"MSHA12345") is None
 
 
+@pytest.mark.parametrize(
+    "header",
+    [
+        b"MSH|^|RIS|HOSP|ENG|HUB|2025||ORU^R01|C9|P|2.3\r",  # MSH-2 declares only the component separator
+        b"MSH|^~\\&#!?|RIS|HOSP|ENG|HUB|2025||ORU^R01|C9|P|2.3\r",  # six characters (the mapper ignores 5+)
+        b"MSH\t^~\\&\tRIS\tHOSP\tENG\tHUB\t2025\t\tORU^R01\tC9\tP\t2.3\r",  # TAB field separator
+    ],
+)
+def test_read_msh_accepts_what_the_mapper_converts(header: bytes) -> None:
+    """The listener reads every MSH the mapper's split accepts (else an AR "not an HL7 v2 message" for a
+    message `engine map` converts)."""
+    msh = read_msh(header + b"PID|1||123\r")
+    assert msh is not None
+    assert (msh.control_id, msh.trigger_event, msh.version, msh.sending_application) == ("C9", "R01", "2.3", "RIS")
+    ack = hl7.parse(build_ack(msh, "AA", now=datetime(2025, 1, 1, tzinfo=UTC), control_id="A1").decode())
+    assert str(ack.segment("MSA")[2]) == "C9"
+
+
 def test_charset_table() -> None:
     def same(charset: str, codec: str) -> bool:
         return codecs.lookup(python_codec(charset)).name == codecs.lookup(codec).name
