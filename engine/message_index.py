@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from engine.sources.hl7_ack import python_codec, read_msh
 from pipelines.common.ids import hashed_key
 from pipelines.context import MappingContext
-from pipelines.hl7v2.er7 import Delimiters, decode_message, parse_message
+from pipelines.hl7v2.er7 import NONE, Delimiters, decode_message, parse_message
 from pipelines.hl7v2.fields import component, field
 from pipelines.hl7v2.framing import split_stream
 
@@ -88,9 +88,9 @@ class MessageIndexer:
         d = Delimiters(
             msh.field_separator,
             enc[0],
-            enc[1] if len(enc) > 1 else "~",
-            enc[2] if len(enc) > 2 else "\\",
-            enc[3] if len(enc) > 3 else "&",
+            enc[1] if len(enc) > 1 else NONE,  # a delimiter MSH-2 does not declare does not exist (as in er7)
+            enc[2] if len(enc) > 2 else NONE,
+            enc[3] if len(enc) > 3 else NONE,
         )
         profile = self.context.sender(msh.sending_application.split(d.component)[0],
                                       msh.sending_facility.split(d.component)[0])
