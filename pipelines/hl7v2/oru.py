@@ -20,8 +20,19 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
+from pipelines.common.fhir import LOINC
 from pipelines.common.ids import digest, slug, uid_ok
-from pipelines.common.model import Ident, Order, Organization, Patient, Report, StatusUpdate, Study
+from pipelines.common.model import (
+    Coding,
+    Concept,
+    Ident,
+    Order,
+    Organization,
+    Patient,
+    Report,
+    StatusUpdate,
+    Study,
+)
 from pipelines.context import MappingContext, SenderProfile
 from pipelines.errors import InvalidReport, MappingError, RetractedContent, StatusOnly, UnsupportedMessage
 from pipelines.hl7v2 import classify
@@ -36,6 +47,9 @@ from pipelines.hl7v2.status import report_status
 __all__ = ["map_oru"]
 
 _GENDER = {"F": "female", "M": "male", "O": "other", "U": "unknown", "A": "other", "N": "other"}
+#: The report type every imaging report has (LOINC, a member of the EU ImagingReportTypes value set, is-a
+#: 18726-0): the first coding of ``DiagnosticReport.code`` / ``Composition.type``.
+_DIAGNOSTIC_IMAGING = Coding(code="18748-4", system=LOINC, display="Diagnostic imaging study")
 
 
 def map_oru(msg: Message, ctx: MappingContext) -> list[Report]:
@@ -328,13 +342,14 @@ def _report(
         if uid and uid not in {s.uid for s in studies}:
             studies.append(Study(uid=uid, started=effective))
     modality = classify.modality_for_section(section) or _ipc_modality(group, d)
+    procedure_name = _procedure_name(order.code)
     for study in studies:
         if modality:
             study.modalities = [modality]
-        if order.code and order.code.text is None and order.code.codings:
-            study.description = order.code.codings[0].display
+        if procedure_name:
+            study.description = procedure_name
     interpreter = dt.xcn(fld(obr, 32), d, base, f"{base}/practitioner")
-    title = (order.code.codings[0].display if order.code and order.code.codings else None) or "Imaging report"
+    title = procedure_name or "Imaging report"
     conclusion = next((s.text for s in content.sections if s.key == "impression"), None)
     return Report(
         source="hl7v2",
@@ -346,6 +361,7 @@ def _report(
         patient=patient,
         timezone=tz,
         timezone_assumed=profile.timezone is None and not any(_has_offset(v) for v in (fld(obr, 7), obr22, msh7)),
+        code=_report_code(order.code),
         service_section=section or None,
         title=title,
         orders=[order],
@@ -363,6 +379,29 @@ def _report(
         ids={"control_id": control_id},
         status_only=_status_change_only(fld(obr, 25), content.text_statuses),
     )
+
+
+def _procedure_name(procedure: Concept | None) -> str | None:
+    """The name of the procedure OBR-4 orders: the display of its first coding, else its text (CWE.9, or a
+    code-less ``^CT HEAD`` display). Report title and ImagingStudy.description."""
+    if not procedure:
+        return None
+    display = procedure.codings[0].display if procedure.codings else None
+    return display or procedure.text
+
+
+def _report_code(procedure: Concept | None) -> Concept | None:
+    """``DiagnosticReport.code`` (= ``Composition.type``) of a report on the OBR-4 procedure.
+
+    The EU profiles bind the code (preferred) to the LOINC report types (``ImagingReportTypesEuVSEuImaging``,
+    is-a 18726-0), v2-to-FHIR maps OBR-4 to it (mappings.md §1.6) and mappings.md §2.5 / §7.12 settle the
+    conflict: LOINC 18748-4 first, the OBR-4 codings (each under its checked system) as extra codings and its
+    text as the concept's text, so the code names the procedure the message names. ``None`` (the shaper's
+    plain 18748-4) when OBR-4 is empty: no procedure is invented."""
+    if not procedure:
+        return None
+    extra = tuple(c for c in procedure.codings if not (c.code == "18748-4" and c.system == LOINC))
+    return Concept(codings=(_DIAGNOSTIC_IMAGING, *extra), text=procedure.text)
 
 
 def _status_change_only(obr25: str, obx11: list[str]) -> bool:
