@@ -34,7 +34,7 @@ class SenderProfile:
     accession_system: str | None = None  # issuer namespace URI of the accession (None = derived)
     patient_id_system: str | None = None  # namespace for PID-3 without a usable assigning authority
     organization_name: str | None = None  # performing organisation name (None = MSH-4 / Institution)
-    timezone: str | None = None  # "+01:00": offset for date/times that carry none (None = context default)
+    timezone: str | None = None  # "+01:00": offset for times that carry none (None: MSH-7's, else the default)
 
     def matches(self, application: str, facility: str) -> bool:
         if self.sending_application is not None and self.sending_application != application:

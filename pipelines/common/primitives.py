@@ -168,11 +168,10 @@ def date_time(value: str, default_offset: str = "+00:00") -> str | None:
 
 
 def instant(value: str, default_offset: str = "+00:00") -> str | None:
-    """FHIR ``instant``: day precision at least; missing time parts are ``00``, a missing offset is
-    ``default_offset``. None when the value has no full date or is invalid."""
-    if len(value) == 10:
-        value = f"{value}T00:00:00"
-    elif len(value) < 10:
+    """FHIR ``instant``: a full date and a time of day; missing seconds are ``00``, a missing offset is
+    ``default_offset``. None when the value has no time of day (a bare date is never made midnight: that would
+    be a time the source never sent), no full date, or is invalid."""
+    if len(value) <= 10:
         return None
     return date_time(value, default_offset)
 

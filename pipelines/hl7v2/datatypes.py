@@ -255,9 +255,11 @@ def dtm_datetime(raw: str, default_offset: str) -> str | None:
 
 @functools.lru_cache(maxsize=4096)  # pure; MSH-7/OBR-7/OBR-22 recur within and across messages
 def dtm_instant(raw: str, default_offset: str) -> str | None:
-    """DTM -> FHIR instant (seconds and offset required); None when the value has no day precision."""
+    """DTM -> FHIR instant (seconds and offset required; missing minutes/seconds are ``00``, a missing offset
+    is ``default_offset``). None when the value has no time of day: a date-only MSH-7/OBR-22 (DTM precision
+    YYYYMMDD, HL7 v2.5.1 2.A.22) never becomes midnight, a time that was never sent."""
     split = _split_dtm(raw)
-    if split is None or len(split[0]) < 3:
+    if split is None or len(split[0]) < 4:
         return None
     p = list(split[0])
     offset = split[1]

@@ -65,7 +65,9 @@ def map_oru(msg: Message, ctx: MappingContext) -> list[Report]:
     app = component(fld(msh, 3), d, 1)
     facility = component(fld(msh, 4), d, 1)
     profile = ctx.sender(app, facility)
-    tz = ctx.timezone_for(profile)
+    # HL7 v2.5.1 2.A.22 (DTM): a time without an offset is in the sender's local zone. The sender profile says
+    # which; without one, the offset MSH-7 declares is the sender's, only then the deployment default.
+    tz = profile.timezone or _dtm_offset(fld(msh, 7)) or ctx.timezone_for(profile)
     site = slug(facility or app or "unknown-sender")
     base = f"{ctx.system_base}/{site}"
     blocks = _patient_blocks(msg.segments[1:])
@@ -410,6 +412,18 @@ def _status_change_only(obr25: str, obx11: list[str]) -> bool:
     if obr25.strip().upper() in ("X", "CANCELLED", "CANCELED"):
         return True
     return bool(obx11) and all(v.strip().upper() == "U" for v in obx11)
+
+
+def _dtm_offset(raw: str) -> str | None:
+    """The ``+hh:mm`` offset a DTM value carries (``20261130101500+0100`` -> ``+01:00``), else None."""
+    value = raw.strip()
+    if not _has_offset(value):
+        return None
+    sign = "+" if "+" in value[8:] else "-"
+    digits = value[8:].rsplit(sign, 1)[1]
+    if len(digits) != 4 or not digits.isdigit() or int(digits[:2]) > 14 or int(digits[2:]) > 59:
+        return None
+    return f"{sign}{digits[:2]}:{digits[2:]}"
 
 
 def _has_offset(raw: str) -> bool:

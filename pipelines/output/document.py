@@ -3,8 +3,9 @@
 * With at least one Study Instance UID and report content: a ``BundleReportEuImaging`` (type
   ``document``, Composition first) with Composition, DiagnosticReport, Patient, ImagingStudy,
   ServiceRequest (when an accession is known), findings, PractitionerRole/Practitioner and Organization.
-* Without a Study Instance UID, or when the only content is an attached document (PDF/CDA): the
-  minimal-metadata ``collection`` Bundle (:mod:`pipelines.output.minimal`). A UID is never invented.
+* Without a Study Instance UID, when the only content is an attached document (PDF/CDA), or without an
+  issue time of day (no instant for ``Bundle.timestamp``): the minimal-metadata ``collection`` Bundle
+  (:mod:`pipelines.output.minimal`). A UID or a time is never invented.
 
 All ids are uuid5 of business identifiers; fullUrls and references are ``urn:uuid:`` and every
 reference to a resource is written as the identical string (dgr-1 and the hl7eu-im-dr-* rules compare
@@ -20,6 +21,7 @@ from pipelines.common import primitives as prim
 from pipelines.common.ids import urn, uuid_for
 from pipelines.common.model import Report
 from pipelines.common.sections import SECTIONS
+from pipelines.errors import ModelRequirement
 from pipelines.output import profiles
 from pipelines.output.parts import (
     Parts,
@@ -44,10 +46,24 @@ def bundle_id(report: Report) -> str:
 
 
 def wants_minimal(report: Report) -> bool:
+    """The minimal-metadata format: no Study Instance UID, only an attached document, or no time of issue.
+
+    A ``document`` Bundle needs ``timestamp`` (an instant, core bdl-10); a report whose issue times carry no
+    time of day (a date-only OBR-22 and MSH-7, an SR dated but not timed) has none, and a midnight would be a
+    time the source never sent. Such a report keeps its text, notes, conclusion and findings in the
+    minimal-metadata ``collection`` Bundle, where ``timestamp`` is optional; pre-built resources (SR
+    measurement groups, selections, dose) have no place there: :func:`shape_document` rejects those."""
     if not report.studies:
+        return True
+    if not _timestamp(report) and not report.extras:
         return True
     has_content = any(s.text.strip() for s in report.sections) or report.findings or report.extras
     return not has_content and bool(report.presented_forms)
+
+
+def _timestamp(report: Report) -> str | None:
+    """``Bundle.timestamp`` (= ``DiagnosticReport.issued``): the report's issue time as an instant, if it has one."""
+    return prim.instant(report.issued, report.timezone) if report.issued else None
 
 
 def shape_document(report: Report) -> dict[str, Any]:
@@ -76,9 +92,13 @@ def shape_document(report: Report) -> dict[str, Any]:
         "identifier": {"system": "urn:ietf:rfc:3986", "value": urn(bid)},
         "type": "document",
     }
-    timestamp = prim.instant(report.issued, report.timezone) if report.issued else None
-    if timestamp:
-        bundle["timestamp"] = timestamp
+    timestamp = _timestamp(report)
+    if not timestamp:
+        raise ModelRequirement(
+            "a document Bundle needs Bundle.timestamp (an instant, bdl-10): the report has no issue time with a "
+            "time of day, and its measurement/selection resources cannot go in the minimal-metadata Bundle"
+        )
+    bundle["timestamp"] = timestamp
     bundle["entry"] = _unique(entries, report.timezone_assumed)
     return bundle
 

@@ -148,5 +148,5 @@ def test_one_dtm_parse_serves_every_reading() -> None:
         assert dt.dtm_instant("202508141030", "+01:00") == "2025-08-14T10:30:00+01:00"
         assert dt.dtm_datetime("202508141030", "+01:00") == "2025-08-14T10:30:00+01:00"
         assert dt.dtm_date("202508141030") == "2025-08-14"
-        assert dt.dtm_instant("20250814", "+00:00") == "2025-08-14T00:00:00+00:00"
+        assert dt.dtm_instant("20250814", "+00:00") is None  # no time of day: never midnight
         assert dt.dtm_datetime("20250814", "+00:00") == "2025-08-14"

@@ -79,3 +79,85 @@ def test_report_code_in_other_models(model: str) -> None:
         r for b in bundles(result) if b["type"] == "document" for r in resources(b, "DiagnosticReport")
     ]
     assert reports and all((CPT, "71020") in _codings(r["code"]) for r in reports)
+
+
+# --- times: no midnight that was never sent, the sender's own offset --------------------------------------------
+
+MSH7 = b"|20261130101500+0100||ORU^R01"
+OBR7, OBR22 = b"|20261130093000+0100|", b"|20261130101000+0100||CR|"
+
+
+def _timed(msh7: bytes, obr7: bytes, obr22: bytes, *obx: str) -> bytes:
+    data = message(*(obx or (GDT, IMP)))
+    assert MSH7 in data and OBR7 in data and OBR22 in data
+    return (
+        data.replace(MSH7, b"|" + msh7 + b"||ORU^R01")
+        .replace(OBR7, b"|" + obr7 + b"|")
+        .replace(OBR22, b"|" + obr22 + b"||CR|")
+    )
+
+
+def _all_strings(b: dict[str, Any]) -> list[str]:
+    from tests.fhir_strings import strings
+
+    return list(strings(b))
+
+
+def test_date_only_obr22_takes_the_message_time_never_midnight(converter: Any, fhir_validator: Any) -> None:
+    """OBR-22 ``20261130`` (DTM of day precision, HL7 v2.5.1 2.A.22) has no time: ``issued`` and
+    ``Bundle.timestamp`` (FHIR instants) come from MSH-7, which has one; Composition.date keeps the day. Was:
+    ``2026-11-30T00:00:00+01:00``, a time never sent."""
+    b = convert_one(converter, _timed(b"20261130101500+0100", b"20261130093000+0100", b"20261130"))
+    assert b["type"] == "document"
+    assert b["timestamp"] == one(b, "DiagnosticReport")["issued"] == "2026-11-30T10:15:00+01:00"
+    assert one(b, "Composition")["date"] == "2026-11-30"
+    assert not any("T00:00:00" in s for s in _all_strings(b))
+    assert not profile_errors(fhir_validator, b)
+
+
+@pytest.mark.parametrize(("msh7", "obr22"), [(b"20261130", b"20261130"), (b"", b""), (b"20261130", b"")])
+def test_no_issue_time_of_day_gives_the_minimal_bundle(
+    converter: Any, fhir_validator: Any, msh7: bytes, obr22: bytes
+) -> None:
+    """No instant for ``Bundle.timestamp`` (a document needs one, bdl-10) and midnight would be invented: the
+    report goes out as the minimal-metadata ``collection`` Bundle (timestamp optional) with its text. Was: a
+    midnight timestamp and issued (date-only), or a document Bundle failing bdl-10 (no MSH-7, no OBR-22)."""
+    b = convert_one(converter, _timed(msh7, b"20261130", obr22))
+    assert b["type"] == "collection" and "timestamp" not in b
+    dr = one(b, "DiagnosticReport")
+    assert "issued" not in dr
+    assert [n["text"] for n in dr["note"]] == ["Heart size normal.", "No acute process."]
+    assert dr["conclusion"] == "No acute process."
+    assert not any("T00:00:00" in s for s in _all_strings(b))
+    assert not profile_errors(fhir_validator, b)
+
+
+def test_no_issue_time_in_imr_is_a_clear_rejection() -> None:
+    result = Converter(MappingContext(), "imr").convert(_timed(b"20261130", b"20261130", b"20261130"))
+    assert not result.outputs
+    reasons = [r.reason for r in result.rejections]
+    assert reasons == ["IMR needs DiagnosticReport.issued: the report has no sign-off time"]
+
+
+def test_times_without_offset_are_in_the_zone_msh7_declares(converter: Any, fhir_validator: Any) -> None:
+    """DTM without an offset is in the sender's local zone (HL7 v2.5.1 2.A.22); MSH-7 ``+0100`` says which when
+    the sender profile does not. Was: ``+00:00`` (the deployment default), an instant one hour off."""
+    b = convert_one(converter, _timed(b"20261130101500+0100", b"202611300930", b"2026113010"))
+    assert one(b, "DiagnosticReport")["effectiveDateTime"] == "2026-11-30T09:30:00+01:00"
+    assert b["timestamp"] == one(b, "DiagnosticReport")["issued"] == "2026-11-30T10:00:00+01:00"
+    assert "_effectiveDateTime" not in one(b, "DiagnosticReport")  # the zone is known: not uncertain
+    assert not profile_errors(fhir_validator, b)
+    west = convert_one(converter, _timed(b"20261130101500-0500", b"202611300930", b""))
+    assert one(west, "DiagnosticReport")["effectiveDateTime"] == "2026-11-30T09:30:00-05:00"
+    # no offset anywhere: the deployment default, marked uncertain (eu-imaging.md §2.5), as before
+    none = convert_one(converter, _timed(b"20261130101500", b"202611300930", b""))
+    dr = one(none, "DiagnosticReport")
+    assert dr["effectiveDateTime"] == "2026-11-30T09:30:00+00:00" and "_effectiveDateTime" in dr
+
+
+def test_sender_profile_zone_wins_over_msh7() -> None:
+    north = {"name": "north", "sending_facility": "NORTHCLINIC", "timezone": "+02:00"}
+    ctx = MappingContext.from_mapping({"senders": [north]})
+    result = Converter(ctx).convert(_timed(b"20261130101500+0100", b"202611300930", b""))
+    [b] = bundles(result)
+    assert one(b, "DiagnosticReport")["effectiveDateTime"] == "2026-11-30T09:30:00+02:00"
