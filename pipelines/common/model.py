@@ -144,7 +144,9 @@ class Finding:
     code: Concept
     section: str = "findings"
     value_concept: Concept | None = None
-    value_quantity: tuple[float, str | None, str | None] | None = None  # (value, unit text, UCUM code)
+    # (value, unit text, UCUM code); an int when the source wrote an integer (FHIR decimal precision)
+    value_quantity: tuple[float | int, str | None, str | None] | None = None
+    value_comparator: str | None = None  # FHIR Quantity.comparator (<, <=, >=, >) of value_quantity
     value_string: str | None = None
     status: str | None = None  # Observation.status; None = report status
     interpretation: Concept | None = None

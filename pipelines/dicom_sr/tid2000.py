@@ -233,7 +233,7 @@ class _State:
             f.value_concept = concept(item.code, base)
         elif item.num is not None and item.num.value is not None:
             unit = item.num.unit
-            f.value_quantity = (float(item.num.value), (unit.meaning or unit.value) if unit else None, ucum(unit))
+            f.value_quantity = (item.num.value, (unit.meaning or unit.value) if unit else None, ucum(unit))
         f.status = observation_status(self.report.status)
         self.report.findings.append(f)
 

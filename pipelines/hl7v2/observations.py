@@ -330,7 +330,7 @@ def _finding(
         if q is None:
             f.value_string = unescape(raw5, d).replace(d.component, " ").strip() or None
         else:
-            f.value_quantity = q
+            f.value_quantity, f.value_comparator = q[:3], q[3]
     elif vtype in _PLAIN_VALUES:
         value = " ".join(
             " ".join(unescape(c, d) for c in r.split(d.component) if c.strip()) for r in repetitions(raw5, d)
@@ -358,18 +358,42 @@ def _finding(
     return f
 
 
-def _quantity(raw5: str, raw6: str, d: Delimiters, base: str) -> tuple[float, str | None, str | None] | None:
+# A number as HL7 v2 NM writes it (2.A.47), optionally after an SN comparator (2.A.71 SN.1).
+_NUMBER = re.compile(r"\s*(<=|>=|<>|<|>|=)?\s*([+-]?(?:\d+\.?\d*|\.\d+))\s*")
+#: SN.1 comparators (HL7 v2.5.1 2.A.71) FHIR Quantity.comparator can say; ``=`` is the plain value, ``<>``
+#: (not equal) has no FHIR comparator: such a value stays text.
+_SN_COMPARATORS = {"": None, "=": None, "<": "<", ">": ">", "<=": "<=", ">=": ">="}
+
+
+def _quantity(
+    raw5: str, raw6: str, d: Delimiters, base: str
+) -> tuple[float | int, str | None, str | None, str | None] | None:
+    """NM / SN -> (value, unit, UCUM code, comparator) or None (kept as text).
+
+    SN is ``comparator ^ num1 ^ separator/suffix ^ num2`` (HL7 v2.5.1 2.A.71): ``<^5`` is "less than 5", a
+    quantity with comparator ``<`` (v2-to-FHIR SN -> Quantity.comparator), never the value 5; a range or ratio
+    (separator and num2) and ``<>`` stay text. A value keeps the precision it was written with: ``5`` is the
+    integer 5, not ``5.0`` (FHIR decimal precision is significant). An NM written ``<5`` (a common sender
+    variant) reads like SN."""
     text = raw5.split(d.repetition)[0]
     parts = text.split(d.component)
-    number = parts[1] if len(parts) > 1 and not parts[0].strip().replace(".", "").isdigit() else parts[0]
     if len(parts) > 2 and parts[2].strip():
         return None  # SN ratio/range: kept as text
+    written = parts[0]
+    if len(parts) > 1 and parts[1].strip():
+        if parts[0].strip() not in _SN_COMPARATORS and parts[0].strip() != "<>":
+            return None  # two numbers without a separator: not one value, kept as text
+        written = parts[0].strip() + parts[1]  # SN: comparator and num1
+    m = _NUMBER.fullmatch(written)
+    if m is None or (m.group(1) or "") not in _SN_COMPARATORS:
+        return None
+    literal = m.group(2)
     try:
-        value = float(number.strip())
+        value: float | int = int(literal) if literal.lstrip("+-").isdigit() else float(literal)
     except ValueError:
         return None
     units = raw6.split(d.component)
     unit = unescape(units[0], d).strip() if units else ""
     ucum_system = units[2].strip().upper() if len(units) > 2 else ""
     ucum = unit if unit and ucum_system in ("UCUM", "") and re.fullmatch(r"[A-Za-z0-9%/.*\[\]{}^-]+", unit) else None
-    return value, unit or None, ucum if ucum_system == "UCUM" else None
+    return value, unit or None, ucum if ucum_system == "UCUM" else None, _SN_COMPARATORS[m.group(1) or ""]

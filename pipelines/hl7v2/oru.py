@@ -25,6 +25,7 @@ from pipelines.common.ids import digest, slug, uid_ok
 from pipelines.common.model import (
     Coding,
     Concept,
+    Finding,
     Ident,
     Order,
     Organization,
@@ -334,7 +335,7 @@ def _report(
     effective = dt.dtm_datetime(fld(obr, 7), tz)
     text_digest = digest(
         *(f"{s.key}:{s.text}" for s in content.sections),
-        *(repr((f.key, f.code, f.value_concept, f.value_quantity, f.value_string)) for f in content.findings),
+        *(_finding_digest(f) for f in content.findings),
         *(a.data_b64 for a in content.forms),  # whole documents: PDFs share their first bytes
     )
     section = component(fld(obr, 24), d, 1).strip().upper()
@@ -381,6 +382,15 @@ def _report(
         ids={"control_id": control_id},
         status_only=_status_change_only(fld(obr, 25), content.text_statuses),
     )
+
+
+def _finding_digest(f: Finding) -> str:
+    """A finding's part of the version digest: the same string as before integers stayed integers, so the
+    Bundle id of a version is unchanged; a comparator (``<5`` is not ``5``) makes another version."""
+    q = f.value_quantity
+    quantity = (float(q[0]), q[1], q[2]) if q is not None else None
+    text = repr((f.key, f.code, f.value_concept, quantity, f.value_string))
+    return f"{text}|{f.value_comparator}" if f.value_comparator else text
 
 
 def _procedure_name(procedure: Concept | None) -> str | None:

@@ -230,6 +230,8 @@ def finding_observation(
     if finding.value_quantity is not None and quantity is not None:
         _, unit, ucum = finding.value_quantity
         q: dict[str, Any] = {"value": quantity}
+        if finding.value_comparator in _COMPARATORS:
+            q["comparator"] = finding.value_comparator
         if unit and prim.string(unit).strip():
             q["unit"] = prim.string(unit)
         if ucum:
@@ -246,6 +248,9 @@ def finding_observation(
         res["bodySite"] = fhir.codeable(finding.body_site)
     return res
 
+
+#: FHIR R5 Quantity.comparator (quantity-comparator, required binding); ``ad`` has no HL7 v2 SN spelling.
+_COMPARATORS = frozenset({"<", "<=", ">=", ">"})
 
 _OBS_STATUS = {
     "registered": "registered",

@@ -90,7 +90,7 @@ def _render_observation(res: dict[str, Any]) -> str:
         value = res["valueString"]
     elif "valueQuantity" in res:
         q = res["valueQuantity"]
-        value = f"{q.get('value')} {q.get('unit') or q.get('code') or ''}".strip()
+        value = f"{q.get('comparator', '')}{q.get('value')} {q.get('unit') or q.get('code') or ''}".strip()
     elif "valueCodeableConcept" in res:
         v = res["valueCodeableConcept"]
         value = v.get("text") or next((c.get("display") or c.get("code") for c in v.get("coding", [])), "")

@@ -161,3 +161,71 @@ def test_sender_profile_zone_wins_over_msh7() -> None:
     result = Converter(ctx).convert(_timed(b"20261130101500+0100", b"202611300930", b""))
     [b] = bundles(result)
     assert one(b, "DiagnosticReport")["effectiveDateTime"] == "2026-11-30T09:30:00+02:00"
+
+
+# --- numeric results: SN comparators, the precision a number was written with -----------------------------------
+
+
+def _quantities(b: dict[str, Any]) -> list[dict[str, Any]]:
+    return [o["valueQuantity"] for o in resources(b, "Observation") if "valueQuantity" in o]
+
+
+@pytest.mark.parametrize(
+    ("vtype", "value", "quantity"),
+    [
+        ("SN", "<^5", {"value": 5, "comparator": "<"}),
+        ("SN", ">=^7.5", {"value": 7.5, "comparator": ">="}),
+        ("SN", ">^10", {"value": 10, "comparator": ">"}),
+        ("SN", "<=^0.5", {"value": 0.5, "comparator": "<="}),
+        ("SN", "=^12", {"value": 12}),
+        ("SN", "^12", {"value": 12}),
+        ("NM", "12", {"value": 12}),
+        ("NM", "12.0", {"value": 12.0}),
+        ("NM", "<5", {"value": 5, "comparator": "<"}),  # a sender writing SN in an NM row
+    ],
+)
+def test_sn_comparator_and_precision_are_kept(
+    converter: Any, fhir_validator: Any, vtype: str, value: str, quantity: dict[str, Any]
+) -> None:
+    """SN ``<^5`` is "less than 5" (HL7 v2.5.1 2.A.71 SN.1; v2-to-FHIR SN -> Quantity.comparator). Was: value 5
+    without comparator, a fact the message did not state. ``12`` is the integer 12, not ``12.0`` (FHIR decimal
+    precision is significant)."""
+    row = f"OBX|3|{vtype}|21889-1^Size Tumor^LN|1|{value}|mm^millimeter^UCUM|||||F"
+    b = convert_one(converter, message(GDT, row))
+    [q] = _quantities(b)
+    assert {k: q[k] for k in ("value", "comparator") if k in q} == quantity
+    assert type(q["value"]) is type(quantity["value"])
+    assert q["unit"] == "mm" and q["code"] == "mm"
+    assert not profile_errors(fhir_validator, b)
+
+
+@pytest.mark.parametrize(("value", "text"), [("<>^5", "<> 5"), ("^10^-^20", "10 - 20"), ("^1^:^2", "1 : 2")])
+def test_sn_that_no_quantity_can_say_stays_text(converter: Any, value: str, text: str) -> None:
+    """Not equal, ranges and ratios are never reduced to one number."""
+    b = convert_one(converter, message(GDT, f"OBX|3|SN|21889-1^Size Tumor^LN|1|{value}|mm^^UCUM|||||F"))
+    assert not _quantities(b)
+    assert [o["valueString"] for o in resources(b, "Observation") if o["code"]["coding"][0]["code"] == "21889-1"] == [
+        text
+    ]
+
+
+def test_comparator_makes_another_version(converter: Any) -> None:
+    """``<5`` and ``5`` are different content: different Bundle ids (the version digest), while an unchanged
+    report keeps the Bundle id it had before integers stayed integers."""
+    ids = {
+        convert_one(converter, message(GDT, f"OBX|3|SN|21889-1^Size^LN|1|{v}|mm^^UCUM|||||F"))["id"]
+        for v in ("<^5", "^5")
+    }
+    assert len(ids) == 2
+
+
+def test_sr_tid2000_num_keeps_its_precision(converter: Any) -> None:
+    """The same kind in DICOM SR: a TID 2000 NUM ``12`` (DS, PS3.5 6.2) is 12, as TID 1500 measurements already
+    were; was ``12.0``."""
+    from tests.dicom_sr.builder import build_sr, code, container, item
+
+    num = item("NUM", code("81827009", "SCT", "Diameter"), ("12", code("mm", "UCUM", "millimeter")))
+    data = build_sr(container(code("121070", "DCM", "Findings"), num))
+    [b] = bundles(converter.convert(data))
+    [q] = _quantities(b)
+    assert q["value"] == 12 and type(q["value"]) is int
