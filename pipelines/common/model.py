@@ -148,12 +148,15 @@ class Finding:
     value_quantity: tuple[float | int, str | None, str | None] | None = None
     value_comparator: str | None = None  # FHIR Quantity.comparator (<, <=, >=, >) of value_quantity
     value_string: str | None = None
+    value_date_time: str | None = None  # FHIR dateTime (HL7 DT/DTM/TS results)
+    value_time: str | None = None  # FHIR time hh:mm:ss (HL7 TM results without an offset)
     status: str | None = None  # Observation.status; None = report status
     interpretation: Concept | None = None
     category: Concept | None = None
     body_site: Concept | None = None
     observation_uid: str | None = None
     key: str = ""  # stable discriminator for the id
+    effective: str | None = None  # Observation.effectiveDateTime of its own (OBX-14); None = the report's
 
 
 @dataclass(frozen=True, slots=True)

@@ -55,7 +55,10 @@ class GroupContent:
     retracted: int = 0  # OBX rows left out because OBX-11 is W (wrong patient) or D (deleted)
 
 
-def read_observations(obx_rows: list[list[str]], d: Delimiters, base: str, charset: str) -> GroupContent:
+def read_observations(
+    obx_rows: list[list[str]], d: Delimiters, base: str, charset: str, tz: str = "+00:00"
+) -> GroupContent:
+    """``tz``: the offset of times that carry none (OBX-14 of findings)."""
     out = GroupContent()
     texts: dict[str, list[str]] = {}
     order: list[str] = []
@@ -147,8 +150,10 @@ def read_observations(obx_rows: list[list[str]], d: Delimiters, base: str, chars
             if status:
                 out.text_statuses.append(status)
             continue
-        finding = _finding(obx, vtype, raw3, raw5, d, base, section or "findings", n)
+        finding = _finding(obx, vtype, raw3, raw5, d, base, section or "findings", n, tz)
         if finding is not None:
+            if size > 14 and obx[14].strip():  # OBX-14 date/time of the observation (v2-to-FHIR: effective)
+                finding.effective = dt.dtm_datetime(obx[14], tz)
             out.findings.append(finding)
             last = finding.section
             if section is not None and finding.value_concept is not None and section in texts:
@@ -317,7 +322,7 @@ def _encapsulated(raw5: str, d: Delimiters, charset: str) -> Attachment | None:
 
 
 def _finding(
-    obx: list[str], vtype: str, raw3: str, raw5: str, d: Delimiters, base: str, section: str, n: int
+    obx: list[str], vtype: str, raw3: str, raw5: str, d: Delimiters, base: str, section: str, n: int, tz: str
 ) -> Finding | None:
     code = dt.cwe(raw3, d, base)
     if not code:
@@ -331,6 +336,11 @@ def _finding(
             f.value_string = unescape(raw5, d).replace(d.component, " ").strip() or None
         else:
             f.value_quantity, f.value_comparator = q[:3], q[3]
+    elif vtype in _DATE_TYPES and (when := _date_value(raw5, vtype, d, tz)) is not None:
+        if vtype == "TM":
+            f.value_time = when
+        else:
+            f.value_date_time = when
     elif vtype in _PLAIN_VALUES:
         value = " ".join(
             " ".join(unescape(c, d) for c in r.split(d.component) if c.strip()) for r in repetitions(raw5, d)
@@ -339,7 +349,9 @@ def _finding(
         f.value_string = (f"{value} {units}".strip() if units and not value.endswith(units) else value) or None
     else:
         return None  # a pointer or composite (RP, CX, XPN, ...): not a finding
-    if f.value_concept is None and f.value_quantity is None and f.value_string is None:
+    if f.value_concept is None and f.value_quantity is None and f.value_string is None and not (
+        f.value_date_time or f.value_time
+    ):
         return None
     f.status = obx_status(_result_status(obx))
     raw8 = fld(obx, 8)
@@ -356,6 +368,24 @@ def _finding(
     if c15 and "RADLEX" in c15.upper():
         f.category = dt.cwe(c15, d, base)
     return f
+
+
+_DATE_TYPES = frozenset({"DT", "DTM", "TS", "TM"})
+_TM = re.compile(r"([01]\d|2[0-3])([0-5]\d)?([0-5]\d)?(\.\d{1,4})?")
+
+
+def _date_value(raw5: str, vtype: str, d: Delimiters, tz: str) -> str | None:
+    """A DT/DTM/TS result as a FHIR ``dateTime`` with the precision it was written with (HL7 v2.5.1 2.A.21,
+    2.A.22; TS.1), or a TM result without an offset as a FHIR ``time`` (2.A.75: ``0930`` is ``09:30:00``); None
+    (kept as text, as before) when the value is not one (a TM with an offset has no FHIR ``time``)."""
+    value = unescape(raw5.split(d.repetition)[0].split(d.component)[0], d).strip()
+    if vtype != "TM":
+        return dt.dtm_datetime(value, tz) if value else None
+    m = _TM.fullmatch(value)
+    if m is None:
+        return None
+    hh, mm, ss, frac = m.groups()
+    return f"{hh}:{mm or '00'}:{ss or '00'}{frac or ''}"
 
 
 # A number as HL7 v2 NM writes it (2.A.47), optionally after an SN comparator (2.A.71 SN.1).

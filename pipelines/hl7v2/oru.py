@@ -121,7 +121,7 @@ def _map_patient_result(
     pid = block[0]
     if not groups:
         raise InvalidReport("no OBR segment: the message carries no order/result group")
-    contents = [read_observations(g.obx, d, base, msg.charset) for g in groups]
+    contents = [read_observations(g.obx, d, base, msg.charset, tz) for g in groups]
     if not any(_has_content(c) for c in contents) and any(c.retracted for c in contents):
         raise RetractedContent()  # every content row is OBX-11 W/D: publish nothing of it
     _check_imaging(groups, contents, d)
@@ -386,11 +386,14 @@ def _report(
 
 def _finding_digest(f: Finding) -> str:
     """A finding's part of the version digest: the same string as before integers stayed integers, so the
-    Bundle id of a version is unchanged; a comparator (``<5`` is not ``5``) makes another version."""
+    Bundle id of a version is unchanged; a comparator (``<5`` is not ``5``) or an observation time of its own
+    (OBX-14) makes another version."""
     q = f.value_quantity
     quantity = (float(q[0]), q[1], q[2]) if q is not None else None
-    text = repr((f.key, f.code, f.value_concept, quantity, f.value_string))
-    return f"{text}|{f.value_comparator}" if f.value_comparator else text
+    text = repr((f.key, f.code, f.value_concept, quantity, f.value_string or f.value_date_time or f.value_time))
+    if f.value_comparator:
+        text += f"|{f.value_comparator}"
+    return f"{text}|{f.effective}" if f.effective else text
 
 
 def _procedure_name(procedure: Concept | None) -> str | None:

@@ -222,7 +222,8 @@ def finding_observation(
         res["category"] = [fhir.codeable(finding.category)]
     res["code"] = fhir.codeable(finding.code)
     res["subject"] = {"reference": patient_url}
-    effective = prim.date_time(report.effective, report.timezone) if report.effective else None
+    when = finding.effective or report.effective
+    effective = prim.date_time(when, report.timezone) if when else None
     if effective:
         res["effectiveDateTime"] = effective
     value_string = prim.string(finding.value_string) if finding.value_string is not None else ""
@@ -240,6 +241,10 @@ def finding_observation(
         res["valueQuantity"] = q
     elif finding.value_concept:
         res["valueCodeableConcept"] = fhir.codeable(finding.value_concept)
+    elif finding.value_date_time and prim.date_time(finding.value_date_time, report.timezone):
+        res["valueDateTime"] = prim.date_time(finding.value_date_time, report.timezone)
+    elif finding.value_time:
+        res["valueTime"] = finding.value_time
     elif value_string.strip():
         res["valueString"] = value_string
     if finding.interpretation:

@@ -91,6 +91,8 @@ def _render_observation(res: dict[str, Any]) -> str:
     elif "valueQuantity" in res:
         q = res["valueQuantity"]
         value = f"{q.get('comparator', '')}{q.get('value')} {q.get('unit') or q.get('code') or ''}".strip()
+    elif "valueDateTime" in res or "valueTime" in res:
+        value = res.get("valueDateTime") or res["valueTime"]
     elif "valueCodeableConcept" in res:
         v = res["valueCodeableConcept"]
         value = v.get("text") or next((c.get("display") or c.get("code") for c in v.get("coding", [])), "")

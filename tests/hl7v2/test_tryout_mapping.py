@@ -229,3 +229,43 @@ def test_sr_tid2000_num_keeps_its_precision(converter: Any) -> None:
     [b] = bundles(converter.convert(data))
     [q] = _quantities(b)
     assert q["value"] == 12 and type(q["value"]) is int
+
+
+# --- a result's own time (OBX-14) and date/time results --------------------------------------------------------
+
+
+def test_obx14_is_the_findings_own_time(converter: Any, fhir_validator: Any) -> None:
+    """OBX-14 (date/time of the observation) is the finding's effectiveDateTime (v2-to-FHIR OBX[Observation]);
+    without it the report's OBR-7. Was: OBR-7 for every finding, a time at which nothing was measured."""
+    own = "OBX|3|NM|21889-1^Size^LN|1|12|mm^^UCUM|||||F|||20261129080000+0100"
+    plain = "OBX|4|NM|21889-2^Width^LN|1|7|mm^^UCUM|||||F"
+    no_offset = "OBX|5|NM|21889-3^Depth^LN|1|3|mm^^UCUM|||||F|||202611290815"
+    b = convert_one(converter, message(GDT, own, plain, no_offset))
+    when = {o["code"]["coding"][0]["code"]: o["effectiveDateTime"] for o in resources(b, "Observation")}
+    assert when["21889-1"] == "2026-11-29T08:00:00+01:00"
+    assert when["21889-2"] == one(b, "DiagnosticReport")["effectiveDateTime"] == "2026-11-30T09:30:00+01:00"
+    assert when["21889-3"] == "2026-11-29T08:15:00+01:00"  # the sender's zone (MSH-7)
+    assert not profile_errors(fhir_validator, b)
+
+
+@pytest.mark.parametrize(
+    ("row", "element", "value"),
+    [
+        ("OBX|3|DT|11778-8^Estimated delivery date^LN|1|20270115||||||F", "valueDateTime", "2027-01-15"),
+        ("OBX|3|DTM|11778-8^Estimated delivery date^LN|1|202701150930||||||F", "valueDateTime",
+         "2027-01-15T09:30:00+01:00"),
+        ("OBX|3|TS|11778-8^Estimated delivery date^LN|1|202701^M||||||F", "valueDateTime", "2027-01"),
+        ("OBX|3|TM|8000-0^Time^99LOCAL|1|0930||||||F", "valueTime", "09:30:00"),
+        ("OBX|3|TM|8000-0^Time^99LOCAL|1|0930+0100||||||F", "valueString", "0930+0100"),
+        ("OBX|3|DT|11778-8^Estimated delivery date^LN|1|2027-01-15||||||F", "valueString", "2027-01-15"),
+    ],
+)
+def test_date_and_time_results_are_dates_and_times(
+    converter: Any, fhir_validator: Any, row: str, element: str, value: str
+) -> None:
+    """DT/DTM/TS results (HL7 v2.5.1 2.A.21/2.A.22) are a FHIR dateTime with the precision written, TM (2.A.75)
+    a FHIR time; what is not one stays text as written. Was: ``"20270115"``/``"0930"`` as strings."""
+    b = convert_one(converter, message(GDT, row))
+    [obs] = [o for o in resources(b, "Observation") if o["code"]["coding"][0]["code"] in ("11778-8", "8000-0")]
+    assert obs[element] == value
+    assert not profile_errors(fhir_validator, b)
