@@ -51,7 +51,13 @@ def _section(key: str, text: str, entries: list[str], parts: Parts) -> dict[str,
         sec["extension"] = [{"url": "http://hl7.org/fhir/StructureDefinition/note", "valueAnnotation": {"text": text}}]
     sec["title"] = title
     sec["code"] = {"coding": [{"system": fhir.LOINC, "code": code, "display": display}]}
-    rendered = text or prim.string(_render_entries(key, entries, parts))
+    if text:
+        # "Section text SHALL render all entries" (CompositionEuImaging.section.text): structured results the
+        # dictation does not already say (a measurement, a coded or dated result) follow it.
+        extra = _unsaid(text, entries, parts)
+        rendered = f"{text}\n\n{prim.string(extra)}" if extra else text
+    else:
+        rendered = prim.string(_render_entries(key, entries, parts))
     sec["text"] = {"status": "generated", "div": prim.narrative_div(rendered or _NO_TEXT, clean=True)}
     if entries:
         sec["entry"] = [{"reference": u} for u in entries]
@@ -83,9 +89,28 @@ def _render_entries(key: str, entries: list[str], parts: Parts) -> str:
     return "\n".join(lines)
 
 
+def _unsaid(text: str, entries: list[str], parts: Parts) -> str:
+    """Lines for the Observation entries of a dictated section whose value the text does not contain."""
+    index = dict(parts.observations + parts.others)
+    lines = []
+    for url in entries:
+        res = index.get(url)
+        if res is None or res.get("resourceType") != "Observation":
+            continue
+        value = _observation_value(res)
+        if value and value not in text:
+            lines.append(_render_observation(res))
+    return "\n".join(lines)
+
+
 def _render_observation(res: dict[str, Any]) -> str:
     code = res.get("code", {})
     name = code.get("text") or next((c.get("display") or c.get("code") for c in code.get("coding", [])), "Observation")
+    value = _observation_value(res)
+    return f"{name}: {value}" if value else str(name)
+
+
+def _observation_value(res: dict[str, Any]) -> str:
     if "valueString" in res:
         value = res["valueString"]
     elif "valueQuantity" in res:
@@ -98,4 +123,4 @@ def _render_observation(res: dict[str, Any]) -> str:
         value = v.get("text") or next((c.get("display") or c.get("code") for c in v.get("coding", [])), "")
     else:
         value = ""
-    return f"{name}: {value}" if value else str(name)
+    return str(value)

@@ -269,3 +269,19 @@ def test_date_and_time_results_are_dates_and_times(
     [obs] = [o for o in resources(b, "Observation") if o["code"]["coding"][0]["code"] in ("11778-8", "8000-0")]
     assert obs[element] == value
     assert not profile_errors(fhir_validator, b)
+
+
+def test_section_text_renders_the_results_the_dictation_does_not_say(converter: Any, fhir_validator: Any) -> None:
+    """CompositionEuImaging: "section text SHALL render all entries of the section". A measurement under a
+    dictated findings section was in no narrative (the rendered document did not show it); a result whose
+    value the dictation already says is not repeated. The section's note stays the dictation as sent."""
+    size = "OBX|3|SN|21889-1^Size Tumor^LN|1|<^5|mm^^UCUM|||||F"
+    said = "OBX|4|CWE|18782-3^Study observation^LN|1|RID5350^pneumonia^RADLEX||||||F"
+    b = convert_one(converter, message("OBX|2|TX|71020&GDT|1|Findings: pneumonia.||||||F", size, said))
+    [sec] = [s for s in one(b, "Composition")["section"] if s["code"]["coding"][0]["code"] == "59776-5"]
+    assert sec["text"]["div"] == (
+        '<div xmlns="http://www.w3.org/1999/xhtml">'
+        "Findings: pneumonia.<br/>pneumonia<br/><br/>Size Tumor: &lt;5 mm</div>"
+    )  # (a coded line's words join the dictation they were sent in, as before)
+    assert sec["extension"][0]["valueAnnotation"]["text"] == "Findings: pneumonia.\npneumonia"
+    assert not profile_errors(fhir_validator, b)
