@@ -48,6 +48,8 @@ from pipelines.hl7v2.status import report_status
 __all__ = ["map_oru"]
 
 _GENDER = {"F": "female", "M": "male", "O": "other", "U": "unknown", "A": "other", "N": "other"}
+#: Report statuses that withdraw a report's content (mappings.md §6: OBR-25 X, OBX-11 X/D/W).
+_WITHDRAWN = frozenset({"cancelled", "entered-in-error"})
 #: The report type every imaging report has (LOINC, a member of the EU ImagingReportTypes value set, is-a
 #: 18726-0): the first coding of ``DiagnosticReport.code`` / ``Composition.type``.
 _DIAGNOSTIC_IMAGING = Coding(code="18748-4", system=LOINC, display="Diagnostic imaging study")
@@ -326,6 +328,12 @@ def _report(
 ) -> Report:
     obr = group.obr
     status = report_status(fld(obr, 25), content.text_statuses)
+    if status in _WITHDRAWN:
+        # The whole report is cancelled (OBR-25 X, table 0123: "no results available; order canceled"; or every
+        # text row OBX-11 X, table 0085: "results cannot be obtained") or entered in error (OBR-25 W/D as RIS send
+        # them, table 0085 W/D): FHIR says such a report is unavailable / not valid. This version publishes its
+        # status (it supersedes the earlier ones), never the text, findings or documents it carried.
+        content = GroupContent(study_uids=content.study_uids, text_statuses=content.text_statuses)
     identifier = order.filler or order.placer or order.accession
     if identifier is None:
         identifier = Ident(system=f"{base}/message-report", value=f"{control_id or 'no-control-id'}-{group.index}")

@@ -122,10 +122,9 @@ def _anchor(report: Report, parts: Parts) -> tuple[str, dict[str, Any]]:
     a narrative-only report gets one finding whose value is the findings narrative itself."""
     text = next((t for key, t in parts.texts if key == "findings"), None)  # clean section texts
     if text is None:
-        text = (
-            "\n\n".join(f"{SECTIONS[key][2]}:\n{t}" for key, t in parts.texts)
-            or "No narrative text in the source report; see the attached document."
-        )
+        text = "\n\n".join(f"{SECTIONS[key][2]}:\n{t}" for key, t in parts.texts)
+        if not text and report.presented_forms:
+            text = "No narrative text in the source report; see the attached document."
     oid = uuid_for("Observation", report.identifier.system, report.identifier.value, "anchor")
     obs: dict[str, Any] = {
         "resourceType": "Observation",
@@ -140,8 +139,15 @@ def _anchor(report: Report, parts: Parts) -> tuple[str, dict[str, Any]]:
     effective = prim.date_time(report.effective, report.timezone) if report.effective else None
     if effective:
         obs["effectiveDateTime"] = effective
-    obs["valueString"] = text
+    if text:
+        obs["valueString"] = text
+    else:  # a withdrawn report (cancelled, entered in error) publishes no text: say why there is no value
+        obs["dataAbsentReason"] = {"coding": [{"system": _DAR, "code": _ABSENT.get(report.status, "unknown")}]}
     return urn(oid), obs
+
+
+_DAR = "http://terminology.hl7.org/CodeSystem/data-absent-reason"
+_ABSENT = {"cancelled": "not-performed", "entered-in-error": "error"}
 
 
 def _obs_status(status: str) -> str:

@@ -120,7 +120,7 @@ def build_parts(report: Report, *, with_studies: bool) -> Parts:
         acsn = fhir.accession_identifier(order.accession)
         parts.accession_ids.append(acsn)
         if with_studies:
-            sr = resources.service_request(order, patient_url, acsn, report.timezone)
+            sr = resources.service_request(order, patient_url, acsn, report.timezone, status=_order_status(report))
             url = urn(sr["id"])
             if url not in parts.order_urls.values():
                 parts.orders.append((url, sr))
@@ -237,6 +237,12 @@ def _placeholder(ref: str, value: dict[str, Any], parts: Parts, dr_url: str, com
                 return {**b, **rest}  # an explicit identifier in the placeholder wins
         return rest
     raise ValueError(f"unknown placeholder reference {ref!r}")
+
+
+def _order_status(report: Report) -> str:
+    """ServiceRequest.status: ``revoked`` for a cancelled report (OBR-25 X, table 0123 "order canceled";
+    v2-to-FHIR ORC-5 CA -> revoked), else ``completed`` (a report exists for it)."""
+    return "revoked" if report.status == "cancelled" else "completed"
 
 
 def categories(report: Report) -> list[dict[str, Any]]:

@@ -166,7 +166,7 @@ def _display(person: Person) -> str:
 
 
 def service_request(
-    order: Order, patient_url: str, accession: dict[str, Any], timezone: str = "+00:00"
+    order: Order, patient_url: str, accession: dict[str, Any], timezone: str = "+00:00", *, status: str = "completed"
 ) -> dict[str, Any]:
     assert order.accession is not None
     res: dict[str, Any] = {
@@ -174,7 +174,7 @@ def service_request(
         "id": uuid_for("ServiceRequest", order.accession.system, order.accession.value),
         "meta": profiles.profile_meta(profiles.SERVICE_REQUEST),
         "identifier": [accession],
-        "status": "completed",
+        "status": status,
         "intent": "order",
         "category": [{"coding": [{"system": fhir.SCT, "code": "363679005", "display": "Imaging"}]}],
     }

@@ -285,3 +285,60 @@ def test_section_text_renders_the_results_the_dictation_does_not_say(converter: 
     )  # (a coded line's words join the dictation they were sent in, as before)
     assert sec["extension"][0]["valueAnnotation"]["text"] == "Findings: pneumonia.\npneumonia"
     assert not profile_errors(fhir_validator, b)
+
+
+# --- a withdrawn report (cancelled, entered in error) publishes its status, never its text ---------------------
+
+SECRET_GDT = "OBX|2|TX|71020&GDT|1|Withdrawn findings text.||||||{s}"
+SECRET_IMP = "OBX|3|TX|71020&IMP|1|Withdrawn impression.||||||{s}"
+
+
+def _published_text(b: dict[str, Any]) -> str:
+    import base64
+
+    text = "\n".join(_all_strings(b))
+    for e in b.get("entry", []):
+        for form in e.get("resource", {}).get("presentedForm", []):
+            text += base64.b64decode(form.get("data", "")).decode("utf-8", "replace")
+    return text
+
+
+@pytest.mark.parametrize(
+    ("obr25", "obx11", "status", "absent"),
+    [
+        ("X", "F", "cancelled", "not-performed"),  # table 0123 X: no results available; order canceled
+        ("Cancelled", "F", "cancelled", "not-performed"),  # the word status (mappings.md §7.14)
+        ("", "X", "cancelled", "not-performed"),  # every row table 0085 X: results cannot be obtained
+        ("W", "F", "entered-in-error", "error"),  # OBR-25 W/D as RIS send them: the report was wrong
+        ("D", "F", "entered-in-error", "error"),
+    ],
+)
+def test_withdrawn_report_publishes_status_not_text(
+    converter: Any, fhir_validator: Any, obr25: str, obx11: str, status: str, absent: str
+) -> None:
+    """Was: the cancelled / entered-in-error version republished the whole text (notes, sections, conclusion,
+    anchor finding) under that status. FHIR: a cancelled report is unavailable, entered-in-error is not valid.
+    The version still goes out (it supersedes the earlier ones), with the status and no report text."""
+    data = message(SECRET_GDT.format(s=obx11), SECRET_IMP.format(s=obx11), obr25=obr25)
+    b = convert_one(converter, data)
+    assert "Withdrawn" not in _published_text(b)
+    dr, comp = one(b, "DiagnosticReport"), one(b, "Composition")
+    assert dr["status"] == comp["status"] == status
+    assert "note" not in dr and "conclusion" not in dr
+    [anchor] = resources(b, "Observation")
+    assert anchor["status"] == status and "valueString" not in anchor
+    assert anchor["dataAbsentReason"]["coding"][0]["code"] == absent
+    if status == "cancelled":
+        assert one(b, "ServiceRequest")["status"] == "revoked"  # v2-to-FHIR ORC-5 CA -> revoked; was completed
+    assert not profile_errors(fhir_validator, b)
+    for model in ("rest", "harmonized", "imr"):
+        result = Converter(MappingContext(), model).convert(data)
+        assert not result.rejections, (model, [r.reason for r in result.rejections])
+        assert all("Withdrawn" not in _published_text(x) for x in bundles(result)), model
+
+
+def test_a_cancelled_row_among_results_is_not_a_withdrawal(converter: Any) -> None:
+    """One row that could not be obtained (OBX-11 X) in a final report does not withdraw the report."""
+    b = convert_one(converter, message(GDT, "OBX|3|TX|71020&IMP|1|Comparison not available.||||||X"))
+    assert one(b, "DiagnosticReport")["status"] == "final"
+    assert "Heart size normal." in _published_text(b)
