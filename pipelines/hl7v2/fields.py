@@ -87,6 +87,8 @@ def _count(arg: str, default: int) -> int:
 def unescape(value: str, d: Delimiters, charset: str = "latin-1") -> str:
     """Decode the HL7 escape sequences of one leaf value (see the module docstring). Returns clean text."""
     if d.escape not in value:  # the common case (also when MSH-2 declares no escape character: NONE)
+        if value == '""':
+            return ""  # the HL7 null value (v2.5.1 2.5.3): no value, never two quote marks
         return value if d.clean or value.isprintable() else clean_text(value)
     esc = d.escape
     out: list[str] = []

@@ -96,6 +96,8 @@ def read_observations(
             kind = kinds[(raw2, raw3)] = _classify(raw2, raw3, d)
         vtype, section, uid_row, study_row, coded_text = kind
         raw5 = obx[5] if size > 5 else ""
+        if raw5 == '""':
+            raw5 = ""  # the HL7 null value (v2.5.1 2.5.3): no value, never the two quote marks as text
         if uid_row:
             if study_row:
                 uid = _uid_value(raw5, d)
@@ -150,8 +152,15 @@ def read_observations(
             if status:
                 out.text_statuses.append(status)
             continue
-        finding = _finding(obx, vtype, raw3, raw5, d, base, section or "findings", n, tz)
-        if finding is not None:
+        # A repeating OBX-5 of a coded, numeric or date result holds several results (HL7 v2.5.1 7.4.2.5;
+        # v2-to-FHIR: separate Observations): one finding each, the first keeps the id it always had.
+        values = raw5.split(rep) if rep in raw5 and vtype in _REPEATING else [raw5]
+        for r, value5 in enumerate(values):
+            finding = _finding(obx, vtype, raw3, value5, d, base, section or "findings", n, tz)
+            if finding is None:
+                continue
+            if r:
+                finding.key += f"|rep{r + 1}"
             if size > 14 and obx[14].strip():  # OBX-14 date/time of the observation (v2-to-FHIR: effective)
                 finding.effective = dt.dtm_datetime(obx[14], tz)
             out.findings.append(finding)
@@ -371,6 +380,8 @@ def _finding(
 
 
 _DATE_TYPES = frozenset({"DT", "DTM", "TS", "TM"})
+#: value types whose OBX-5 repetitions are separate results (text rows are lines; plain values are joined)
+_REPEATING = frozenset({"CE", "CWE", "CNE", "CF", "NM", "SN"}) | _DATE_TYPES
 _TM = re.compile(r"([01]\d|2[0-3])([0-5]\d)?([0-5]\d)?(\.\d{1,4})?")
 
 

@@ -342,3 +342,48 @@ def test_a_cancelled_row_among_results_is_not_a_withdrawal(converter: Any) -> No
     b = convert_one(converter, message(GDT, "OBX|3|TX|71020&IMP|1|Comparison not available.||||||X"))
     assert one(b, "DiagnosticReport")["status"] == "final"
     assert "Heart size normal." in _published_text(b)
+
+
+# --- repeating OBX-5, the HL7 null value ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("row", "values"),
+    [
+        ("OBX|3|CWE|18782-3^Finding^LN|1|233604007^Pneumonia^SCT~195967001^Asthma^SCT||||||F",
+         [("233604007",), ("195967001",)]),
+        ("OBX|3|NM|21889-1^Size^LN|1|12~15|mm^^UCUM|||||F", [(12,), (15,)]),
+        ("OBX|3|SN|21889-1^Size^LN|1|<^5~>^9|mm^^UCUM|||||F", [(5, "<"), (9, ">")]),
+    ],
+)
+def test_repeating_result_values_are_each_a_finding(
+    converter: Any, fhir_validator: Any, row: str, values: list[tuple[Any, ...]]
+) -> None:
+    """A repeating OBX-5 carries several results (HL7 v2.5.1 7.4.2.5; v2-to-FHIR: separate Observations). Was:
+    the first kept, the others silently lost."""
+    b = convert_one(converter, message(GDT, row))
+    got = []
+    for o in resources(b, "Observation"):
+        if "valueCodeableConcept" in o:
+            got.append((o["valueCodeableConcept"]["coding"][0]["code"],))
+        elif "valueQuantity" in o:
+            q = o["valueQuantity"]
+            got.append((q["value"], q["comparator"]) if "comparator" in q else (q["value"],))
+    assert got == values
+    assert len({o["id"] for o in resources(b, "Observation")}) == len(resources(b, "Observation"))
+    assert not profile_errors(fhir_validator, b)
+
+
+def test_hl7_null_value_is_no_value(converter: Any, fhir_validator: Any) -> None:
+    """``""`` is the HL7 null (v2.5.1 2.5.3: present and null), never the text of two quote marks. Was: an
+    impression and a finding reading ``""``, a conclusion ``""``."""
+    b = convert_one(
+        converter,
+        message(GDT, 'OBX|3|TX|71020&IMP|1|""||||||F', 'OBX|4|NM|21889-1^Size^LN|1|""|mm|||||F',
+                pid5='Testperson^Anna^""'),
+    )
+    assert '""' not in _published_text(b)
+    assert "conclusion" not in one(b, "DiagnosticReport")
+    assert one(b, "Patient")["name"] == [{"family": "Testperson", "given": ["Anna"]}]
+    assert [o.get("valueString") for o in resources(b, "Observation")] == ["Heart size normal."]
+    assert not profile_errors(fhir_validator, b)
