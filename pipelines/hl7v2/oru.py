@@ -30,6 +30,7 @@ from pipelines.common.model import (
     Order,
     Organization,
     Patient,
+    Person,
     Report,
     StatusUpdate,
     Study,
@@ -301,7 +302,9 @@ def _order(group: OrderGroup, d: Delimiters, profile: SenderProfile, base: str, 
     filler = _ei(fld(orc, 3) or fld(obr, 3), d, base, f"{base}/filler-order", "FILL")
     code = dt.cwe(fld(obr, 4), d, base)
     reason = dt.cwe(fld(obr, 31), d, base)
-    requester = dt.xcn(fld(orc, 12) or fld(obr, 16), d, base, f"{base}/practitioner")
+    requester = dt.xcn(fld(orc, 12) or fld(obr, 16), d, base, f"{base}/practitioner") or _participant(
+        group, "OP", d, base
+    )
     return Order(
         accession=_accession(group, d, profile, base),
         placer=placer,
@@ -359,7 +362,7 @@ def _report(
             study.modalities = [modality]
         if procedure_name:
             study.description = procedure_name
-    interpreter = dt.xcn(fld(obr, 32), d, base, f"{base}/practitioner")
+    interpreter = dt.xcn(fld(obr, 32), d, base, f"{base}/practitioner") or _participant(group, "PRI", d, base)
     title = procedure_name or "Imaging report"
     conclusion = next((s.text for s in content.sections if s.key == "impression"), None)
     return Report(
@@ -433,6 +436,18 @@ def _status_change_only(obr25: str, obx11: list[str]) -> bool:
     if obr25.strip().upper() in ("X", "CANCELLED", "CANCELED"):
         return True
     return bool(obx11) and all(v.strip().upper() == "U" for v in obx11)
+
+
+def _participant(group: OrderGroup, role: str, d: Delimiters, base: str) -> Person | None:
+    """The person of the group's first order-level PRT whose PRT-4 participation (HL7 table 0912) is ``role``:
+    ``PRI`` principal result interpreter (v2.7+ replaces OBR-32 with it), ``OP`` ordering provider (mappings.md
+    §1.1: PRT-4 PRI -> resultsInterpreter, OP -> requester). PRT-5 is an XCN."""
+    for seg in group.extra:
+        if seg[0] == "PRT" and component(fld(seg, 4), d, 1).strip().upper() == role:
+            person = dt.xcn(fld(seg, 5), d, base, f"{base}/practitioner")
+            if person is not None:
+                return person
+    return None
 
 
 def _dtm_offset(raw: str) -> str | None:

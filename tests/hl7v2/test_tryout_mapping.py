@@ -387,3 +387,25 @@ def test_hl7_null_value_is_no_value(converter: Any, fhir_validator: Any) -> None
     assert one(b, "Patient")["name"] == [{"family": "Testperson", "given": ["Anna"]}]
     assert [o.get("valueString") for o in resources(b, "Observation")] == ["Heart size normal."]
     assert not profile_errors(fhir_validator, b)
+
+
+# --- v2.7+ participations (PRT) ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("after_orc", [False, True])
+def test_prt_principal_interpreter_and_ordering_provider(converter: Any, fhir_validator: Any, after_orc: bool) -> None:
+    """HL7 v2.7+ moved OBR-32 and OBR-16 into PRT (ORDER_OBSERVATION: ORC [PRT] OBR [PRT]); PRT-4 ``PRI`` is the
+    results interpreter, ``OP`` the ordering provider (mappings.md §1.1). Was: no interpreter (no author
+    practitioner, no legal authenticator) and no requester. A PRT of an OBX is not the report's."""
+    pri = "PRT|1|AD||PRI^Principal Result Interpreter^HL70912|RAD9^Prtreader^Paula"
+    op = "PRT|2|AD||OP^Ordering Provider^HL70912|REF9^Orderer^Otto"
+    obs_prt = "PRT|3|AD||PRI^Principal Result Interpreter^HL70912|RAD8^Other^Olga"
+    data = message(GDT, obs_prt, obr32="").decode().replace("REF1^Referrer^Rolf", "")  # no OBR-16
+    where = "\rOBR|" if after_orc else "\rOBX|1|"
+    data = data.replace(where, f"\r{pri}\r{op}{where}")
+    b = convert_one(converter, data.encode())
+    [prac] = resources(b, "Practitioner")
+    assert prac["name"] == [{"family": "Prtreader", "given": ["Paula"]}]
+    assert one(b, "Composition")["attester"][0]["mode"]["coding"][0]["code"] == "legal"
+    assert one(b, "ServiceRequest")["requester"] == {"display": "Otto Orderer"}
+    assert not profile_errors(fhir_validator, b)
