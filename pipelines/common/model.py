@@ -66,6 +66,9 @@ class Patient:
     name_text: str | None = None
     birth_date: str | None = None  # FHIR date (YYYY, YYYY-MM or YYYY-MM-DD)
     gender: str | None = None  # FHIR administrative gender
+    birth_time: str | None = None  # FHIR dateTime of birth, when the source has a time (patient-birthTime)
+    name_use: str | None = None  # FHIR name use of the name above (set when there are other names)
+    other_names: list[tuple[Person, str | None]] = field(default_factory=list)  # (name, FHIR name use)
 
 
 @dataclass(slots=True)

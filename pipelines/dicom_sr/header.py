@@ -97,7 +97,7 @@ def read_header(ds: Dataset, ctx: MappingContext, refs: Refs | None = None) -> H
         study_uid=study_uid,
         base=base,
         tz=tz,
-        patient=_patient(ds, ctx, profile, base),
+        patient=_patient(ds, ctx, profile, base, tz),
         studies=[],
         orders=_orders(ds, ctx, profile, base, tz),
         interpreters=[],
@@ -205,7 +205,7 @@ def person_from_pn(raw: str, idents: list[Ident] | None = None) -> Person | None
     )
 
 
-def _patient(ds: Dataset, ctx: MappingContext, profile: SenderProfile, base: str) -> Patient:
+def _patient(ds: Dataset, ctx: MappingContext, profile: SenderProfile, base: str, tz: str) -> Patient:
     pid = text(ds, "PatientID")
     idents = []
     if pid:
@@ -223,7 +223,17 @@ def _patient(ds: Dataset, ctx: MappingContext, profile: SenderProfile, base: str
         suffix=person.suffix if person else [],
         birth_date=dicom_date(text(ds, "PatientBirthDate")),
         gender=_GENDER.get(text(ds, "PatientSex").upper()),
+        # Patient's Birth Time (0010,0032): with the birth date, the core patient-birthTime extension
+        birth_time=_birth_time(text(ds, "PatientBirthDate"), text(ds, "PatientBirthTime"), tz),
     )
+
+
+def _birth_time(da: str, tm: str, tz: str) -> str | None:
+    """Patient's Birth Time (0010,0032) with the birth date, for the core patient-birthTime extension; an
+    all-zero time (``000000``, a padded date) claims no birth time."""
+    if not tm.strip().strip("0."):
+        return None
+    return instant(dicom_datetime(da, tm, tz))
 
 
 def _issuer_system(item: Dataset | None) -> str | None:

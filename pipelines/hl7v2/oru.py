@@ -40,7 +40,7 @@ from pipelines.errors import InvalidReport, MappingError, RetractedContent, Stat
 from pipelines.hl7v2 import classify
 from pipelines.hl7v2 import datatypes as dt
 from pipelines.hl7v2.er7 import Delimiters, Message
-from pipelines.hl7v2.fields import component, leaf, unescape
+from pipelines.hl7v2.fields import component, leaf, repetitions, unescape
 from pipelines.hl7v2.fields import field as fld
 from pipelines.hl7v2.groups import OrderGroup, split_groups
 from pipelines.hl7v2.observations import GroupContent, read_observations
@@ -128,7 +128,7 @@ def _map_patient_result(
     if not any(_has_content(c) for c in contents) and any(c.retracted for c in contents):
         raise RetractedContent()  # every content row is OBX-11 W/D: publish nothing of it
     _check_imaging(groups, contents, d)
-    patient = _patient(pid, d, ctx, profile, base)
+    patient = _patient(pid, d, ctx, profile, base, tz)
     control_id = component(fld(msh, 10), d, 1)
     msh7 = fld(msh, 7)
     reports: list[Report] = []
@@ -221,12 +221,15 @@ def _check_imaging(groups: list[OrderGroup], contents: list[GroupContent], d: De
     )
 
 
-def _patient(pid: list[str], d: Delimiters, ctx: MappingContext, profile: SenderProfile, base: str) -> Patient:
+def _patient(
+    pid: list[str], d: Delimiters, ctx: MappingContext, profile: SenderProfile, base: str, tz: str = "+00:00"
+) -> Patient:
     fallback = profile.patient_id_system or f"{base}/patient-id"
     idents = dt.cx(fld(pid, 3), d, ctx.system_base, fallback)
     if not idents:
         idents = dt.cx(fld(pid, 2), d, ctx.system_base, fallback) + dt.cx(fld(pid, 4), d, ctx.system_base, fallback)
     family, given, prefix, suffix = dt.xpn(fld(pid, 5), d)
+    names = _other_names(fld(pid, 5), d)
     gender = _GENDER.get(component(fld(pid, 8), d, 1).strip().upper())
     return Patient(
         identifiers=idents,
@@ -236,7 +239,40 @@ def _patient(pid: list[str], d: Delimiters, ctx: MappingContext, profile: Sender
         suffix=suffix,
         birth_date=dt.dtm_date(fld(pid, 7)),
         gender=gender,
+        birth_time=_birth_time(fld(pid, 7), tz),
+        name_use=_name_use(fld(pid, 5), d) if names else None,
+        other_names=names,
     )
+
+
+#: XPN.7 name type (HL7 table 0200) -> FHIR HumanName.use (v2-to-FHIR NameType map; the unambiguous codes).
+_NAME_USE = {"L": "official", "D": "usual", "M": "maiden", "N": "nickname", "S": "anonymous"}
+
+
+def _name_use(raw_xpn: str, d: Delimiters) -> str | None:
+    return _NAME_USE.get(component(raw_xpn, d, 7).strip().upper())
+
+
+def _other_names(raw: str, d: Delimiters) -> list[tuple[Person, str | None]]:
+    """PID-5 repetitions after the first (maiden, alias, display names; v2-to-FHIR PID-5 -> Patient.name):
+    each a name with its XPN.7 use. They were dropped."""
+    out: list[tuple[Person, str | None]] = []
+    for rep in repetitions(raw, d)[1:]:
+        family, given, prefix, suffix = dt.xpn(rep, d)
+        if family or given:
+            out.append((Person(family=family, given=given, prefix=prefix, suffix=suffix), _name_use(rep, d)))
+    return out
+
+
+def _birth_time(raw: str, tz: str) -> str | None:
+    """PID-7 with a time of day (more than 8 characters: v2-to-FHIR PID-7 -> patient-birthTime), else None. A
+    time of all zeros (``19350928000000``) is how many systems pad a birth date, not a birth at midnight: no
+    birth time is claimed from it."""
+    value = raw.strip()
+    if len(value) <= 8 or not value[8:].split("+")[0].split("-")[0].strip("0."):
+        return None
+    born = dt.dtm_datetime(raw, tz)
+    return born if born and "T" in born else None
 
 
 def _organization(

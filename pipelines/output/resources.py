@@ -58,14 +58,27 @@ def patient(report: Report) -> tuple[str, dict[str, Any]]:
         res["identifier"] = [fhir.identifier(i) for i in p.identifiers]
     name = human_name(p, p.name_text)
     res["name"] = [name] if name else [_DATA_ABSENT_UNKNOWN]  # eu-pat-1 accepts a data-absent-reason
+    if name and p.other_names:  # more names (PID-5 repetitions): each with its use, so they can be told apart
+        if p.name_use:
+            res["name"] = [{"use": p.name_use, **name}]
+        for other, use in p.other_names:
+            more = human_name(other, other.text)
+            if more:
+                res["name"].append({**({"use": use} if use else {}), **more})
     if p.gender:
         res["gender"] = p.gender
     birth = prim.date(p.birth_date) if p.birth_date else None
     if birth:
         res["birthDate"] = birth
+        born = prim.date_time(p.birth_time, report.timezone) if p.birth_time else None
+        if born and born.startswith(birth) and "T" in born:  # the time of birth (core patient-birthTime)
+            res["_birthDate"] = {"extension": [{"url": _BIRTH_TIME, "valueDateTime": born}]}
     else:
         res["_birthDate"] = _DATA_ABSENT_UNKNOWN  # birthDate is 1..1 in patient-eu-core
     return urn(pid), res
+
+
+_BIRTH_TIME = "http://hl7.org/fhir/StructureDefinition/patient-birthTime"
 
 
 def patient_id(report: Report) -> str:

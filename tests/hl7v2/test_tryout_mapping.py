@@ -409,3 +409,51 @@ def test_prt_principal_interpreter_and_ordering_provider(converter: Any, fhir_va
     assert one(b, "Composition")["attester"][0]["mode"]["coding"][0]["code"] == "legal"
     assert one(b, "ServiceRequest")["requester"] == {"display": "Otto Orderer"}
     assert not profile_errors(fhir_validator, b)
+
+
+# --- patient demographics the message carries ----------------------------------------------------------------
+
+
+def test_pid7_time_of_birth_is_kept(converter: Any, fhir_validator: Any) -> None:
+    """PID-7 longer than a date is the time of birth (v2-to-FHIR: patient-birthTime on birthDate). Was dropped.
+    An all-zero time is a padded date, no birth time."""
+    b = convert_one(converter, message(GDT).replace(b"||19700101|F", b"||197001011230|F"))
+    p = one(b, "Patient")
+    assert p["birthDate"] == "1970-01-01"
+    assert p["_birthDate"] == {"extension": [{"url": "http://hl7.org/fhir/StructureDefinition/patient-birthTime",
+                                              "valueDateTime": "1970-01-01T12:30:00+01:00"}]}
+    assert not profile_errors(fhir_validator, b)
+    padded = one(convert_one(converter, message(GDT).replace(b"||19700101|F", b"||19700101000000|F")), "Patient")
+    assert padded["birthDate"] == "1970-01-01" and "_birthDate" not in padded
+
+
+def test_every_pid5_name_with_its_use(converter: Any, fhir_validator: Any) -> None:
+    """PID-5 repeats (legal, maiden, alias names; v2-to-FHIR PID-5 -> Patient.name, XPN.7 -> use via table 0200).
+    Was: the first name only. A single name is written as before (no use)."""
+    b = convert_one(converter, message(GDT, pid5="Testperson^Anna^^^^^L~Maiden^Anna^^^^^M~Nick^^^^^^N"))
+    assert one(b, "Patient")["name"] == [
+        {"use": "official", "family": "Testperson", "given": ["Anna"]},
+        {"use": "maiden", "family": "Maiden", "given": ["Anna"]},
+        {"use": "nickname", "family": "Nick"},
+    ]
+    assert not profile_errors(fhir_validator, b)
+    single = convert_one(converter, message(GDT, pid5="Testperson^Anna^^^^^L"))
+    assert one(single, "Patient")["name"] == [{"family": "Testperson", "given": ["Anna"]}]
+
+
+def test_sr_patient_birth_time(converter: Any) -> None:
+    """The same kind in DICOM: Patient's Birth Time (0010,0032) with the birth date."""
+    import io
+
+    import pydicom
+
+    from tests.dicom_sr.builder import build_sr, code, container, item
+
+    data = build_sr(container(code("121070", "DCM", "Findings"), item("TEXT", code("121071", "DCM", "Finding"), "x")))
+    ds = pydicom.dcmread(io.BytesIO(data))
+    ds.PatientBirthTime = "0745"
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    [b] = bundles(converter.convert(buf.getvalue()))
+    ext = one(b, "Patient")["_birthDate"]["extension"][0]
+    assert ext["valueDateTime"].startswith("1970-01-01T07:45:00")
