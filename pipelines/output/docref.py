@@ -133,7 +133,10 @@ def _instant(bundle: dict[str, Any]) -> str:
     for dr in _resources(bundle, "DiagnosticReport"):
         if dr.get("issued"):
             return str(dr["issued"])
-    raise MappingError("DocumentReference.date: the report has no issue time (no Bundle.timestamp, no issued)")
+    raise MappingError(
+        "DocumentReference.date (an instant) cannot be filled: the report has no issue time with a time of day "
+        "(no Bundle.timestamp, no issued; a date-only time is never made midnight)"
+    )
 
 
 def document_reference(bundle: dict[str, Any], body: bytes, subject: dict[str, Any]) -> dict[str, Any]:

@@ -457,3 +457,12 @@ def test_sr_patient_birth_time(converter: Any) -> None:
     [b] = bundles(converter.convert(buf.getvalue()))
     ext = one(b, "Patient")["_birthDate"]["extension"][0]
     assert ext["valueDateTime"].startswith("1970-01-01T07:45:00")
+
+
+def test_no_issue_time_in_rest_is_a_clear_rejection() -> None:
+    """Approach 1/2 wrap each document in a DocumentReference whose ``date`` is an instant (1..1): a report without
+    an issue time of day cannot be one; it is rejected with that reason, never given a midnight."""
+    result = Converter(MappingContext(), "rest").convert(_timed(b"20261130", b"20261130", b"20261130"))
+    assert not result.outputs
+    [reason] = [r.reason for r in result.rejections]
+    assert reason.startswith("DocumentReference.date (an instant) cannot be filled") and "time of day" in reason
