@@ -466,3 +466,25 @@ def test_no_issue_time_in_rest_is_a_clear_rejection() -> None:
     assert not result.outputs
     [reason] = [r.reason for r in result.rejections]
     assert reason.startswith("DocumentReference.date (an instant) cannot be filled") and "time of day" in reason
+
+
+def test_sr_without_any_time_of_day_gives_the_minimal_bundle(converter: Any, fhir_validator: Any) -> None:
+    """The same kind in DICOM SR: Verification DateTime, Content and Study dates without times (DT/DA of day
+    precision) give no instant; was a document Bundle without timestamp (bdl-10 error)."""
+    import io
+
+    import pydicom
+
+    from tests.dicom_sr.builder import build_sr, code, container, item
+
+    data = build_sr(container(code("121070", "DCM", "Findings"), item("TEXT", code("121071", "DCM", "Finding"), "x.")))
+    ds = pydicom.dcmread(io.BytesIO(data))
+    del ds.StudyTime, ds.ContentTime
+    ds.VerifyingObserverSequence[0].VerificationDateTime = "20261130"
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    [b] = bundles(converter.convert(buf.getvalue()))
+    assert b["type"] == "collection" and "timestamp" not in b
+    dr = one(b, "DiagnosticReport")
+    assert "issued" not in dr and [n["text"] for n in dr["note"]] == ["x."]
+    assert not profile_errors(fhir_validator, b)
