@@ -164,10 +164,11 @@ class Finding:
 
 @dataclass(frozen=True, slots=True)
 class Attachment:
-    content_type: str
-    data_b64: str
+    content_type: str  # "" when the source does not say
+    data_b64: str  # "" for a document referenced by ``url`` only
     title: str | None = None
     language: str | None = None
+    url: str | None = None  # where the document is (an HL7 RP reference pointer that is a URL)
 
 
 @dataclass(slots=True)

@@ -53,6 +53,7 @@ class GroupContent:
     observations: int = 0  # OBX rows (NTE comments alone never make a report)
     invalid_uids: int = 0
     retracted: int = 0  # OBX rows left out because OBX-11 is W (wrong patient) or D (deleted)
+    broken: list[str] = field(default_factory=list)  # why an ED row's document cannot be read (no text, no PHI)
 
 
 def read_observations(
@@ -107,10 +108,15 @@ def read_observations(
                 elif uid:
                     out.invalid_uids += 1
             continue
+        if vtype == "RP" and (pointer := _reference_pointer(raw5, d)) is not None:
+            out.forms.append(pointer)
+            continue
         if vtype == "ED":
             form = _encapsulated(raw5, d, charset)
-            if form is not None:
+            if isinstance(form, Attachment):
                 out.forms.append(form)
+            elif raw5.strip():  # a document was sent but cannot be read: never dropped in silence
+                out.broken.append(f"OBX {n} (ED): {form}")
             continue
         if vtype in _CODED:
             is_text = not raw5.split(d.component, 1)[0].strip()  # CE without a code: text ("^Mass left lobe")
@@ -296,11 +302,34 @@ def _uid_value(raw5: str, d: Delimiters) -> str:
     return parts[0] if parts else ""
 
 
-def _encapsulated(raw5: str, d: Delimiters, charset: str) -> Attachment | None:
-    """ED: source application ^ type of data ^ data subtype ^ encoding ^ data (HL7 v2 2.A.24)."""
-    parts = raw5.split(d.component)
-    if len(parts) < 5:
+_URL = re.compile(r"https?://[^\s]+", re.IGNORECASE)
+
+
+def _reference_pointer(raw5: str, d: Delimiters) -> Attachment | None:
+    """RP (HL7 v2.5.1 2.A.65: pointer ^ application ID ^ type of data ^ subtype) whose pointer is an absolute
+    http(s) URL: the report document by reference (v2-to-FHIR RP -> Attachment.url, contentType from RP.3/RP.4).
+    Other pointers only mean something to the sending application (``7795082776^UK^ZB``): not converted."""
+    parts = [unescape(p, d).strip() for p in raw5.split(d.repetition)[0].split(d.component)]
+    url = parts[0] if parts else ""
+    if not _URL.fullmatch(url):
         return None
+    kind = parts[2].lower() if len(parts) > 2 else ""
+    subtype = parts[3].lower() if len(parts) > 3 else ""
+    if "/" in subtype:
+        mime = subtype
+    elif kind and subtype and re.fullmatch(r"[a-z0-9.+-]+", kind + subtype):
+        mime = f"{kind}/{subtype}"
+    else:
+        mime = ""
+    return Attachment(content_type=mime, data_b64="", url=url)
+
+
+def _encapsulated(raw5: str, d: Delimiters, charset: str) -> Attachment | str:
+    """ED: source application ^ type of data ^ data subtype ^ encoding ^ data (HL7 v2 2.A.24); the reason
+    (without content) when the document cannot be read."""
+    parts = raw5.split(d.component)
+    if len(parts) < 5 or not d.component.join(parts[4:]).strip():
+        return "the encapsulated document has no data (ED.5)"
     kind, subtype, encoding = (unescape(p, d).strip() for p in parts[1:4])
     data = d.component.join(parts[4:])
     if "/" in subtype:
@@ -316,13 +345,13 @@ def _encapsulated(raw5: str, d: Delimiters, charset: str) -> Attachment | None:
         try:
             base64.b64decode(payload, validate=True)
         except ValueError:
-            return None
+            return "the encapsulated document data is not valid Base64 (ED.4 Base64)"
         b64 = payload
     elif encoding.upper() == "HEX":
         try:
             b64 = base64.b64encode(bytes.fromhex(unescape(data, d))).decode("ascii")
         except ValueError:
-            return None
+            return "the encapsulated document data is not valid hexadecimal (ED.4 Hex)"
     else:  # A / ASCII / none: escaped text
         b64 = base64.b64encode(unescape(data, d, charset).encode("utf-8")).decode("ascii")
     if mime == "text/xml" and "ClinicalDocument" in base64.b64decode(b64)[:2000].decode("utf-8", "ignore"):

@@ -128,6 +128,11 @@ def _map_patient_result(
     if not any(_has_content(c) for c in contents) and any(c.retracted for c in contents):
         raise RetractedContent()  # every content row is OBX-11 W/D: publish nothing of it
     _check_imaging(groups, contents, d)
+    broken = next((c.broken[0] for c in contents if c.broken), None)
+    if broken is not None:
+        # A report whose attached document cannot be read is not converted without it: rejected (dead letter with
+        # the original bytes and this reason), never filtered as "no content" nor published short of it.
+        raise InvalidReport(f"{broken}: the report cannot be converted without its document")
     patient = _patient(pid, d, ctx, profile, base, tz)
     control_id = component(fld(msh, 10), d, 1)
     msh7 = fld(msh, 7)
@@ -383,7 +388,7 @@ def _report(
     text_digest = digest(
         *(f"{s.key}:{s.text}" for s in content.sections),
         *(_finding_digest(f) for f in content.findings),
-        *(a.data_b64 for a in content.forms),  # whole documents: PDFs share their first bytes
+        *(a.data_b64 or a.url or "" for a in content.forms),  # whole documents: PDFs share their first bytes
     )
     section = component(fld(obr, 24), d, 1).strip().upper()
     studies = [Study(uid=uid, started=effective) for uid in content.study_uids]

@@ -172,10 +172,13 @@ def build_parts(report: Report, *, with_studies: bool) -> Parts:
                 }
             )
     for att in report.presented_forms:
-        form: dict[str, Any] = {"contentType": att.content_type}
+        form: dict[str, Any] = {"contentType": att.content_type} if att.content_type else {}
         if att.language:
             form["language"] = att.language
-        form["data"] = att.data_b64
+        if att.data_b64 or not att.url:
+            form["data"] = att.data_b64
+        if att.url:
+            form["url"] = att.url
         if att.title and prim.string(att.title).strip():
             form["title"] = prim.string(att.title)
         parts.presented_forms.append(form)

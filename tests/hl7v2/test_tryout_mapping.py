@@ -488,3 +488,43 @@ def test_sr_without_any_time_of_day_gives_the_minimal_bundle(converter: Any, fhi
     dr = one(b, "DiagnosticReport")
     assert "issued" not in dr and [n["text"] for n in dr["note"]] == ["x."]
     assert not profile_errors(fhir_validator, b)
+
+
+# --- attached documents: never dropped in silence -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("rows", "reason"),
+    [
+        (["OBX|2|ED|PDF^Report^L|1|^application^pdf^Base64^@@@not base64@@@||||||F"],
+         "OBX 2 (ED): the encapsulated document data is not valid Base64 (ED.4 Base64)"),
+        ([GDT, "OBX|3|ED|PDF^Report^L|1|^application^pdf^Base64^@@@||||||F"],
+         "OBX 3 (ED): the encapsulated document data is not valid Base64 (ED.4 Base64)"),
+        ([GDT, "OBX|3|ED|PDF^Report^L|1|^application^pdf||||||F"], "OBX 3 (ED): the encapsulated document has no data"),
+        ([GDT, "OBX|3|ED|PDF^Report^L|1|^text^plain^Hex^ZZ||||||F"],
+         "OBX 3 (ED): the encapsulated document data is not valid hexadecimal"),
+    ],
+)
+def test_unreadable_encapsulated_document_is_a_rejection(converter: Any, rows: list[str], reason: str) -> None:
+    """An ED row whose document cannot be read (HL7 v2.5.1 2.A.24). Was: alone, the report was *filtered* as
+    "no report content" (no dead letter: the message was gone); next to text, the report was published without
+    its document and nothing said so. Now a rejection naming the row and why (dead letter keeps the bytes)."""
+    result = converter.convert(message(*rows))
+    assert not result.outputs
+    [rejection] = result.rejections
+    assert rejection.reason.startswith(reason)
+    assert "not base64" not in rejection.reason  # never the content
+
+
+def test_reference_pointer_url_is_the_presented_form(converter: Any, fhir_validator: Any) -> None:
+    """An RP row whose pointer is a URL (2.A.65) references the report document: presentedForm url and type
+    (v2-to-FHIR RP -> Attachment). Was silently dropped. Pointers that only the sender can resolve stay out."""
+    rp = "OBX|3|RP|PDF^Report^L|1|https://ris.example.org/reports/1.pdf^RIS^application^pdf||||||F"
+    b = convert_one(converter, message(GDT, rp))
+    assert one(b, "DiagnosticReport")["presentedForm"] == [
+        {"contentType": "application/pdf", "url": "https://ris.example.org/reports/1.pdf"}
+    ]
+    assert not profile_errors(fhir_validator, b)
+    only = convert_one(converter, message(rp))  # the only content: the minimal-metadata Bundle, as for an ED
+    assert only["type"] == "collection"
+    assert one(only, "DiagnosticReport")["presentedForm"][0]["url"] == "https://ris.example.org/reports/1.pdf"
