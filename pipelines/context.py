@@ -2,7 +2,8 @@
 
 Per-sender profiles answer the site questions the standards leave open: which field carries the
 accession number and which issuer namespace it belongs to, the patient-identifier namespace, the
-time-zone offset for date/times sent without one, and the organisation name of the sender.
+time-zone offset for date/times sent without one, the character set of HL7 messages sent without MSH-18, and
+the organisation name of the sender.
 A profile applies to messages whose MSH-3 (sending application) and/or MSH-4 (sending facility)
 match; DICOM SRs match on Institution Name or on the ``dicom`` selector.
 """
@@ -13,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["DEFAULT_SYSTEM_BASE", "MappingContext", "SenderProfile"]
+__all__ = ["DEFAULT_SYSTEM_BASE", "MappingContext", "SenderProfile", "charset_codec"]
 
 #: Namespace root used to build identifier systems when a sender has no configured issuer.
 #: Deployments should configure real issuer URIs/OIDs per sender; this keeps identifiers valid and
@@ -35,6 +36,9 @@ class SenderProfile:
     patient_id_system: str | None = None  # namespace for PID-3 without a usable assigning authority
     organization_name: str | None = None  # performing organisation name (None = MSH-4 / Institution)
     timezone: str | None = None  # "+01:00": offset for times that carry none (None: MSH-7's, else the default)
+    # character set of HL7 messages whose MSH-18 is empty and whose bytes are not UTF-8: a table 0211 value
+    # (8859/2, ...) or a codec name (windows-1250); None: Windows-1252/Latin-1
+    charset: str | None = None
 
     def matches(self, application: str, facility: str) -> bool:
         if self.sending_application is not None and self.sending_application != application:
@@ -126,9 +130,30 @@ def _profile(data: Mapping[str, Any], where: str) -> SenderProfile:
     profile = SenderProfile(**values)  # type: ignore[arg-type]
     if profile.accession_field not in ACCESSION_FIELDS:
         raise ValueError(f"{where}: accession_field must be one of {', '.join(ACCESSION_FIELDS)}")
+    if profile.charset is not None and not _known_charset(profile.charset):
+        raise ValueError(f"{where}: charset must be an HL7 table 0211 value (8859/2, ...) or a codec (windows-1250)")
     if profile.timezone is not None and not _valid_offset(profile.timezone):
         raise ValueError(f"{where}: timezone must be a UTC offset like +01:00 (zone names are not supported)")
     return profile
+
+
+def charset_codec(value: str) -> str | None:
+    """The Python codec of a profile ``charset``: an HL7 table 0211 value, else a codec name; None if neither."""
+    import codecs
+
+    from pipelines.hl7v2.er7 import CHARSETS  # the table lives with the tokenizer that uses it
+
+    known = CHARSETS.get(value.strip().upper())
+    if known:
+        return known
+    try:
+        return codecs.lookup(value.strip()).name
+    except LookupError:
+        return None
+
+
+def _known_charset(value: str) -> bool:
+    return charset_codec(value) is not None
 
 
 def _valid_offset(value: str) -> bool:

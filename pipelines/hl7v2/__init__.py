@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from pipelines.common.model import Report
-from pipelines.context import MappingContext
+from pipelines.context import MappingContext, charset_codec
 from pipelines.errors import ParseError
-from pipelines.hl7v2.er7 import clean_delimiters, decode_message, parse_message
+from pipelines.hl7v2.er7 import clean_delimiters, declared_but_invalid, decode_message, parse_message
+from pipelines.hl7v2.fields import component
+from pipelines.hl7v2.fields import field as fld
 from pipelines.hl7v2.framing import Chunk, split_stream
 from pipelines.hl7v2.oru import map_oru
 
@@ -23,7 +25,26 @@ def map_message(raw: bytes, ctx: MappingContext) -> list[Report]:
             raise ParseError("binary data (NUL bytes) in an HL7 v2 message")
         raw = raw.replace(b"\x00", b"")
     text, codec = decode_message(raw)
+    if codec == "latin-1":  # the last-resort reading: only right when MSH-18 declares nothing it contradicts
+        problem = declared_but_invalid(raw)
+        if problem is not None:
+            raise ParseError(problem)
     msg = parse_message(text)
+    if codec == "latin-1" and not fld(msg.segments[0], 18).strip():
+        # No MSH-18 and not UTF-8: the sender profile may say which legacy set the site sends (e.g. 8859/2 in
+        # Central Europe) where the Windows-1252/Latin-1 guess would publish mojibake.
+        d = msg.delimiters
+        profile = ctx.sender(component(fld(msg.segments[0], 3), d, 1), component(fld(msg.segments[0], 4), d, 1))
+        site = charset_codec(profile.charset) if profile.charset else None
+        if site and site not in ("ascii", "utf-8", "latin-1", "iso8859-1"):
+            try:
+                text, codec = raw.removeprefix(b"\xef\xbb\xbf").decode(site), site
+            except UnicodeDecodeError as exc:
+                raise ParseError(
+                    f"the sender profile's charset {profile.charset} ({site}) does not fit the message bytes "
+                    f"(byte offset {exc.start})"
+                ) from None
+            msg = parse_message(text)
     msg.charset = codec
     if len(raw.translate(None, _CONTROL_BYTES)) == len(raw):
         # No control character anywhere (the usual message): decoded leaves are clean without a check.

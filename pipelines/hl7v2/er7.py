@@ -18,7 +18,16 @@ from dataclasses import dataclass
 
 from pipelines.errors import ParseError
 
-__all__ = ["CHARSETS", "NONE", "Delimiters", "Message", "clean_delimiters", "decode_message", "parse_message"]
+__all__ = [
+    "CHARSETS",
+    "NONE",
+    "Delimiters",
+    "Message",
+    "clean_delimiters",
+    "declared_but_invalid",
+    "decode_message",
+    "parse_message",
+]
 
 #: Stands for a delimiter that MSH-2 does not declare. NUL never occurs in tokenized text (``map_message``
 #: drops stray NUL bytes, :func:`parse_message` rejects text holding one), so splitting on it splits nothing
@@ -134,6 +143,29 @@ def decode_message(raw: bytes) -> tuple[str, str]:
     except UnicodeDecodeError:
         # Declared ASCII/UTF-8 (or nothing) but the bytes are legacy 8-bit: the usual RIS Latin-1 case.
         return raw.decode("cp1252", errors="replace") if _cp1252_ok(raw) else raw.decode("latin-1"), "latin-1"
+
+
+def declared_but_invalid(raw: bytes) -> str | None:
+    """Why a message decoded as Latin-1 cannot be read in the character set its MSH-18 declares (HL7 table
+    0211), or None. :func:`decode_message` falls back to UTF-8, then Latin-1, when the declared set fails; a
+    Latin-1 reading of, say, ``ISO IR87`` or ``GB 18030-2000`` bytes is mojibake that would be published as text.
+    The mapper rejects such a message with this reason (the DICOM side does the same, PS3.5 6.1)."""
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+    declared = _declared_charset(raw)
+    codec = CHARSETS.get(declared.upper(), "") if declared else ""
+    if not codec or codec in ("ascii", "utf-8", "latin-1", "cp1252"):
+        return None
+    try:
+        raw.decode(codec)
+    except UnicodeDecodeError as exc:
+        return (
+            f"MSH-18 declares {declared.upper()} ({codec}) but the message bytes are not valid in it "
+            f"(byte offset {exc.start}) nor UTF-8: the text cannot be read as sent"
+        )
+    except LookupError:
+        return None
+    return None
 
 
 def _cp1252_ok(raw: bytes) -> bool:

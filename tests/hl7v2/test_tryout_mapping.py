@@ -528,3 +528,41 @@ def test_reference_pointer_url_is_the_presented_form(converter: Any, fhir_valida
     only = convert_one(converter, message(rp))  # the only content: the minimal-metadata Bundle, as for an ED
     assert only["type"] == "collection"
     assert one(only, "DiagnosticReport")["presentedForm"][0]["url"] == "https://ris.example.org/reports/1.pdf"
+
+
+# --- character sets: declared and undeclared ------------------------------------------------------------------
+
+
+def _in_charset(text: str, msh18: str, encoding: str) -> bytes:
+    name = "山田^太郎" if encoding in ("iso2022_jp", "shift_jis") else "Łódź^Zażółć"
+    data = message(f"OBX|2|TX|71020&GDT|1|{text}||||||F", pid5=name)
+    head, rest = data.split(b"\r", 1)
+    return (head + (b"||||||" + msh18.encode() if msh18 else b"") + b"\r" + rest).decode("utf-8").encode(encoding)
+
+
+def test_bytes_invalid_in_the_declared_charset_are_a_rejection(converter: Any) -> None:
+    """MSH-18 ``ISO IR87`` (table 0211: ISO 2022 JIS X 0208) with Shift-JIS bytes: not valid in the declared set
+    nor UTF-8. Was: read as Latin-1 and published as mojibake (C1 controls in names and text). Now rejected with the
+    reason, as the DICOM side does (field report 17's rule: decode as declared or reject)."""
+    bad = _in_charset("肺野清明。", "ISO IR87", "shift_jis")
+    result = converter.convert(bad)
+    assert not result.outputs
+    [rejection] = result.rejections
+    assert rejection.reason.startswith("MSH-18 declares ISO IR87 (iso2022_jp) but the message bytes are not valid")
+    good = convert_one(converter, _in_charset("肺野清明。", "ISO IR87", "iso2022_jp"))
+    assert one(good, "Patient")["name"][0] == {"family": "山田", "given": ["太郎"]}
+    assert "肺野清明。" in _published_text(good)
+
+
+def test_sender_profile_charset_for_messages_without_msh18() -> None:
+    """No MSH-18 and Windows-1250 bytes (a Polish RIS): the deployment says the site's set in the sender profile
+    (``charset``: table 0211 value or codec). Was no way but the Windows-1252 guess: ``Za¿ó³æ`` published."""
+    data = _in_charset("Zażółć gęślą jaźń.", "", "cp1250")
+    plain = bundles(Converter(MappingContext()).convert(data))[0]
+    assert "Zażółć" not in _published_text(plain)  # the documented default reading, unchanged
+    north = {"name": "north", "sending_facility": "NORTHCLINIC", "charset": "windows-1250"}
+    [b] = bundles(Converter(MappingContext.from_mapping({"senders": [north]})).convert(data))
+    assert one(b, "Patient")["name"][0] == {"family": "Łódź", "given": ["Zażółć"]}
+    assert "Zażółć gęślą jaźń." in _published_text(b)
+    with pytest.raises(ValueError, match="charset"):
+        MappingContext.from_mapping({"senders": [{**north, "charset": "klingon"}]})
