@@ -122,7 +122,9 @@ def read_observations(
             is_text = not raw5.split(d.component, 1)[0].strip()  # CE without a code: text ("^Mass left lobe")
             plain = False
         else:
-            is_text = vtype in _TEXT_TYPES and not coded_text
+            # OBX-2 left empty on a row whose OBX-3 names a report section (``71020&GDT``, a LOINC heading): the
+            # chapter 7 narrative convention says what it is, text (it was a finding coded "71020&GDT")
+            is_text = (vtype in _TEXT_TYPES or (not vtype and section is not None)) and not coded_text
             # the common dictated line: nothing to split, decode or clean (the fast path of _text_lines)
             plain = rep not in raw5 and esc not in raw5 and (clean or raw5.isprintable())
         if is_text:

@@ -566,3 +566,15 @@ def test_sender_profile_charset_for_messages_without_msh18() -> None:
     assert "Zażółć gęślą jaźń." in _published_text(b)
     with pytest.raises(ValueError, match="charset"):
         MappingContext.from_mapping({"senders": [{**north, "charset": "klingon"}]})
+
+
+def test_empty_obx2_on_a_report_section_row_is_text(converter: Any, fhir_validator: Any) -> None:
+    """OBX-2 left empty (a conditional field senders skip) on ``71020&GDT`` / ``&IMP`` rows: the chapter 7 suffix
+    says they are report text. Was: two findings coded ``71020&GDT`` / ``71020&IMP``, no sections, no impression,
+    no conclusion."""
+    b = convert_one(converter, message("OBX|2||71020&GDT|1|Lungs clear.||||||F", "OBX|3||71020&IMP|1|Normal.||||||F"))
+    dr = one(b, "DiagnosticReport")
+    assert [n["text"] for n in dr["note"]] == ["Lungs clear.", "Normal."]
+    assert dr["conclusion"] == "Normal."
+    assert not any("&" in o["code"]["coding"][0]["code"] for o in resources(b, "Observation"))
+    assert not profile_errors(fhir_validator, b)
