@@ -208,6 +208,7 @@ class Report:
     performer: Organization | None = None
     issued: str | None = None  # instant
     effective: str | None = None  # dateTime
+    effective_end: str | None = None  # dateTime: with ``effective``, DiagnosticReport.effectivePeriod (OBR-8)
     date: str | None = None  # Composition.date (dateTime)
     attested: str | None = None  # legal authentication time (dateTime), with interpreters[0]
     sections: list[Section] = field(default_factory=list)

@@ -18,6 +18,7 @@ rejected.
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from functools import lru_cache
 
 from pipelines.common.fhir import LOINC
@@ -425,6 +426,7 @@ def _report(
         performer=performer,
         issued=issued,
         effective=effective,
+        effective_end=_effective_end(effective, fld(obr, 8), tz),
         date=dt.dtm_datetime(obr22, tz) or dt.dtm_datetime(msh7, tz),
         attested=dt.dtm_datetime(obr22, tz) if interpreter else None,
         sections=content.sections,
@@ -489,6 +491,19 @@ def _participant(group: OrderGroup, role: str, d: Delimiters, base: str) -> Pers
             if person is not None:
                 return person
     return None
+
+
+def _effective_end(start: str | None, raw_obr8: str, tz: str) -> str | None:
+    """OBR-8 (observation end date/time) when OBR-7 starts the period and OBR-8 is not before it."""
+    end = dt.dtm_datetime(raw_obr8, tz) if start and raw_obr8.strip() else None
+    if end is None or start is None:
+        return None
+    try:
+        if "T" in start and "T" in end and datetime.fromisoformat(end) < datetime.fromisoformat(start):
+            return None  # a period ending before it starts (FHIR per-1) is not published
+    except ValueError:
+        return None
+    return end
 
 
 def _dtm_offset(raw: str) -> str | None:

@@ -244,7 +244,9 @@ def _diagnostic_report(
     dr["category"] = categories(report)
     dr["code"] = report_code(report)
     dr["subject"] = patient_ref
-    if report.effective:
+    if report.effective and report.effective_end:  # OBR-7 .. OBR-8
+        dr["effectivePeriod"] = {"start": report.effective, "end": report.effective_end}
+    elif report.effective:
         dr["effectiveDateTime"] = report.effective
     dr["issued"] = report.issued
     dr["performer"] = [org_ref]

@@ -281,7 +281,10 @@ def dr_header(report: Report, parts: Parts, dr: dict[str, Any]) -> None:
     dr["code"] = report_code(report)
     dr["subject"] = {"reference": parts.patient_url}
     effective = prim.date_time(report.effective, report.timezone) if report.effective else None
-    if effective:
+    end = prim.date_time(report.effective_end, report.timezone) if report.effective_end else None
+    if effective and end:  # OBR-7 .. OBR-8 (v2-to-FHIR: effectivePeriod when OBR-8 is valued)
+        dr["effectivePeriod"] = {"start": effective, "end": end}
+    elif effective:
         dr["effectiveDateTime"] = effective
     issued = prim.instant(report.issued, report.timezone) if report.issued else None
     if issued:

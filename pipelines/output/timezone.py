@@ -37,6 +37,9 @@ def mark_resource(res: dict[str, Any]) -> None:
     rtype = res.get("resourceType", "")
     for name in _ELEMENTS.get(rtype, ()):
         _mark(res, name)
+    if rtype == "DiagnosticReport" and isinstance(res.get("effectivePeriod"), dict):
+        for name in ("start", "end"):
+            _mark(res["effectivePeriod"], name)
     if rtype == "Composition":
         for attester in res.get("attester", []):
             _mark(attester, "time")

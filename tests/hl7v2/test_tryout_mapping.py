@@ -578,3 +578,17 @@ def test_empty_obx2_on_a_report_section_row_is_text(converter: Any, fhir_validat
     assert dr["conclusion"] == "Normal."
     assert not any("&" in o["code"]["coding"][0]["code"] for o in resources(b, "Observation"))
     assert not profile_errors(fhir_validator, b)
+
+
+def test_obr8_ends_the_effective_period(converter: Any, fhir_validator: Any) -> None:
+    """OBR-7 and OBR-8 (observation end) are ``effectivePeriod`` (v2-to-FHIR OBR -> DiagnosticReport). Was: the
+    end dropped. An end before the start (FHIR per-1) is not published."""
+    data = message(GDT).replace(b"|20261130093000+0100|||", b"|20261130093000+0100|20261130094500+0100||")
+    b = convert_one(converter, data)
+    dr = one(b, "DiagnosticReport")
+    assert dr["effectivePeriod"] == {"start": "2026-11-30T09:30:00+01:00", "end": "2026-11-30T09:45:00+01:00"}
+    assert "effectiveDateTime" not in dr
+    assert not profile_errors(fhir_validator, b)
+    backwards = message(GDT).replace(b"|20261130093000+0100|||", b"|20261130093000+0100|20261130080000+0100||")
+    back = one(convert_one(converter, backwards), "DiagnosticReport")
+    assert back["effectiveDateTime"] == "2026-11-30T09:30:00+01:00"
