@@ -302,5 +302,11 @@ def dr_narrative(report: Report, parts: Parts, dr: dict[str, Any]) -> None:
     conclusion = prim.markdown(report.conclusion) if report.conclusion else ""
     if conclusion.strip():
         dr["conclusion"] = conclusion
+    # Coded impressions (an IMP row with a code, a CODE under the SR Impressions heading) are the report's coded
+    # conclusion too (eu-imaging.md §2.3: impression 19005-8 <-> conclusion / conclusionCode).
+    codes = [fhir.codeable(f.value_concept) for f in report.findings if f.section == "impression" and f.value_concept]
+    codes = [c for i, c in enumerate(codes) if c.get("coding") and c not in codes[:i]]
+    if codes:
+        dr["conclusionCode"] = codes
     if parts.presented_forms:
         dr["presentedForm"] = parts.presented_forms

@@ -592,3 +592,18 @@ def test_obr8_ends_the_effective_period(converter: Any, fhir_validator: Any) -> 
     backwards = message(GDT).replace(b"|20261130093000+0100|||", b"|20261130093000+0100|20261130080000+0100||")
     back = one(convert_one(converter, backwards), "DiagnosticReport")
     assert back["effectiveDateTime"] == "2026-11-30T09:30:00+01:00"
+
+
+def test_coded_impression_is_the_conclusion_code(converter: Any, fhir_validator: Any) -> None:
+    """An IMP row with a code is the report's coded conclusion (eu-imaging.md §2.3: impression <-> conclusion /
+    conclusionCode). Was: only a finding in the impression section."""
+    imp = "OBX|3|CWE|71020&IMP|1|R91.8^Lung nodule^I10||||||F"
+    b = convert_one(converter, message(GDT, imp))
+    dr = one(b, "DiagnosticReport")
+    assert dr["conclusionCode"] == [
+        {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10", "code": "R91.8", "display": "Lung nodule"}]}
+    ]
+    assert not profile_errors(fhir_validator, b)
+    text_only = message(GDT, "OBX|3|CE|71020&IMP|1|^Mass left lower lobe||||||F")
+    plain = one(convert_one(converter, text_only), "DiagnosticReport")
+    assert "conclusionCode" not in plain and plain["conclusion"] == "Mass left lower lobe"
