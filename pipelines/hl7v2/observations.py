@@ -173,11 +173,16 @@ def read_observations(
                 finding.effective = dt.dtm_datetime(obx[14], tz)
             out.findings.append(finding)
             last = finding.section
-            if section is not None and finding.value_concept is not None and section in texts:
+            said = section is not None and (section in texts or section == "impression")
+            if said and section is not None and finding.value_concept is not None:
                 # A coded line inside a dictated section ("H20^Heart size normal" among IMP lines): keep its
                 # words in the narrative too, so the section text reads as dictated.
+                # A coded impression is also the impression's narrative (its entry goes to findings: ENTRY_TYPES).
                 words = finding.value_concept.text or next((c.display for c in finding.value_concept.codings), None)
                 if words:
+                    if section not in texts:
+                        texts[section] = []
+                        order.append(section)
                     texts[section].append(words)
     out.observations = observations
     for key in order:
