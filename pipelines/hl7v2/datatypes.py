@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import re
+from datetime import datetime
 from functools import lru_cache
 
 from pipelines.common.ids import slug
@@ -19,6 +20,9 @@ __all__ = [
     "dtm_date",
     "dtm_datetime",
     "dtm_instant",
+    "dtm_offset",
+    "dtm_period_end",
+    "has_offset",
     "hd_system",
     "xcn",
     "xpn",
@@ -266,3 +270,35 @@ def dtm_instant(raw: str, default_offset: str) -> str | None:
     while len(p) < 6:
         p.append("00")
     return f"{p[0]}-{p[1]}-{p[2]}T{p[3]}:{p[4]}:{p[5]}{offset or default_offset}"
+
+
+def dtm_period_end(start: str | None, raw_obr8: str, tz: str) -> str | None:
+    """The end of a period as a FHIR dateTime (OBR-8 after OBR-7 ``start``), or None when there is no start, the
+    end does not parse, or it lies before the start (FHIR per-1: such a period is never published)."""
+    end = dtm_datetime(raw_obr8, tz) if start and raw_obr8.strip() else None
+    if end is None or start is None:
+        return None
+    try:
+        if "T" in start and "T" in end and datetime.fromisoformat(end) < datetime.fromisoformat(start):
+            return None  # a period ending before it starts (FHIR per-1) is not published
+    except ValueError:
+        return None
+    return end
+
+
+def dtm_offset(raw: str) -> str | None:
+    """The ``+hh:mm`` offset a DTM value carries (``20261130101500+0100`` -> ``+01:00``), else None."""
+    value = raw.strip()
+    if not has_offset(value):
+        return None
+    sign = "+" if "+" in value[8:] else "-"
+    digits = value[8:].rsplit(sign, 1)[1]
+    if len(digits) != 4 or not digits.isdigit() or int(digits[:2]) > 14 or int(digits[2:]) > 59:
+        return None
+    return f"{sign}{digits[:2]}:{digits[2:]}"
+
+
+def has_offset(raw: str) -> bool:
+    """Does a DTM value carry a UTC offset (``+``/``-`` after the date)?"""
+    value = raw.strip()
+    return len(value) > 8 and ("+" in value[8:] or "-" in value[8:])

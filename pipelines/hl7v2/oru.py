@@ -18,7 +18,6 @@ rejected.
 from __future__ import annotations
 
 import re
-from datetime import datetime
 from functools import lru_cache
 
 from pipelines.common.fhir import LOINC
@@ -41,15 +40,15 @@ from pipelines.errors import InvalidReport, MappingError, RetractedContent, Stat
 from pipelines.hl7v2 import classify
 from pipelines.hl7v2 import datatypes as dt
 from pipelines.hl7v2.er7 import Delimiters, Message
-from pipelines.hl7v2.fields import component, leaf, repetitions, unescape
+from pipelines.hl7v2.fields import component, leaf, unescape
 from pipelines.hl7v2.fields import field as fld
 from pipelines.hl7v2.groups import OrderGroup, split_groups
 from pipelines.hl7v2.observations import GroupContent, read_observations
+from pipelines.hl7v2.pid import patient as pid_patient
 from pipelines.hl7v2.status import report_status
 
 __all__ = ["map_oru"]
 
-_GENDER = {"F": "female", "M": "male", "O": "other", "U": "unknown", "A": "other", "N": "other"}
 #: Report statuses that withdraw a report's content (mappings.md §6: OBR-25 X, OBX-11 X/D/W).
 _WITHDRAWN = frozenset({"cancelled", "entered-in-error"})
 #: The report type every imaging report has (LOINC, a member of the EU ImagingReportTypes value set, is-a
@@ -72,7 +71,7 @@ def map_oru(msg: Message, ctx: MappingContext) -> list[Report]:
     profile = ctx.sender(app, facility)
     # HL7 v2.5.1 2.A.22 (DTM): a time without an offset is in the sender's local zone. The sender profile says
     # which; without one, the offset MSH-7 declares is the sender's, only then the deployment default.
-    tz = profile.timezone or _dtm_offset(fld(msh, 7)) or ctx.timezone_for(profile)
+    tz = profile.timezone or dt.dtm_offset(fld(msh, 7)) or ctx.timezone_for(profile)
     site = slug(facility or app or "unknown-sender")
     base = f"{ctx.system_base}/{site}"
     blocks = _patient_blocks(msg.segments[1:])
@@ -134,7 +133,7 @@ def _map_patient_result(
         # A report whose attached document cannot be read is not converted without it: rejected (dead letter with
         # the original bytes and this reason), never filtered as "no content" nor published short of it.
         raise InvalidReport(f"{broken}: the report cannot be converted without its document")
-    patient = _patient(pid, d, ctx, profile, base, tz)
+    patient = pid_patient(pid, d, ctx, profile, base, tz)
     control_id = component(fld(msh, 10), d, 1)
     msh7 = fld(msh, 7)
     reports: list[Report] = []
@@ -225,60 +224,6 @@ def _check_imaging(groups: list[OrderGroup], contents: list[GroupContent], d: De
         "not an imaging report: no Study UID, report-section OBX, imaging service section (OBR-24) or imaging "
         "procedure (OBR-4)"
     )
-
-
-def _patient(
-    pid: list[str], d: Delimiters, ctx: MappingContext, profile: SenderProfile, base: str, tz: str = "+00:00"
-) -> Patient:
-    fallback = profile.patient_id_system or f"{base}/patient-id"
-    idents = dt.cx(fld(pid, 3), d, ctx.system_base, fallback)
-    if not idents:
-        idents = dt.cx(fld(pid, 2), d, ctx.system_base, fallback) + dt.cx(fld(pid, 4), d, ctx.system_base, fallback)
-    family, given, prefix, suffix = dt.xpn(fld(pid, 5), d)
-    names = _other_names(fld(pid, 5), d)
-    gender = _GENDER.get(component(fld(pid, 8), d, 1).strip().upper())
-    return Patient(
-        identifiers=idents,
-        family=family,
-        given=given,
-        prefix=prefix,
-        suffix=suffix,
-        birth_date=dt.dtm_date(fld(pid, 7)),
-        gender=gender,
-        birth_time=_birth_time(fld(pid, 7), tz),
-        name_use=_name_use(fld(pid, 5), d) if names else None,
-        other_names=names,
-    )
-
-
-#: XPN.7 name type (HL7 table 0200) -> FHIR HumanName.use (v2-to-FHIR NameType map; the unambiguous codes).
-_NAME_USE = {"L": "official", "D": "usual", "M": "maiden", "N": "nickname", "S": "anonymous"}
-
-
-def _name_use(raw_xpn: str, d: Delimiters) -> str | None:
-    return _NAME_USE.get(component(raw_xpn, d, 7).strip().upper())
-
-
-def _other_names(raw: str, d: Delimiters) -> list[tuple[Person, str | None]]:
-    """PID-5 repetitions after the first (maiden, alias, display names; v2-to-FHIR PID-5 -> Patient.name):
-    each a name with its XPN.7 use. They were dropped."""
-    out: list[tuple[Person, str | None]] = []
-    for rep in repetitions(raw, d)[1:]:
-        family, given, prefix, suffix = dt.xpn(rep, d)
-        if family or given:
-            out.append((Person(family=family, given=given, prefix=prefix, suffix=suffix), _name_use(rep, d)))
-    return out
-
-
-def _birth_time(raw: str, tz: str) -> str | None:
-    """PID-7 with a time of day (more than 8 characters: v2-to-FHIR PID-7 -> patient-birthTime), else None. A
-    time of all zeros (``19350928000000``) is how many systems pad a birth date, not a birth at midnight: no
-    birth time is claimed from it."""
-    value = raw.strip()
-    if len(value) <= 8 or not value[8:].split("+")[0].split("-")[0].strip("0."):
-        return None
-    born = dt.dtm_datetime(raw, tz)
-    return born if born and "T" in born else None
 
 
 def _organization(
@@ -416,7 +361,7 @@ def _report(
         status=status,
         patient=patient,
         timezone=tz,
-        timezone_assumed=profile.timezone is None and not any(_has_offset(v) for v in (fld(obr, 7), obr22, msh7)),
+        timezone_assumed=profile.timezone is None and not any(dt.has_offset(v) for v in (fld(obr, 7), obr22, msh7)),
         code=_report_code(order.code),
         service_section=section or None,
         title=title,
@@ -426,7 +371,7 @@ def _report(
         performer=performer,
         issued=issued,
         effective=effective,
-        effective_end=_effective_end(effective, fld(obr, 8), tz),
+        effective_end=dt.dtm_period_end(effective, fld(obr, 8), tz),
         date=dt.dtm_datetime(obr22, tz) or dt.dtm_datetime(msh7, tz),
         attested=dt.dtm_datetime(obr22, tz) if interpreter else None,
         sections=content.sections,
@@ -491,36 +436,6 @@ def _participant(group: OrderGroup, role: str, d: Delimiters, base: str) -> Pers
             if person is not None:
                 return person
     return None
-
-
-def _effective_end(start: str | None, raw_obr8: str, tz: str) -> str | None:
-    """OBR-8 (observation end date/time) when OBR-7 starts the period and OBR-8 is not before it."""
-    end = dt.dtm_datetime(raw_obr8, tz) if start and raw_obr8.strip() else None
-    if end is None or start is None:
-        return None
-    try:
-        if "T" in start and "T" in end and datetime.fromisoformat(end) < datetime.fromisoformat(start):
-            return None  # a period ending before it starts (FHIR per-1) is not published
-    except ValueError:
-        return None
-    return end
-
-
-def _dtm_offset(raw: str) -> str | None:
-    """The ``+hh:mm`` offset a DTM value carries (``20261130101500+0100`` -> ``+01:00``), else None."""
-    value = raw.strip()
-    if not _has_offset(value):
-        return None
-    sign = "+" if "+" in value[8:] else "-"
-    digits = value[8:].rsplit(sign, 1)[1]
-    if len(digits) != 4 or not digits.isdigit() or int(digits[:2]) > 14 or int(digits[2:]) > 59:
-        return None
-    return f"{sign}{digits[:2]}:{digits[2:]}"
-
-
-def _has_offset(raw: str) -> bool:
-    value = raw.strip()
-    return len(value) > 8 and ("+" in value[8:] or "-" in value[8:])
 
 
 def _extra_study_uid(seg: list[str], d: Delimiters) -> str | None:
