@@ -91,11 +91,12 @@ def _render_entries(key: str, entries: list[str], parts: Parts) -> str:
 
 def _unsaid(text: str, entries: list[str], parts: Parts) -> str:
     """Lines for the Observation entries of a dictated section whose value the text does not contain."""
-    index = dict(parts.observations + parts.others)
+    wanted = set(entries)
     lines = []
-    for url in entries:
-        res = index.get(url)
-        if res is None or res.get("resourceType") != "Observation":
+    for url, res in parts.observations + parts.others:
+        if url not in wanted or res.get("resourceType") != "Observation":
+            continue
+        if res.get("valueString") == text:  # the anchor finding: the dictation itself
             continue
         value = _observation_value(res)
         if value and value not in text:
