@@ -100,10 +100,6 @@ def _live(item: _Item) -> bool:
 _Batch = tuple[list[_Item], "Future[list[Conversion]] | Future[list[Done]]"]
 
 
-def _label(f: InputFile, index: int) -> str:
-    return f"{f.path}#{index}"
-
-
 class _Loop:
     def __init__(
         self,
@@ -139,20 +135,20 @@ class _Loop:
             upto, finished = self.checkpoint.done_upto(f)
             if finished:
                 continue
+            last: _Item | None = None
             try:
                 frames: Iterator[Frame] = frames_of(f.path, self.options.limit, self.options.formats)
-                last: _Item | None = None
                 for frame in frames:
                     if frame.index <= upto:
                         continue
                     if last is not None:
                         yield last
+                        if self.stop:
+                            return
                     if frame.skip is not None:
                         last = _Item(f, frame.index, None, skip=frame.skip, size=f.size)
                         continue
                     last = _Item(f, frame.index, frame.raw, size=len(frame.raw))
-                    if self.stop:
-                        return
             except OSError as exc:
                 if last is not None:  # frames before the read error stand; the error is the next frame
                     yield last
@@ -165,19 +161,29 @@ class _Loop:
 
     def batches(self, files: Sequence[InputFile]) -> Iterator[list[_Item]]:
         batch: list[_Item] = []
+        append = batch.append
         size = 0
+        most, most_bytes = self.options.batch, self.options.batch_bytes
         for item in self.items(files):
-            batch.append(item)
-            size += len(item.raw or b"")
-            if len(batch) >= self.options.batch or size >= self.options.batch_bytes:
+            append(item)
+            size += item.size
+            if len(batch) >= most or size >= most_bytes:
                 yield self._dedupe(batch)
                 batch, size = [], 0
+                append = batch.append
         if batch:
             yield self._dedupe(batch)
 
     def _dedupe(self, batch: list[_Item]) -> list[_Item]:
-        live = [it for it in batch if _live(it)]
-        firsts = self.checkpoint.claim([(message_key(it.raw or b""), _label(it.file, it.index)) for it in live])
+        """Claim the message keys of the batch's live frames at once (one checkpoint call per task)."""
+        live = [it for it in batch if it.raw is not None and it.first is None and it.skip is None]
+        names: dict[Path, str] = {}  # one ``str(path)`` per file, not per frame
+        keys: list[tuple[bytes, str]] = []
+        for it in live:
+            path = it.file.path
+            name = names.get(path) or names.setdefault(path, str(path))
+            keys.append((message_key(it.raw), f"{name}#{it.index}"))  # type: ignore[arg-type]
+        firsts = self.checkpoint.claim(keys)
         for it, first in zip(live, firsts, strict=True):
             if first is not None:
                 it.raw, it.first = None, first
