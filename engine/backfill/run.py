@@ -42,7 +42,7 @@ from typing import Any
 
 from engine.backfill.checkpoint import Checkpoint
 from engine.backfill.formats import FORMATS, Frame, InputFile, LogFormat, frames_of, message_key
-from engine.backfill.pool import convert_batch, make_executor, stage_batch
+from engine.backfill.pool import convert_batch, make_executor, make_renamer, stage_batch
 from engine.backfill.progress import Progress, Tally
 from engine.backfill.staging import Done, FrameJob, StagedFolder, Staging, envelope_for, rejection_label
 from engine.outcomes import Conversion
@@ -80,6 +80,7 @@ class Options:
     model: str = "document"
     formats: tuple[LogFormat, ...] = FORMATS
     staging: Staging | None = None  # workers write the outputs (engine.backfill.staging); else this process
+    renames_in_workers: bool = True  # staging: the workers also publish (rename) the staged files, in order
 
 
 @dataclass(slots=True)
@@ -193,8 +194,15 @@ class _Loop:
 
     def consume(self, items: list[_Item], results: list[Conversion] | list[Done]) -> None:
         it_results: Iterator[Conversion | Done] = iter(results)
+        tally, marks = self.tally, self.marks
         for item in items:
-            if item.skip is not None:
+            if item.skip is None and item.first is None and item.raw is not None:  # converted: the usual case
+                result = next(it_results)
+                if isinstance(result, tuple):
+                    self._done(item, result)
+                else:
+                    self._outcome(item, result)
+            elif item.skip is not None:
                 self.tally.skip(item.skip, str(item.file.path))
                 if self.record is not None:
                     self.record(str(item.file.path), f"skipped: {item.skip}", "skipped")
@@ -202,21 +210,19 @@ class _Loop:
                 if item.first:  # "" marks an empty end-of-file item
                     self.tally.inputs += 1
                     self.tally.duplicates += 1
-            elif item.first is not None:  # unreadable file
+            else:  # unreadable file
+                assert item.first is not None
                 self.tally.inputs += 1
                 self._reject(item, 1, item.first, "ReadError", b"")
-            else:
-                result = next(it_results)
-                if isinstance(result, tuple):
-                    self._done(item, result)
-                else:
-                    self._outcome(item, result)
-            self.tally.bytes += item.size
-            self.marks[item.file.path] = (item.file, item.index, item.eof)
+            tally.bytes += item.size
             if item.eof:
-                self.tally.files += 1
+                tally.files += 1
+                marks[item.file.path] = (item.file, item.index, True)
+        last = items[-1] if items else None
+        if last is not None and not last.eof:  # watermark of a file that goes on in the next batch
+            marks[last.file.path] = (last.file, last.index, False)
         if self.progress is not None:
-            self.progress.update(self.tally)
+            self.progress.update(tally)
 
     def _outcome(self, item: _Item, result: Conversion) -> None:
         self.tally.inputs += result.messages
@@ -238,15 +244,15 @@ class _Loop:
         """A frame converted and written by a worker (staging): publish its staged files, count it."""
         assert self.staged is not None
         messages, outputs, filtered, rejections = done
-        self.tally.inputs += messages
+        tally = self.tally
+        tally.inputs += messages
         self.since_flush += messages
         if outputs:
-            self.tally.converted += messages - len(rejections) - len(filtered)
-        for bundle_id, tmp in outputs:
-            self.staged.stage(bundle_id, tmp)
-            self.tally.outputs += 1
+            tally.converted += messages - len(rejections) - len(filtered)
+            tally.outputs += len(outputs)
+            self.staged.stage_all(outputs)
         for reason in filtered:
-            self.tally.filter(reason)
+            tally.filter(reason)
         for n, reason, error_class, raw in rejections:
             if raw is not None:  # the workers do not write this deployment's dead letters
                 self._reject(item, n, reason, error_class, raw)
@@ -302,6 +308,8 @@ class _Loop:
     def run(self, files: Sequence[InputFile]) -> None:
         o = self.options
         executor = make_executor(o.workers, self.context, o.model, o.staging)
+        if self.staged is not None and o.workers > 0 and o.renames_in_workers:
+            self.staged.renamer = make_renamer(executor)
         pending: collections.deque[_Batch] = collections.deque()
         limit = max(1, o.workers) * o.inflight_per_worker
         try:
@@ -332,11 +340,12 @@ class _Loop:
         if self.options.staging is None:
             return executor.submit(convert_batch, [it.raw for it in batch if _live(it)])  # type: ignore[no-any-return]
         names: dict[Path, str] = {}  # one str per file: pickled once per task
-        jobs: list[FrameJob] = [
-            (names.setdefault(it.file.path, str(it.file.path)), it.index, it.file.mtime_ns, it.raw or b"")
-            for it in batch
-            if _live(it)
-        ]
+        jobs: list[FrameJob] = []
+        for it in batch:
+            if it.raw is not None and it.first is None and it.skip is None:
+                path = it.file.path
+                name = names.get(path) or names.setdefault(path, str(path))
+                jobs.append((name, it.index, it.file.mtime_ns, it.raw))
         return executor.submit(stage_batch, jobs)  # type: ignore[no-any-return]
 
     def _discard(self, pending: collections.deque[_Batch]) -> None:
