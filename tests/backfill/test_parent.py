@@ -1,0 +1,155 @@
+"""The backfill parent's lean paths: duplicate-key claims (insert first, read back only on a conflict),
+publication of staged files (by a worker process, in input order), the ER7 framing fast path, message keys,
+and the checkpoint watermarks of files that span several tasks."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine.backfill import formats
+from engine.backfill.checkpoint import MemoryCheckpoint, SqliteCheckpoint
+from engine.backfill.formats import InputFile, frames_of, iter_files, message_key
+from engine.backfill.pool import make_executor, make_renamer
+from engine.backfill.run import Options, run_backfill
+from engine.backfill.staging import StagedFolder, Staging, publish
+from engine.cmd_map import load_mapping_context
+from engine.convert import Converter
+from engine.sinks.dlq_folder import FolderDeadLetters
+from tests.conftest import TESTDATA
+
+MSG = (TESTDATA / "hl7v2-washu-scout" / "messages" / "scout-13-v2.7-Final-20250814-22.hl7").read_bytes()
+ER7 = MSG.replace(b"\r\n", b"\r").replace(b"\n", b"\r").rstrip(b"\r") + b"\r"
+
+
+def _msg(n: int) -> bytes:
+    """A distinct report (own control id and filler order number)."""
+    body = ER7.replace(b"|620943177|", f"|620943177-{n}|".encode())
+    return body.replace(b"|ORU^R01|", f"|ORU^R01|{n}.".encode(), 1)
+
+
+def _key(n: int) -> bytes:
+    return hashlib.blake2b(str(n).encode(), digest_size=16).digest()
+
+
+def test_claims_detect_duplicates_and_survive_a_reopen(tmp_path: Path) -> None:
+    """New keys: None. A key seen before (in the batch, in an earlier batch, in an earlier run): the first unit.
+    The same unit claiming its key again (a resumed run re-reads frames whose claims were committed): None.
+    Claims that were never committed (a kill) are gone after the reopen."""
+    db, job = tmp_path / "c.db", "job"
+    cp = SqliteCheckpoint(db, job, [tmp_path])
+    assert cp.claim([(_key(1), "a#1"), (_key(2), "a#2"), (_key(1), "a#3")]) == [None, None, "a#1"]
+    assert cp.claim([(_key(3), "a#4"), (_key(2), "b#1")]) == [None, "a#2"]
+    assert cp.claim([(_key(1), "a#1")]) == [None]
+    cp.commit([], {"inputs": 4})
+    cp.close()
+
+    cp = SqliteCheckpoint(db, job, [tmp_path])
+    assert cp.claim([(_key(2), "a#2"), (_key(4), "b#2")]) == [None, None]
+    assert cp.claim([(_key(3), "c#1"), (_key(5), "c#2")]) == ["a#4", None]
+    cp.conn.close()  # killed: no commit since the last one
+
+    cp = SqliteCheckpoint(db, job, [tmp_path])
+    assert cp.claim([(_key(4), "d#1"), (_key(5), "d#2"), (_key(1), "d#3")]) == [None, None, "a#1"]
+    assert SqliteCheckpoint(tmp_path / "other.db", "job2", [tmp_path]).claim([(_key(1), "x#1")]) == [None]
+    cp.close()
+
+
+def test_staged_folder_hands_the_ordered_renames_to_its_renamer(tmp_path: Path) -> None:
+    """One renamer call per flush, with every (bundle id, temp name) staged since the last flush, in input order;
+    nothing is renamed by the folder itself."""
+    calls: list[tuple[str, list[tuple[str, str]]]] = []
+    folder = StagedFolder(tmp_path, sync=True, renamer=lambda base, staged: calls.append((base, list(staged))))
+    for tmp in (".tmp-b.json.1.1", ".tmp-b.json.2.1", ".tmp-c.json.1.2"):
+        (tmp_path / tmp).write_bytes(tmp.encode())
+    folder.stage_all([("b", ".tmp-b.json.1.1"), ("b", ".tmp-b.json.2.1")])
+    folder.stage("c", ".tmp-c.json.1.2")
+    folder.flush()
+    folder.flush()  # nothing staged: no call
+    assert calls == [(str(tmp_path), [("b", ".tmp-b.json.1.1"), ("b", ".tmp-b.json.2.1"), ("c", ".tmp-c.json.1.2")])]
+    assert len([p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]) == 3
+    assert publish(str(tmp_path), calls[0][1]) == 3
+    published = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert published == {"b.json": b".tmp-b.json.2.1", "c.json": b".tmp-c.json.1.2"}
+
+
+def test_a_worker_process_publishes_in_list_order(tmp_path: Path) -> None:
+    """The renames of a flush run as one task in a pool worker: the later version of a Bundle id stays."""
+    out = tmp_path / "out"
+    executor = make_executor(1, load_mapping_context(None), "document", Staging(out, sync=True))
+    try:
+        folder = StagedFolder(out, sync=True, renamer=make_renamer(executor))
+        (out / ".tmp-r.json.9.2").write_bytes(b"corrected")
+        (out / ".tmp-r.json.8.1").write_bytes(b"preliminary")
+        (out / ".tmp-s.json.8.2").write_bytes(b"other")
+        folder.stage_all([("r", ".tmp-r.json.8.1"), ("s", ".tmp-s.json.8.2"), ("r", ".tmp-r.json.9.2")])
+        folder.flush()
+    finally:
+        executor.shutdown(wait=True)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == {"r.json": b"corrected", "s.json": b"other"}
+
+
+@pytest.mark.parametrize("block", [5, 64, 1 << 20])
+def test_er7_frames_with_and_without_a_leading_msh(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, block: int) -> None:
+    """Frames that start right at MSH (the fast path) and first frames with a BOM or a batch
+    header in front (checked as before) split the same way at any block size, and each converts."""
+    m1, m2, m3 = _msg(1), _msg(2).replace(b"\r", b"\r\n"), _msg(3)
+    plain, batch = tmp_path / "plain.hl7", tmp_path / "batch.hl7"
+    plain.write_bytes(b"\xef\xbb\xbf" + m1 + m2 + b"\r\n\r\n" + m3)
+    batch.write_bytes(b"FHS|^~\\&|A\rBHS|^~\\&|A\r" + m1 + m2 + b"BTS|2\rFTS|1\r")
+    monkeypatch.setattr(formats, "BLOCK", block)
+    frames = [f.raw for path in (plain, batch) for f in frames_of(path, 1 << 24)]
+    assert frames == [
+        b"\xef\xbb\xbf" + m1,
+        m2 + b"\r\n\r\n",
+        m3,
+        b"FHS|^~\\&|A\rBHS|^~\\&|A\r" + m1,
+        m2 + b"BTS|2\rFTS|1\r",
+    ]
+    conv = Converter()
+    assert [len(conv.convert(raw).outputs) for raw in frames] == [1, 1, 1, 1, 1]
+
+
+def test_message_key_ignores_segment_end_spelling_and_text_with_angle_brackets() -> None:
+    """CR, LF, CRLF and logged ``<R>`` segment ends give one key; a ``<`` in the text changes nothing; other
+    bytes give another key."""
+    text = _msg(5).replace(b"subtle", b"subtle, <5 mm")
+    assert text != _msg(5)
+    logged = b"<SB>\n" + text.replace(b"\r", b"<R>\n") + b"<EB><R>\n"
+    variants = [text, text.replace(b"\r", b"\n"), text.replace(b"\r", b"\r\n"), logged, b"\x0b" + text + b"\x1c\r"]
+    assert len({message_key(v) for v in variants}) == 1
+    assert message_key(_msg(5)) != message_key(text)
+
+
+class _Recording(MemoryCheckpoint):
+    def __init__(self) -> None:
+        super().__init__()
+        self.marks: list[tuple[str, int, bool]] = []
+
+    def commit(self, files: Iterable[tuple[InputFile, int, bool]], counts: dict[str, Any]) -> None:
+        self.marks.extend((f.path.name, upto, done) for f, upto, done in files)
+
+
+def test_watermarks_of_files_that_span_tasks(tmp_path: Path) -> None:
+    """Tasks of 3 frames over files of 5 and 4 frames, a commit after every task: each file's watermark only
+    grows, marks the file finished exactly at its last frame, and a duplicate frame moves it too."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.hl7").write_bytes(b"".join(_msg(n) for n in range(5)))
+    (src / "b.hl7").write_bytes(b"".join(_msg(n) for n in (10, 11, 12, 0)))  # the last one: a duplicate
+    checkpoint = _Recording()
+    options = Options(workers=0, batch=3, flush_every=1, staging=Staging(tmp_path / "out", sync=False))
+    tally = run_backfill(
+        list(iter_files([src])), load_mapping_context(None), [], FolderDeadLetters(tmp_path / "dlq"), checkpoint,
+        options=options, handle_signals=False,
+    )  # fmt: skip
+    assert (tally.inputs, tally.outputs, tally.duplicates, tally.files) == (9, 8, 1, 2)
+    for name, frames in (("a.hl7", 5), ("b.hl7", 4)):
+        marks = [(upto, done) for n, upto, done in checkpoint.marks if n == name]
+        assert [u for u, _ in marks] == sorted(u for u, _ in marks) and marks[-1] == (frames, True)
+        assert [done for _, done in marks].count(True) == 1
+    assert len(list((tmp_path / "out").iterdir())) == 8
