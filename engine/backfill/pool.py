@@ -24,12 +24,12 @@ from collections.abc import Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from typing import Any
 
-from engine.backfill.staging import Done, FrameJob, Renamer, Stager, Staging, publish
+from engine.backfill.staging import Done, FrameJob, Stager, Staging
 from engine.convert import Converter
 from engine.outcomes import Conversion, Filtered
 from pipelines.context import MappingContext
 
-__all__ = ["InlineExecutor", "convert_batch", "make_executor", "make_renamer", "stage_batch"]
+__all__ = ["InlineExecutor", "convert_batch", "make_executor", "stage_batch"]
 
 _converter: Converter | None = None
 _stager: Stager | None = None
@@ -111,17 +111,3 @@ def make_executor(workers: int, context: MappingContext, model: str, staging: St
     return ProcessPoolExecutor(
         max_workers=workers, mp_context=ctx, initializer=_init, initargs=(context, model, os.getpid(), staging)
     )
-
-
-def make_renamer(executor: Executor) -> Renamer:
-    """A :data:`~engine.backfill.staging.Renamer` that runs :func:`~engine.backfill.staging.publish` as one task
-    on ``executor`` (a worker process) and waits for it: the renames of one commit interval, in input order, in
-    one process. Renaming a file into a large directory costs ~16 us of kernel time; done by the workers it is
-    spread over every core instead of being serial work of the parent, which must stay nearly idle for the
-    workers to scale (the parent's per-message cost caps the whole command at ``1 / cost`` messages/s).
-    Called from the parent's flush thread; the task queues behind the conversion tasks already submitted."""
-
-    def rename(directory: str, staged: Sequence[tuple[str, str]]) -> Any:
-        return executor.submit(publish, directory, list(staged)).result()
-
-    return rename

@@ -42,7 +42,7 @@ from typing import Any
 
 from engine.backfill.checkpoint import Checkpoint
 from engine.backfill.formats import FORMATS, Frame, InputFile, LogFormat, frames_of, message_key
-from engine.backfill.pool import convert_batch, make_executor, make_renamer, stage_batch
+from engine.backfill.pool import convert_batch, make_executor, stage_batch
 from engine.backfill.progress import Progress, Tally
 from engine.backfill.staging import Done, FrameJob, StagedFolder, Staging, envelope_for, rejection_label
 from engine.outcomes import Conversion
@@ -80,7 +80,6 @@ class Options:
     model: str = "document"
     formats: tuple[LogFormat, ...] = FORMATS
     staging: Staging | None = None  # workers write the outputs (engine.backfill.staging); else this process
-    renames_in_workers: bool = True  # staging: the workers also publish (rename) the staged files, in order
 
 
 @dataclass(slots=True)
@@ -308,8 +307,6 @@ class _Loop:
     def run(self, files: Sequence[InputFile]) -> None:
         o = self.options
         executor = make_executor(o.workers, self.context, o.model, o.staging)
-        if self.staged is not None and o.workers > 0 and o.renames_in_workers:
-            self.staged.renamer = make_renamer(executor)
         pending: collections.deque[_Batch] = collections.deque()
         limit = max(1, o.workers) * o.inflight_per_worker
         try:

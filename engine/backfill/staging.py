@@ -140,12 +140,6 @@ class Stager:
         self.dead.put(envelope_for(path, index, mtime_ns, raw, label), raw, reason, error_class)
 
 
-#: Publishes ``[(bundle id, temp name)]`` in ``directory``, in list order, and returns when every rename is
-#: done: :func:`publish` in the calling process, or that call run as a task by a worker process
-#: (:func:`engine.backfill.pool.make_renamer`).
-Renamer = Callable[[str, Sequence[tuple[str, str]]], Any]
-
-
 def publish(directory: str, staged: Sequence[tuple[str, str]]) -> int:
     """``os.replace`` each staged temp file over ``<bundle id>.json`` in ``directory``, in list order (the
     later version of a Bundle id is the one that stays); names relative to one directory descriptor (no path
@@ -181,20 +175,12 @@ class StagedFolder:
     name = "folder-staged"
     concurrent_flush = True
 
-    def __init__(
-        self,
-        path: Path,
-        *,
-        sync: bool = True,
-        on_publish: Callable[[str], Any] | None = None,
-        renamer: Renamer | None = None,
-    ) -> None:
+    def __init__(self, path: Path, *, sync: bool = True, on_publish: Callable[[str], Any] | None = None) -> None:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         remove_stale_tmp(self.path)
         self.sync = sync
         self.on_publish = on_publish
-        self.renamer: Renamer = renamer or publish
         self._pending: list[tuple[str, str]] = []  # (bundle id, temp name), in input order
 
     def stage(self, bundle_id: str, tmp: str) -> None:
@@ -214,7 +200,7 @@ class StagedFolder:
         base = os.fspath(self.path)
         if self.sync:
             sync_files(self.path, [f"{base}/{tmp}" for _, tmp in pending])
-        self.renamer(base, pending)  # every rename done, in this order, when it returns
+        publish(base, pending)
         if self.sync:
             fsync_dir(self.path)
 

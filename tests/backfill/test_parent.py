@@ -1,6 +1,6 @@
 """The backfill parent's lean paths: duplicate-key claims (insert first, read back only on a conflict),
-publication of staged files (by a worker process, in input order), the ER7 framing fast path, message keys,
-and the checkpoint watermarks of files that span several tasks."""
+publication of staged files in input order, the ER7 framing fast path, message keys, and the checkpoint
+watermarks of files that span several tasks."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ import pytest
 from engine.backfill import formats
 from engine.backfill.checkpoint import MemoryCheckpoint, SqliteCheckpoint
 from engine.backfill.formats import InputFile, frames_of, iter_files, message_key
-from engine.backfill.pool import make_executor, make_renamer
 from engine.backfill.run import Options, run_backfill
 from engine.backfill.staging import StagedFolder, Staging, publish
 from engine.cmd_map import load_mapping_context
@@ -59,38 +58,22 @@ def test_claims_detect_duplicates_and_survive_a_reopen(tmp_path: Path) -> None:
     cp.close()
 
 
-def test_staged_folder_hands_the_ordered_renames_to_its_renamer(tmp_path: Path) -> None:
-    """One renamer call per flush, with every (bundle id, temp name) staged since the last flush, in input order;
-    nothing is renamed by the folder itself."""
-    calls: list[tuple[str, list[tuple[str, str]]]] = []
-    folder = StagedFolder(tmp_path, sync=True, renamer=lambda base, staged: calls.append((base, list(staged))))
-    for tmp in (".tmp-b.json.1.1", ".tmp-b.json.2.1", ".tmp-c.json.1.2"):
+def test_staged_folder_publishes_everything_staged_in_input_order(tmp_path: Path) -> None:
+    """``stage_all`` (a task's outputs at once) and ``stage`` keep input order: the version staged last of a
+    Bundle id is the file that stays; nothing is visible before the flush; ``publish`` renames in list order."""
+    names = (".tmp-b.json.2.1", ".tmp-b.json.1.1", ".tmp-c.json.1.2", ".tmp-d.json.1.3", ".tmp-d.json.2.2")
+    seen: list[str] = []
+    folder = StagedFolder(tmp_path, sync=True, on_publish=seen.append)  # removes stale temp files: first
+    for tmp in names:
         (tmp_path / tmp).write_bytes(tmp.encode())
-    folder.stage_all([("b", ".tmp-b.json.1.1"), ("b", ".tmp-b.json.2.1")])
-    folder.stage("c", ".tmp-c.json.1.2")
+    folder.stage_all([("b", ".tmp-b.json.2.1"), ("c", ".tmp-c.json.1.2")])
+    folder.stage("b", ".tmp-b.json.1.1")
+    assert not [p for p in tmp_path.iterdir() if not p.name.startswith(".")]
     folder.flush()
-    folder.flush()  # nothing staged: no call
-    assert calls == [(str(tmp_path), [("b", ".tmp-b.json.1.1"), ("b", ".tmp-b.json.2.1"), ("c", ".tmp-c.json.1.2")])]
-    assert len([p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]) == 3
-    assert publish(str(tmp_path), calls[0][1]) == 3
+    assert publish(str(tmp_path), [("d", ".tmp-d.json.2.2"), ("d", ".tmp-d.json.1.3")]) == 2
     published = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-    assert published == {"b.json": b".tmp-b.json.2.1", "c.json": b".tmp-c.json.1.2"}
-
-
-def test_a_worker_process_publishes_in_list_order(tmp_path: Path) -> None:
-    """The renames of a flush run as one task in a pool worker: the later version of a Bundle id stays."""
-    out = tmp_path / "out"
-    executor = make_executor(1, load_mapping_context(None), "document", Staging(out, sync=True))
-    try:
-        folder = StagedFolder(out, sync=True, renamer=make_renamer(executor))
-        (out / ".tmp-r.json.9.2").write_bytes(b"corrected")
-        (out / ".tmp-r.json.8.1").write_bytes(b"preliminary")
-        (out / ".tmp-s.json.8.2").write_bytes(b"other")
-        folder.stage_all([("r", ".tmp-r.json.8.1"), ("s", ".tmp-s.json.8.2"), ("r", ".tmp-r.json.9.2")])
-        folder.flush()
-    finally:
-        executor.shutdown(wait=True)
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == {"r.json": b"corrected", "s.json": b"other"}
+    assert published == {"b.json": b".tmp-b.json.1.1", "c.json": b".tmp-c.json.1.2", "d.json": b".tmp-d.json.1.3"}
+    assert seen == ["b", "c", "b"]
 
 
 @pytest.mark.parametrize("block", [5, 64, 1 << 20])
