@@ -213,14 +213,17 @@ def whole(cfg: Path, src: Path, workers: int, label: str) -> dict[str, Any]:
     rate = int(data["inputs"]) / elapsed
     parent = sampler.cpu.get(proc.pid, 0.0)
     others = sum(sampler.cpu.values()) - parent
+    per = 1e6 / max(1, int(data["inputs"]))  # CPU per message: robust to the neighbours' load, unlike the wall clock
     print(
         f"engine backfill {label}: {data['inputs']:,} inputs in {elapsed:,.1f} s = {rate:,.0f} per s (wall clock); "
-        f"CPU s: parent {parent:,.1f}, workers {others:,.1f}; peak RSS: largest process "
+        f"CPU s: parent {parent:,.1f}, workers {others:,.1f} (per message: parent {parent * per:,.0f} us, workers "
+        f"{others * per:,.0f} us); load average {os.getloadavg()[0]:.1f}; peak RSS: largest process "
         f"{sampler.max_one / 2**20:,.0f} MiB, all processes {sampler.max_sum / 2**20:,.0f} MiB; "
         f"skipped files {sum(data.get('skipped_files', {}).values())}, rejected {sum(data['rejected'].values())}",
         flush=True,
     )
     data.update(wall_s=elapsed, rss_one=sampler.max_one, rss_sum=sampler.max_sum, report=str(report))
+    data.update(cpu_parent_us=parent * per, cpu_workers_us=others * per)
     return data
 
 
@@ -316,6 +319,14 @@ def main() -> None:
         f"whole command on {n_cmp:,} messages, median wall clock over {args.runs} alternating run(s), 1 conversion "
         f"process besides the parent vs 2: 1 worker {n_cmp / one:,.0f} msg/s ({one:,.1f} s), 2 workers "
         f"{n_cmp / two:,.0f} msg/s ({two:,.1f} s): {one / two:.2f}x (target >= 1.8x)",
+        flush=True,
+    )
+    cpu_p = statistics.median(r["cpu_parent_us"] for r in results[2])
+    cpu_w = statistics.median(r["cpu_workers_us"] for r in [*results[1], *results[2]])
+    print(
+        f"CPU per message (medians): parent {cpu_p:,.0f} us (2 workers), workers {cpu_w:,.0f} us: on 2 idle cores "
+        f"2 workers can reach at most 2 x {cpu_w:,.0f} / ({cpu_w:,.0f} + {cpu_p:,.0f}) = "
+        f"{2 * cpu_w / (cpu_w + cpu_p):.2f}x one worker (less the kernel's writeback)",
         flush=True,
     )
     full = whole(config(work / "w2"), work / "in-oru", 2, "all cores = 2 workers, the whole input")
