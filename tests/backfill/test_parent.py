@@ -35,10 +35,15 @@ def _key(n: int) -> bytes:
     return hashlib.blake2b(str(n).encode(), digest_size=16).digest()
 
 
-def test_claims_detect_duplicates_and_survive_a_reopen(tmp_path: Path) -> None:
+@pytest.mark.parametrize("merge_every", [1 << 16, 1])
+def test_claims_detect_duplicates_and_survive_a_reopen(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, merge_every: int
+) -> None:
     """New keys: None. A key seen before (in the batch, in an earlier batch, in an earlier run): the first unit.
     The same unit claiming its key again (a resumed run re-reads frames whose claims were committed): None.
-    Claims that were never committed (a kill) are gone after the reopen."""
+    Claims that were never committed (a kill) are gone after the reopen. The same whether the keys are still
+    in the recent list or were merged into the index at a commit (``merge_every=1``: at every commit)."""
+    monkeypatch.setattr(SqliteCheckpoint, "MERGE_EVERY", merge_every)
     db, job = tmp_path / "c.db", "job"
     cp = SqliteCheckpoint(db, job, [tmp_path])
     assert cp.claim([(_key(1), "a#1"), (_key(2), "a#2"), (_key(1), "a#3")]) == [None, None, "a#1"]
@@ -54,8 +59,15 @@ def test_claims_detect_duplicates_and_survive_a_reopen(tmp_path: Path) -> None:
 
     cp = SqliteCheckpoint(db, job, [tmp_path])
     assert cp.claim([(_key(4), "d#1"), (_key(5), "d#2"), (_key(1), "d#3")]) == [None, None, "a#1"]
-    assert SqliteCheckpoint(tmp_path / "other.db", "job2", [tmp_path]).claim([(_key(1), "x#1")]) == [None]
+    assert SqliteCheckpoint(tmp_path / "o.db", "job2", [tmp_path]).claim([(_key(1), "x#1")]) == [None]
+    cp.commit([], {"inputs": 9})
+    merged = cp.conn.execute("SELECT COUNT(*) FROM backfill_seen WHERE job=?", (job,)).fetchone()[0]
+    recent = cp.conn.execute("SELECT COUNT(*) FROM backfill_seen_recent WHERE job=?", (job,)).fetchone()[0]
+    assert (merged, recent) == ((5, 0) if merge_every == 1 else (0, 5))
     cp.close()
+    other = SqliteCheckpoint(db, "job2", [tmp_path])  # another job in the same store sees none of these keys
+    assert other.claim([(_key(1), "x#1"), (_key(4), "x#2")]) == [None, None]
+    other.close()
 
 
 def test_staged_folder_publishes_everything_staged_in_input_order(tmp_path: Path) -> None:
