@@ -105,6 +105,8 @@ class SqliteCheckpoint:
         )
         rows = self.conn.execute("SELECT digest, unit FROM backfill_seen_recent WHERE job=?", (job,)).fetchall()
         self._recent: dict[bytes, str] = {bytes(d): u for d, u in rows}  # == this job's backfill_seen_recent
+        merged = self.conn.execute("SELECT 1 FROM backfill_seen WHERE job=? LIMIT 1", (job,)).fetchone()
+        self._merged = merged is not None  # no key of this job in the index yet: nothing to look up there
         self.conn.execute("BEGIN IMMEDIATE")  # one open transaction per commit interval
 
     def counts(self) -> dict[str, Any] | None:
@@ -131,7 +133,7 @@ class SqliteCheckpoint:
 
     def _claim(self, keys: Sequence[tuple[bytes, str]]) -> list[str | None]:
         recent = self._recent
-        older = list({k for k, _ in keys if k not in recent})  # then in backfill_seen (merged earlier): read only
+        older = list({k for k, _ in keys if k not in recent}) if self._merged else []  # then in the index: read only
         found: dict[bytes, str] = {}
         for i in range(0, len(older), 500):
             part = older[i : i + 500]
@@ -181,6 +183,7 @@ class SqliteCheckpoint:
         self.conn.execute("COMMIT")
         if merge:
             self._recent.clear()
+            self._merged = True
         self.conn.execute("BEGIN IMMEDIATE")
 
     def finish(self, counts: dict[str, Any]) -> None:
