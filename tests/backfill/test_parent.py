@@ -5,6 +5,7 @@ watermarks of files that span several tasks."""
 from __future__ import annotations
 
 import hashlib
+import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -148,3 +149,40 @@ def test_watermarks_of_files_that_span_tasks(tmp_path: Path) -> None:
         assert [u for u, _ in marks] == sorted(u for u, _ in marks) and marks[-1] == (frames, True)
         assert [done for _, done in marks].count(True) == 1
     assert len(list((tmp_path / "out").iterdir())) == 8
+
+
+@pytest.mark.parametrize("merge_every", [1 << 16, 3])
+def test_duplicates_across_runs_with_and_without_merges(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, merge_every: int
+) -> None:
+    """A job run over two files, then continued with a third: duplicates inside a file, across files and across
+    the two runs are counted once each and converted once, whether their keys were merged into the index
+    (a merge at every commit) or are still in the recent list."""
+    monkeypatch.setattr(SqliteCheckpoint, "MERGE_EVERY", merge_every)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.hl7").write_bytes(b"".join(_msg(n) for n in (1, 2, 3, 2, 4)))  # 2 again
+    (src / "b.hl7").write_bytes(b"".join(_msg(n) for n in (5, 1, 6)))  # 1 again
+    (src / "c.hl7").write_bytes(b"".join(_msg(n) for n in (6, 7, 3, 8)))  # 6 and 3 again
+    options = Options(workers=0, batch=2, flush_every=1, staging=Staging(tmp_path / "out", sync=True))
+    ctx, db = load_mapping_context(None), tmp_path / "store.db"
+
+    def run(names: list[str]) -> tuple[int, int, int]:
+        checkpoint = SqliteCheckpoint(db, "job", [src])
+        try:
+            tally = run_backfill(
+                list(iter_files([src / n for n in names])), ctx, [], FolderDeadLetters(tmp_path / "dlq"),
+                checkpoint, options=options, handle_signals=False,
+            )  # fmt: skip
+        finally:
+            checkpoint.close()
+        return tally.inputs, tally.outputs, tally.duplicates
+
+    assert run(["a.hl7", "b.hl7"]) == (8, 6, 2)
+    assert run(["a.hl7", "b.hl7", "c.hl7"]) == (12, 8, 4)  # cumulative: the first run's counts carried on
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
+        f"{o.bundle_id}.json" for n in range(1, 9) for o in Converter(ctx).convert(_msg(n)).outputs
+    )
+    with sqlite3.connect(db) as conn:
+        merged = conn.execute("SELECT COUNT(*) FROM backfill_seen WHERE job='job'").fetchone()[0]
+    assert (merged > 0) == (merge_every == 3)
