@@ -181,6 +181,8 @@ class Sampler:
         self.interval = interval
         self.max_one = self.max_sum = 0
         self.cpu: dict[int, float] = {}
+        self.main_thread = 0.0  # the parent's main thread (reading, keys, claims, consuming); the rest of the
+        # parent's CPU is its flush thread (syncfs, renames, checkpoint commits) and the pool's threads
 
     def sample(self, root: int) -> None:
         total = 0
@@ -196,6 +198,12 @@ class Sampler:
             total += rss
             self.max_one = max(self.max_one, rss)
         self.max_sum = max(self.max_sum, total)
+        try:
+            with open(f"/proc/{root}/task/{root}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+            self.main_thread = (int(fields[11]) + int(fields[12])) / _TICK
+        except (OSError, IndexError, ValueError):
+            pass
 
     def watch(self, proc: subprocess.Popen[bytes], until: Any = None) -> None:
         while proc.poll() is None and (until is None or not until()):
@@ -213,14 +221,18 @@ def whole(cfg: Path, src: Path, workers: int, label: str) -> dict[str, Any]:
     rate = int(data["inputs"]) / elapsed
     parent = sampler.cpu.get(proc.pid, 0.0)
     others = sum(sampler.cpu.values()) - parent
+    per = 1e6 / max(1, int(data["inputs"]))  # CPU per message: robust to the neighbours' load, unlike the wall clock
     print(
         f"engine backfill {label}: {data['inputs']:,} inputs in {elapsed:,.1f} s = {rate:,.0f} per s (wall clock); "
-        f"CPU s: parent {parent:,.1f}, workers {others:,.1f}; peak RSS: largest process "
+        f"CPU s: parent {parent:,.1f}, workers {others:,.1f} (per message: parent {parent * per:,.0f} us = main "
+        f"thread {sampler.main_thread * per:,.0f} + other threads {(parent - sampler.main_thread) * per:,.0f}, "
+        f"workers {others * per:,.0f} us); load average {os.getloadavg()[0]:.1f}; peak RSS: largest process "
         f"{sampler.max_one / 2**20:,.0f} MiB, all processes {sampler.max_sum / 2**20:,.0f} MiB; "
         f"skipped files {sum(data.get('skipped_files', {}).values())}, rejected {sum(data['rejected'].values())}",
         flush=True,
     )
     data.update(wall_s=elapsed, rss_one=sampler.max_one, rss_sum=sampler.max_sum, report=str(report))
+    data.update(cpu_parent_us=parent * per, cpu_workers_us=others * per)
     return data
 
 
@@ -316,6 +328,14 @@ def main() -> None:
         f"whole command on {n_cmp:,} messages, median wall clock over {args.runs} alternating run(s), 1 conversion "
         f"process besides the parent vs 2: 1 worker {n_cmp / one:,.0f} msg/s ({one:,.1f} s), 2 workers "
         f"{n_cmp / two:,.0f} msg/s ({two:,.1f} s): {one / two:.2f}x (target >= 1.8x)",
+        flush=True,
+    )
+    cpu_p = statistics.median(r["cpu_parent_us"] for r in results[2])
+    cpu_w = statistics.median(r["cpu_workers_us"] for r in [*results[1], *results[2]])
+    print(
+        f"CPU per message (medians): parent {cpu_p:,.0f} us (2 workers), workers {cpu_w:,.0f} us: on 2 idle cores "
+        f"2 workers can reach at most 2 x {cpu_w:,.0f} / ({cpu_w:,.0f} + {cpu_p:,.0f}) = "
+        f"{2 * cpu_w / (cpu_w + cpu_p):.2f}x one worker (less the kernel's writeback)",
         flush=True,
     )
     full = whole(config(work / "w2"), work / "in-oru", 2, "all cores = 2 workers, the whole input")

@@ -84,8 +84,11 @@ MESSAGE_START = re.compile(
 )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Frame:
+    """One frame. Not ``frozen``: a frozen dataclass costs 1.5 us per instance (``object.__setattr__`` per
+    field), this one 0.6, and one is built per message on the reading process's hot path."""
+
     index: int  # 1-based position of the frame in its file (the checkpoint unit)
     raw: bytes  # the original bytes (markers included): converted, and dead-lettered verbatim
     skip: str | None = None  # the whole file is not a message file: this reason, one outcome
@@ -241,11 +244,14 @@ class Er7Stream:
                 if cut < 0:
                     break
                 look = cut
-                head = buf[pos:cut].lstrip(_WS).removeprefix(b"\xef\xbb\xbf")
-                if head.startswith((b"FHS", b"BHS")) and b"\rMSH" not in head and b"\nMSH" not in head:
-                    continue  # batch header segments stay with the first message of the batch
-                if head:
-                    yield buf[pos:cut]
+                if not buf.startswith(b"MSH", pos):  # the usual frame starts right at its MSH: nothing to check
+                    head = buf[pos:cut].lstrip(_WS).removeprefix(b"\xef\xbb\xbf")
+                    if head.startswith((b"FHS", b"BHS")) and b"\rMSH" not in head and b"\nMSH" not in head:
+                        continue  # batch header segments stay with the first message of the batch
+                    if not head:
+                        pos = cut
+                        continue
+                yield buf[pos:cut]
                 pos = cut
             buf = buf[pos:]
             while len(buf) > limit:  # no boundary in sight: emit (the converter rejects it as oversized)
@@ -314,7 +320,8 @@ def message_key(raw: bytes) -> bytes:
         cut = body.rfind(b"<EB>")
         if cut >= 0:
             body = body[:cut]
-    if b"\n" in body or b"<R>" in body or b"<CR>" in body:  # plain CR-terminated ER7 needs no rewriting
+    # plain CR-terminated ER7 needs no rewriting; ``<`` first: one memchr instead of two substring scans
+    if b"\n" in body or (b"<" in body and (b"<R>" in body or b"<CR>" in body)):
         body = _LOG_CR.sub(b"\r", body)
     body = body.strip(_WS)
     return hashlib.blake2b(body, digest_size=16).digest()

@@ -100,10 +100,6 @@ def _live(item: _Item) -> bool:
 _Batch = tuple[list[_Item], "Future[list[Conversion]] | Future[list[Done]]"]
 
 
-def _label(f: InputFile, index: int) -> str:
-    return f"{f.path}#{index}"
-
-
 class _Loop:
     def __init__(
         self,
@@ -139,20 +135,20 @@ class _Loop:
             upto, finished = self.checkpoint.done_upto(f)
             if finished:
                 continue
+            last: _Item | None = None
             try:
                 frames: Iterator[Frame] = frames_of(f.path, self.options.limit, self.options.formats)
-                last: _Item | None = None
                 for frame in frames:
                     if frame.index <= upto:
                         continue
                     if last is not None:
                         yield last
+                        if self.stop:
+                            return
                     if frame.skip is not None:
                         last = _Item(f, frame.index, None, skip=frame.skip, size=f.size)
                         continue
                     last = _Item(f, frame.index, frame.raw, size=len(frame.raw))
-                    if self.stop:
-                        return
             except OSError as exc:
                 if last is not None:  # frames before the read error stand; the error is the next frame
                     yield last
@@ -165,19 +161,29 @@ class _Loop:
 
     def batches(self, files: Sequence[InputFile]) -> Iterator[list[_Item]]:
         batch: list[_Item] = []
+        append = batch.append
         size = 0
+        most, most_bytes = self.options.batch, self.options.batch_bytes
         for item in self.items(files):
-            batch.append(item)
-            size += len(item.raw or b"")
-            if len(batch) >= self.options.batch or size >= self.options.batch_bytes:
+            append(item)
+            size += item.size
+            if len(batch) >= most or size >= most_bytes:
                 yield self._dedupe(batch)
                 batch, size = [], 0
+                append = batch.append
         if batch:
             yield self._dedupe(batch)
 
     def _dedupe(self, batch: list[_Item]) -> list[_Item]:
-        live = [it for it in batch if _live(it)]
-        firsts = self.checkpoint.claim([(message_key(it.raw or b""), _label(it.file, it.index)) for it in live])
+        """Claim the message keys of the batch's live frames at once (one checkpoint call per task)."""
+        live = [it for it in batch if it.raw is not None and it.first is None and it.skip is None]
+        names: dict[Path, str] = {}  # one ``str(path)`` per file, not per frame
+        keys: list[tuple[bytes, str]] = []
+        for it in live:
+            path = it.file.path
+            name = names.get(path) or names.setdefault(path, str(path))
+            keys.append((message_key(it.raw), f"{name}#{it.index}"))  # type: ignore[arg-type]
+        firsts = self.checkpoint.claim(keys)
         for it, first in zip(live, firsts, strict=True):
             if first is not None:
                 it.raw, it.first = None, first
@@ -187,8 +193,15 @@ class _Loop:
 
     def consume(self, items: list[_Item], results: list[Conversion] | list[Done]) -> None:
         it_results: Iterator[Conversion | Done] = iter(results)
+        tally, marks = self.tally, self.marks
         for item in items:
-            if item.skip is not None:
+            if item.skip is None and item.first is None and item.raw is not None:  # converted: the usual case
+                result = next(it_results)
+                if isinstance(result, tuple):
+                    self._done(item, result)
+                else:
+                    self._outcome(item, result)
+            elif item.skip is not None:
                 self.tally.skip(item.skip, str(item.file.path))
                 if self.record is not None:
                     self.record(str(item.file.path), f"skipped: {item.skip}", "skipped")
@@ -196,21 +209,19 @@ class _Loop:
                 if item.first:  # "" marks an empty end-of-file item
                     self.tally.inputs += 1
                     self.tally.duplicates += 1
-            elif item.first is not None:  # unreadable file
+            else:  # unreadable file
+                assert item.first is not None
                 self.tally.inputs += 1
                 self._reject(item, 1, item.first, "ReadError", b"")
-            else:
-                result = next(it_results)
-                if isinstance(result, tuple):
-                    self._done(item, result)
-                else:
-                    self._outcome(item, result)
-            self.tally.bytes += item.size
-            self.marks[item.file.path] = (item.file, item.index, item.eof)
+            tally.bytes += item.size
             if item.eof:
-                self.tally.files += 1
+                tally.files += 1
+                marks[item.file.path] = (item.file, item.index, True)
+        last = items[-1] if items else None
+        if last is not None and not last.eof:  # watermark of a file that goes on in the next batch
+            marks[last.file.path] = (last.file, last.index, False)
         if self.progress is not None:
-            self.progress.update(self.tally)
+            self.progress.update(tally)
 
     def _outcome(self, item: _Item, result: Conversion) -> None:
         self.tally.inputs += result.messages
@@ -232,15 +243,15 @@ class _Loop:
         """A frame converted and written by a worker (staging): publish its staged files, count it."""
         assert self.staged is not None
         messages, outputs, filtered, rejections = done
-        self.tally.inputs += messages
+        tally = self.tally
+        tally.inputs += messages
         self.since_flush += messages
         if outputs:
-            self.tally.converted += messages - len(rejections) - len(filtered)
-        for bundle_id, tmp in outputs:
-            self.staged.stage(bundle_id, tmp)
-            self.tally.outputs += 1
+            tally.converted += messages - len(rejections) - len(filtered)
+            tally.outputs += len(outputs)
+            self.staged.stage_all(outputs)
         for reason in filtered:
-            self.tally.filter(reason)
+            tally.filter(reason)
         for n, reason, error_class, raw in rejections:
             if raw is not None:  # the workers do not write this deployment's dead letters
                 self._reject(item, n, reason, error_class, raw)
@@ -326,11 +337,12 @@ class _Loop:
         if self.options.staging is None:
             return executor.submit(convert_batch, [it.raw for it in batch if _live(it)])  # type: ignore[no-any-return]
         names: dict[Path, str] = {}  # one str per file: pickled once per task
-        jobs: list[FrameJob] = [
-            (names.setdefault(it.file.path, str(it.file.path)), it.index, it.file.mtime_ns, it.raw or b"")
-            for it in batch
-            if _live(it)
-        ]
+        jobs: list[FrameJob] = []
+        for it in batch:
+            if it.raw is not None and it.first is None and it.skip is None:
+                path = it.file.path
+                name = names.get(path) or names.setdefault(path, str(path))
+                jobs.append((name, it.index, it.file.mtime_ns, it.raw))
         return executor.submit(stage_batch, jobs)  # type: ignore[no-any-return]
 
     def _discard(self, pending: collections.deque[_Batch]) -> None:

@@ -46,6 +46,7 @@ __all__ = [
     "Staging",
     "WorkerDeadLetters",
     "envelope_for",
+    "publish",
     "rejection_label",
 ]
 
@@ -139,6 +140,20 @@ class Stager:
         self.dead.put(envelope_for(path, index, mtime_ns, raw, label), raw, reason, error_class)
 
 
+def publish(directory: str, staged: Sequence[tuple[str, str]]) -> int:
+    """``os.replace`` each staged temp file over ``<bundle id>.json`` in ``directory``, in list order (the
+    later version of a Bundle id is the one that stays); names relative to one directory descriptor (no path
+    walk per rename). Returns the number of files published. Raises ``OSError`` (the rest stay staged: the
+    next run removes them and redoes what the checkpoint does not cover)."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for bundle_id, tmp in staged:
+            os.replace(tmp, f"{bundle_id}.json", src_dir_fd=fd, dst_dir_fd=fd)
+    finally:
+        os.close(fd)
+    return len(staged)
+
+
 def _write(path: str, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
@@ -166,12 +181,17 @@ class StagedFolder:
         remove_stale_tmp(self.path)
         self.sync = sync
         self.on_publish = on_publish
-        self._pending: list[tuple[str, str]] = []
+        self._pending: list[tuple[str, str]] = []  # (bundle id, temp name), in input order
 
     def stage(self, bundle_id: str, tmp: str) -> None:
-        self._pending.append((tmp, f"{bundle_id}.json"))
+        self.stage_all([(bundle_id, tmp)])
+
+    def stage_all(self, staged: Sequence[tuple[str, str]]) -> None:
+        """Record ``[(bundle id, temp name)]`` (a :data:`Done`'s outputs) for the next flush, in this order."""
+        self._pending.extend(staged)
         if self.on_publish is not None:
-            self.on_publish(bundle_id)
+            for bundle_id, _ in staged:
+                self.on_publish(bundle_id)
 
     def flush(self) -> None:
         if not self._pending:
@@ -179,9 +199,8 @@ class StagedFolder:
         pending, self._pending = self._pending, []
         base = os.fspath(self.path)
         if self.sync:
-            sync_files(self.path, [f"{base}/{tmp}" for tmp, _ in pending])
-        for tmp, target in pending:
-            os.replace(f"{base}/{tmp}", f"{base}/{target}")
+            sync_files(self.path, [f"{base}/{tmp}" for _, tmp in pending])
+        publish(base, pending)
         if self.sync:
             fsync_dir(self.path)
 
