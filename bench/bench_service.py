@@ -2,12 +2,13 @@
 outbox; ACK latency while the worker runs; and the landing-time partition key (Kafka path).
 
     .venv/bin/python bench/bench_service.py [--copies 3] [--connections 4] [--processes 1]
-        [--ack converted|stored|converted,stored] [--runs N] [--workdir DIR] [--keep] [--profile FILE]
+        [--ack converted|stored|converted,stored] [--runs N] [--workdir DIR] [--keep] [--resend] [--profile FILE]
         [--bootstrap HOST:PORT [--kafka-only] [--threads 4] [--linger-ms N]]
 
 Starts ``engine run`` (a real subprocess: MLLP listener with ``--ack`` (default ``converted``), SQLite store,
 worker with ``--processes`` conversion processes, folder sink and dead letters with one sync per batch) on free
-loopback ports, sends the 900-message WashU feed ``--copies`` times (distinct control ids and filler numbers) over
+loopback ports, sends the 900-message WashU feed ``--copies`` times (distinct control ids and filler numbers;
+with ``--resend`` the same messages each time: every copy after the first resends the same reports) over
 ``--connections`` persistent connections (send, wait for the ACK, next), and measures:
 
 * ACK rate and ACK latency median / p99 while the worker converts;
@@ -154,14 +155,22 @@ def creation_probe(folder: Path, count: int = 200, size: int = 18_000) -> float:
 
 
 def service(
-    root: Path, copies: int, connections: int, processes: int, ack: str = "converted", profile: str | None = None
+    root: Path,
+    copies: int,
+    connections: int,
+    processes: int,
+    ack: str = "converted",
+    profile: str | None = None,
+    resend: bool = False,
 ) -> dict[str, float]:
     """One run in ``root`` (a new directory, left in place: the caller deletes it once every run is done)."""
     root.mkdir(parents=True)
     probe = creation_probe(root / "probe")
     load = os.getloadavg()[0]
-    build_oru(root / "in", 900 * copies)
+    build_oru(root / "in", 900 if resend else 900 * copies)
     messages = [f.raw.rstrip(b"\r") for p in sorted((root / "in").iterdir()) for f in frames_of(p, 1 << 24)]
+    if resend:  # the same feed ``copies`` times: every copy after the first resends the same reports
+        messages *= copies
     mllp, health = free_port(), free_port()
     cfg = root / "engine.yaml"
     text = CONFIG.replace("ROOT", str(root)).replace("MLLP", str(mllp)).replace("HEALTH", str(health))
@@ -247,7 +256,9 @@ def runs(args: argparse.Namespace) -> None:
         for run in range(args.runs):
             for mode in modes:
                 root = work / f"run-{stamp}-{run}-{mode}"
-                results[mode].append(service(root, args.copies, args.connections, args.processes, mode, args.profile))
+                results[mode].append(
+                    service(root, args.copies, args.connections, args.processes, mode, args.profile, args.resend)
+                )
     finally:
         if not args.keep:  # only now, after every run: a mass delete slows the next file creations for minutes
             shutil.rmtree(work, ignore_errors=True)
@@ -310,6 +321,7 @@ def main() -> None:
     parser.add_argument("--ack", default="converted", help="converted, stored, or both: converted,stored")
     parser.add_argument("--runs", type=int, default=1, help="rounds; each mode of --ack once per round")
     parser.add_argument("--workdir", help="where the runs' folders go (default: a new one under TMPDIR)")
+    parser.add_argument("--resend", action="store_true", help="send the same feed --copies times (resends)")
     parser.add_argument("--keep", action="store_true", help="leave the runs' folders (delete them yourself later)")
     parser.add_argument("--profile", metavar="FILE", help="record the engine with py-spy (collapsed stacks)")
     parser.add_argument("--bootstrap")
