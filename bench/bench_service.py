@@ -214,8 +214,13 @@ def service(
         if os.environ.get("BENCH_THREADS") == "tid":  # name the threads (py-spy dump shows their names)
             dump = subprocess.run([PYSPY, "dump", "--pid", str(engine.pid)], capture_output=True, text=True)
             names = dict(re.findall(r'Thread (\d+) \([^)]*\): "([^"]+)"', dump.stdout))
-            threads0 = {f"{k}:{names.get(k.rsplit(':', 1)[-1], '')}": v for k, v in threads0.items()}
-            threads1 = {f"{k}:{names.get(k.rsplit(':', 1)[-1], '')}": v for k, v in threads1.items()}
+
+            def named(key: str) -> str:  # "engine:python:123[ sys]" -> "engine:python:123:store-writer[ sys]"
+                base, sys_cpu, _ = key.partition(" sys")
+                return f"{base}:{names.get(base.rsplit(':', 1)[-1], '')}{sys_cpu}"
+
+            threads0 = {named(k): v for k, v in threads0.items()}
+            threads1 = {named(k): v for k, v in threads1.items()}
         cpu = sum(threads1.values()) - cpu0
     finally:
         if profile:
