@@ -110,9 +110,9 @@ def _write_tmp(tmp: str | Path, data: bytes, *, sync: bool = False) -> None:
 
 def holds(path: str | Path, data: bytes) -> bool:
     """True when the regular file ``path`` exists and holds exactly ``data`` (read only when the sizes match);
-    False when it is missing, differs or cannot be read (the caller then writes it)."""
+    False when it is missing, a symbolic link, differs or cannot be read (the caller then writes it)."""
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
     except OSError:
         return False
     try:

@@ -116,6 +116,8 @@ def test_holds_compares_exact_bytes(tmp_path: Path) -> None:
     assert holds(path, b"abc")
     assert not holds(path, b"abd") and not holds(path, b"ab") and not holds(path, b"abcd")
     assert not holds(tmp_path, b"")  # a directory is never "the same file"
+    (tmp_path / "link").symlink_to(path)
+    assert not holds(tmp_path / "link", b"abc")  # nor a symbolic link (os.replace puts a regular file there)
     path.write_bytes(b"")
     assert holds(path, b"")
 
