@@ -37,8 +37,8 @@ Separate invocations still do: run them 6 minutes apart, or use ``--runs``. Each
 that shows the state the run met.
 
 ``--profile FILE`` runs the engine under ``py-spy record`` (collapsed stacks per thread; ``BENCH_PYSPY_ARGS=--gil``
-for only the threads holding the GIL). The temporary folders follow ``TMPDIR`` (file creation cost differs
-between directories of this VM: name the one you measured on).
+for only the threads holding the GIL; ``.venv/bin/pip install py-spy`` first). The folders follow ``TMPDIR`` or
+``--workdir``: the probe tells what creating a file costs there at the time of each run.
 
 Timing lives here, never in tests. The machine is shared: quote medians of several runs.
 """
