@@ -136,6 +136,9 @@ class MessageStore:
         conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_ms)}")
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
+        # statement journals (the group commit's savepoint per operation) in memory: on disk (the default) they
+        # cost a 4-byte and a 4 KiB pwrite per page changed, more than half of the store's write calls (measured)
+        conn.execute("PRAGMA temp_store=MEMORY")
         return conn
 
     def _submit(self, fn: Callable[[sqlite3.Connection], Any], timeout: float = 60.0, *, durable: bool = True) -> Any:

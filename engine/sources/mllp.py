@@ -206,6 +206,9 @@ class MllpListener(MllpIntake):
             if pending:
                 await asyncio.wait(pending, timeout=2.0)
 
+    def _open_connections(self) -> int:
+        return len(self._connections)
+
     # -- connections ---------------------------------------------------------------------------
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()

@@ -57,7 +57,8 @@ log = logging.getLogger("engine.sources.mllp")
 _OCTETS = "application/octet-stream"
 _LAND_TIMEOUT_S = 60.0  # a commit that takes longer is answered AE (retry later)
 # messages arriving within this long share one hand-over to the conversion processes (measured: 1 ms cuts the
-# pool's result thread from ~130 to ~80 µs of CPU per message, 4 connections, ACK median unchanged)
+# pool's result thread from ~130 to ~80 µs of CPU per message, 4 connections, ACK median unchanged); a group is
+# handed over at once when every open connection has a message in it (none can join: each waits for its ACK)
 _GATHER_S = 0.001
 
 
@@ -81,6 +82,7 @@ class MllpIntake:
         self._executor: ThreadPoolExecutor | None = None
         self._pool: ProcessPoolExecutor | None = None
         self._gathering: list[tuple[bytes, asyncio.Future[Conversion]]] = []  # see _gathered
+        self._gather_timer: asyncio.TimerHandle | None = None
         self._ack_clock: tuple[int, datetime] = (-1, datetime.now(UTC))  # see _ack_time
         self._bridge: LoopBridge | None = None  # store commits -> the event loop, see _committed
         self.counters: dict[str, int] = dict.fromkeys(
@@ -292,17 +294,30 @@ class MllpIntake:
 
     def _gathered(self, payload: bytes) -> asyncio.Future[Conversion]:
         """Convert in the conversion processes, together with every other message that arrives within
-        ``_GATHER_S`` (one process hand-over and one wake-up per group instead of per message). Measured with
-        ``bench/bench_intake_latency.py``: the ACK median is no longer with the wait than without it."""
+        ``_GATHER_S`` (one process hand-over and one wake-up per group instead of per message), or at once when
+        every open connection has a message in the group (:meth:`_open_connections`)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Conversion] = loop.create_future()
         self._gathering.append((payload, future))
-        if len(self._gathering) == 1:
-            loop.call_later(_GATHER_S, self._convert_gathered, loop)
+        if len(self._gathering) >= self._open_connections():  # nobody else can join: waiting is pure latency
+            self._convert_gathered(loop)
+        elif len(self._gathering) == 1:
+            self._gather_timer = loop.call_later(_GATHER_S, self._convert_gathered, loop)
         return future
 
+    def _open_connections(self) -> int:
+        """How many connections may still add a message to the group being gathered (each has at most one in
+        it: a connection waits for its ACK before it reads on); :class:`engine.sources.mllp.MllpListener` counts
+        its open connections, here unknown."""
+        return 1 << 30
+
     def _convert_gathered(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._gather_timer is not None:
+            self._gather_timer.cancel()
+            self._gather_timer = None
         group, self._gathering = self._gathering, []
+        if not group:
+            return
         waiting = [future for _, future in group]
 
         def settle(done: Future[list[Conversion]]) -> None:  # on the event loop
