@@ -291,6 +291,10 @@ def main() -> None:
     parser.add_argument("--kill-at", default="0.3,0.7", help="checkpoint fractions at which to SIGKILL")
     parser.add_argument("--runs", type=int, default=1, help="alternating 1- and 2-worker runs (medians)")
     parser.add_argument(
+        "--single", action="store_true",
+        help="also run --workers 0 (the whole command in one process) in each round of the comparison",
+    )  # fmt: skip
+    parser.add_argument(
         "--compare-scale", type=float, default=0.0,
         help="run the 1-vs-2-worker comparison on the first files only (e.g. 0.1 = 100,000 messages)",
     )  # fmt: skip
@@ -314,12 +318,12 @@ def main() -> None:
         for path in sorted((work / "in-oru").iterdir())[: -(-n_cmp // 900)]:
             (cmp_src / path.name).symlink_to(path)
         n_cmp = min(n_oru, -(-n_cmp // 900) * 900)
-    results: dict[int, list[dict[str, Any]]] = {1: [], 2: []}
+    results: dict[int, list[dict[str, Any]]] = {0: [], 1: [], 2: []}
     done_dirs: list[Path] = []  # outputs of the runs, deleted at the very end (module docstring)
     for run in range(args.runs):  # alternate, so that both see the same background load
-        for workers in (1, 2):
+        for workers in (0, 1, 2) if args.single else (1, 2):
             root = work / f"cmp-w{workers}-{run}"
-            label = f"{workers} worker{'s' if workers > 1 else ''} (run {run + 1})"
+            label = f"{workers} worker{'s' if workers != 1 else ''} (run {run + 1})"
             results[workers].append(whole(config(root), cmp_src, workers, label))
             done_dirs.append(root)
     one = statistics.median(r["wall_s"] for r in results[1])
@@ -330,6 +334,13 @@ def main() -> None:
         f"{n_cmp / two:,.0f} msg/s ({two:,.1f} s): {one / two:.2f}x (target >= 1.8x)",
         flush=True,
     )
+    if results[0]:
+        single = statistics.median(r["wall_s"] for r in results[0])
+        print(
+            f"one process doing everything (--workers 0: read, convert, write, publish, commit) {n_cmp / single:,.0f} "
+            f"msg/s ({single:,.1f} s) vs 2 workers: {single / two:.2f}x",
+            flush=True,
+        )
     cpu_p = statistics.median(r["cpu_parent_us"] for r in results[2])
     cpu_w = statistics.median(r["cpu_workers_us"] for r in [*results[1], *results[2]])
     print(
