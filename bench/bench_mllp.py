@@ -154,6 +154,7 @@ def one_run(
                 share = list(messages[i::connections])
                 proc = ctx.Process(target=sender, args=(listener.port, share, start, send), daemon=True)
                 proc.start()
+                send.close()  # only the sender holds it: a sender that dies ends recv() with EOFError
                 pipes.append(receive)
                 procs.append(proc)
             time.sleep(0.3)  # let every sender connect

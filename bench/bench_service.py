@@ -197,6 +197,7 @@ def service(
             receive, send = ctx.Pipe(duplex=False)
             proc = ctx.Process(target=sender, args=(mllp, messages[i::connections], start, send), daemon=True)
             proc.start()
+            send.close()  # only the sender holds it: a sender that dies ends recv() with EOFError
             pipes.append(receive)
             procs.append(proc)
         time.sleep(0.3)
