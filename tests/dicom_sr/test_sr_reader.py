@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -95,6 +96,24 @@ def test_content_sequence_as_undefined_length_un_reads_as_pydicom_does() -> None
     assert parse(data, MappingContext()).root == slow
 
 
+def _as_defined_length_un(dataset: Any, keyword: str) -> None:
+    """Replace ``dataset[keyword]`` by the same value sent as VR UN of defined length: its items encoded
+    Implicit VR Little Endian (PS3.5 6.2.2), as a gateway that does not know the attribute forwards it."""
+    from pydicom.dataelem import RawDataElement
+    from pydicom.dataset import Dataset
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    element = dataset[keyword]
+    holder = Dataset()
+    holder.add(element)
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, True
+    write_dataset(fp, holder)
+    value = fp.getvalue()[8:]  # the implicit VR items, without the element header
+    dataset._dict[element.tag] = RawDataElement(element.tag, "UN", len(value), value, 0, False, True)
+
+
 def test_nested_code_sequences_as_defined_length_un_read_as_pydicom_does() -> None:
     """Concept Name Code Sequences written as UN of defined length (Implicit VR items inside, PS3.5 6.2.2) in an
     Explicit VR file: the raw reader reads them with their dictionary VR, as pydicom does, instead of dropping
@@ -102,10 +121,6 @@ def test_nested_code_sequences_as_defined_length_un_read_as_pydicom_does() -> No
     import io
 
     import pydicom
-    from pydicom.dataelem import RawDataElement
-    from pydicom.dataset import Dataset
-    from pydicom.filebase import DicomBytesIO
-    from pydicom.filewriter import write_dataset
 
     ds = pydicom.dcmread(next(p for p in SR_FILES if p.name == "test-SR.dcm"))
     changed = 0
@@ -114,14 +129,7 @@ def test_nested_code_sequences_as_defined_length_un_read_as_pydicom_does() -> No
         nonlocal changed
         for item in items:
             if "ConceptNameCodeSequence" in item:
-                element = item["ConceptNameCodeSequence"]
-                holder = Dataset()
-                holder.add(element)
-                fp = DicomBytesIO()
-                fp.is_little_endian, fp.is_implicit_VR = True, True
-                write_dataset(fp, holder)
-                value = fp.getvalue()[8:]  # the implicit VR items, without the element header
-                item._dict[element.tag] = RawDataElement(element.tag, "UN", len(value), value, 0, False, True)
+                _as_defined_length_un(item, "ConceptNameCodeSequence")
                 changed += 1
             if "ContentSequence" in item:
                 as_un(item.ContentSequence)
@@ -142,20 +150,9 @@ def test_content_sequence_as_defined_length_un_is_not_an_empty_report() -> None:
     import io
 
     import pydicom
-    from pydicom.dataelem import RawDataElement
-    from pydicom.dataset import Dataset
-    from pydicom.filebase import DicomBytesIO
-    from pydicom.filewriter import write_dataset
 
     ds = pydicom.dcmread(next(p for p in SR_FILES if p.name == "test-SR.dcm"))
-    element = ds["ContentSequence"]
-    holder = Dataset()
-    holder.add(element)
-    fp = DicomBytesIO()
-    fp.is_little_endian, fp.is_implicit_VR = True, True
-    write_dataset(fp, holder)
-    value = fp.getvalue()[8:]
-    ds._dict[element.tag] = RawDataElement(element.tag, "UN", len(value), value, 0, False, True)
+    _as_defined_length_un(ds, "ContentSequence")
     buf = io.BytesIO()
     ds.save_as(buf)
     data = buf.getvalue()
@@ -170,20 +167,10 @@ def test_content_sequence_as_un_without_preamble_reads_as_pydicom_does() -> None
     import io
 
     import pydicom
-    from pydicom.dataelem import RawDataElement
-    from pydicom.dataset import Dataset
-    from pydicom.filebase import DicomBytesIO
-    from pydicom.filewriter import dcmwrite, write_dataset
+    from pydicom.filewriter import dcmwrite
 
     ds = pydicom.dcmread(next(p for p in SR_FILES if p.name == "test-SR.dcm"))
-    element = ds["ContentSequence"]
-    holder = Dataset()
-    holder.add(element)
-    fp = DicomBytesIO()
-    fp.is_little_endian, fp.is_implicit_VR = True, True
-    write_dataset(fp, holder)
-    value = fp.getvalue()[8:]
-    ds._dict[element.tag] = RawDataElement(element.tag, "UN", len(value), value, 0, False, True)
+    _as_defined_length_un(ds, "ContentSequence")
     ds.preamble = None
     buf = io.BytesIO()
     dcmwrite(buf, ds, write_like_original=True)
