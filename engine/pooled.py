@@ -12,7 +12,6 @@ unfinished in the store and is resumed after restart.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from concurrent.futures import Future
 
 from engine.backfill.pool import convert_batch, make_executor
 from engine.outcomes import Conversion
@@ -34,11 +33,6 @@ class PooledConverter:
 
     def convert(self, data: bytes) -> Conversion:
         return self.convert_many([data])[0]
-
-    def submit_many(self, payloads: Sequence[bytes]) -> Future[list[Conversion]]:
-        """Convert ``payloads`` (in order) in one conversion process without blocking the caller: one hand-over for
-        the lot (the MLLP listener gathers the messages of all its connections for ``ack: converted``)."""
-        return self._executor.submit(convert_batch, list(payloads))
 
     def convert_many(self, payloads: Sequence[bytes]) -> list[Conversion]:
         """Convert in order; the batch is split into one contiguous chunk per process."""

@@ -7,9 +7,10 @@ are framed by :class:`~engine.sources.mllp_framing.MllpDecoder`. For every messa
 1. **store**: the message store's ``land_async`` (awaited: the loop never blocks on disk), or
    ``landing.land(original bytes)`` in a thread pool for other landings (Kafka);
 2. with ``ack: converted`` (the default), at the same time, convert it (pure, under a millisecond): in the
-   worker's conversion processes when the converter is an :class:`engine.pooled.PooledConverter` (messages of
-   one loop turn share a hand-over), in a pool of N spawned processes with ``convert_processes: N``, else in
-   the thread pool. The message store keeps the result for its worker, which does not convert it again;
+   listener's own conversion process when the converter is an :class:`engine.pooled.PooledConverter`
+   (:class:`engine.conversion_channel.ConversionChannel`, driven from the event loop), in a pool of N spawned
+   processes with ``convert_processes: N``, else in the thread pool. The message store keeps the result for
+   its worker, which does not convert it again;
 3. acknowledge, once both are done, per HL7 v2.5.1 2.9, chosen by the message's own MSH-15/MSH-16
    (:func:`engine.sources.hl7_ack.acknowledgements`):
 
@@ -175,6 +176,7 @@ class MllpListener(MllpIntake):
             self.settings.ack,
             extra={"port": self._port},
         )
+        self._start_channel(loop)
         self._ready.set()
         try:
             loop.run_forever()
@@ -205,9 +207,7 @@ class MllpListener(MllpIntake):
                 task.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=2.0)
-
-    def _open_connections(self) -> int:
-        return len(self._connections)
+        await self._close_channel()
 
     # -- connections ---------------------------------------------------------------------------
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

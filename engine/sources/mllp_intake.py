@@ -5,7 +5,11 @@ table, batches, door rejections) is documented there.
 
 With ``ack: converted`` a message is stored and converted at the same time and acknowledged when both are done.
 A landing that keeps conversions (the message store, ``engine.store_source.PreparedConversions``) gets a future
-of the result together with the row, so the worker takes it instead of converting the message again.
+of the result together with the row, so the worker takes it instead of converting the message again. Where the
+service has conversion processes (:class:`engine.pooled.PooledConverter`), each message goes at once to the
+listener's own conversion process through :class:`engine.conversion_channel.ConversionChannel` (driven from the
+event loop: no thread on the ACK's path; one message per request, so the first of several concurrent messages is
+answered after its own conversion, not after the whole group's).
 """
 
 from __future__ import annotations
@@ -21,9 +25,11 @@ from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
+from engine.conversion_channel import ConversionChannel
 from engine.convert import Converter
 from engine.errors import PermanentError, TransientError
 from engine.outcomes import Conversion
+from engine.pooled import PooledConverter
 from engine.sources.base import CONTENT_HL7V2, Landing
 from engine.sources.door import DoorRejects
 from engine.sources.hl7_ack import (
@@ -56,10 +62,11 @@ log = logging.getLogger("engine.sources.mllp")
 
 _OCTETS = "application/octet-stream"
 _LAND_TIMEOUT_S = 60.0  # a commit that takes longer is answered AE (retry later)
-# messages arriving within this long share one hand-over to the conversion processes (measured: 1 ms cuts the
-# pool's result thread from ~130 to ~80 µs of CPU per message, 4 connections, ACK median unchanged); a group is
-# handed over at once when every open connection has a message in it (none can join: each waits for its ACK)
-_GATHER_S = 0.001
+
+
+def _log_start_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:  # the next message starts it again
+        log.error("mllp: the conversion process for ACKs did not start: %s", task.exception())
 
 
 class MllpIntake:
@@ -81,8 +88,9 @@ class MllpIntake:
         self._hand_over = getattr(landing, "prepared", None) is not None
         self._executor: ThreadPoolExecutor | None = None
         self._pool: ProcessPoolExecutor | None = None
-        self._gathering: list[tuple[bytes, asyncio.Future[Conversion]]] = []  # see _gathered
-        self._gather_timer: asyncio.TimerHandle | None = None
+        # ack: converted with conversion processes: the listener's own one, driven from its event loop
+        # (engine.conversion_channel); started by MllpListener on its loop (_start_channel)
+        self._channel: ConversionChannel | None = None
         self._ack_clock: tuple[int, datetime] = (-1, datetime.now(UTC))  # see _ack_time
         self._bridge: LoopBridge | None = None  # store commits -> the event loop, see _committed
         self.counters: dict[str, int] = dict.fromkeys(
@@ -92,6 +100,21 @@ class MllpIntake:
             ),
             0,
         )  # fmt: skip
+
+    def _start_channel(self, loop: asyncio.AbstractEventLoop) -> None:
+        """With ``ack: converted`` and the worker's conversion processes (:class:`engine.pooled.PooledConverter`;
+        not with ``convert_processes`` > 0, which has its own pool), start the listener's conversion process on
+        ``loop`` now, so that the first message does not wait for it."""
+        if self.settings.ack != "converted" or self._pool is not None:
+            return
+        if not isinstance(self.converter, PooledConverter):
+            return
+        self._channel = ConversionChannel(self.converter.context, self.converter.model)
+        loop.create_task(self._channel.start()).add_done_callback(_log_start_failure)
+
+    async def _close_channel(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
 
     async def _blocking(self, fn: Callable[[], Any]) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
@@ -246,19 +269,19 @@ class MllpIntake:
         result instead of converting a second time (``engine.store_source.PreparedConversions``)."""
         if not converted:
             return await self._store(payload, headers, label, peer), None
-        gathered = self._pool is None and callable(getattr(self.converter, "submit_many", None))
-        # the conversion processes' group hand-over is awaited as is (no task per message); others run in a task
-        conversion_task: asyncio.Future[Conversion] | asyncio.Future[Conversion | None] = (
-            self._gathered(payload) if gathered else asyncio.ensure_future(self._convert(payload, label))
+        # through the channel the request's future is awaited as is (no task per message); others run in a task
+        direct = self._channel is not None
+        conversion_task: asyncio.Future[list[Conversion]] | asyncio.Future[Conversion | None] = (
+            self._submit_direct(payload) if direct else asyncio.ensure_future(self._convert(payload, label))
         )
         hand_over: Future[Conversion | None] | None = Future() if self._hand_over else None
         conversion: Conversion | None = None
         try:
             stored = await self._store(payload, headers, label, peer, hand_over)
-            if gathered:
-                conversion = await self._convert_result(conversion_task, label)
+            if direct:
+                conversion = await self._direct_result(conversion_task, label)  # type: ignore[arg-type]
             else:
-                conversion = await conversion_task
+                conversion = await conversion_task  # type: ignore[assignment]
         finally:
             if hand_over is not None:  # always resolved: the worker may be waiting for it
                 hand_over.set_result(conversion)
@@ -266,21 +289,28 @@ class MllpIntake:
                 conversion_task.cancel()
         return stored, conversion
 
-    async def _convert_result(self, pending: asyncio.Future[Any], label: str) -> Conversion | None:
+    def _submit_direct(self, payload: bytes) -> asyncio.Future[list[Conversion]]:
+        assert self._channel is not None
         try:
-            result: Conversion = await pending
-        except Exception:  # a converter bug: the message is stored, the worker will meet it too
+            return self._channel.submit([payload])
+        except Exception as exc:  # the channel is closed (the listener is stopping)
+            failed: asyncio.Future[list[Conversion]] = asyncio.get_running_loop().create_future()
+            failed.set_exception(exc)
+            return failed
+
+    async def _direct_result(self, pending: asyncio.Future[list[Conversion]], label: str) -> Conversion | None:
+        try:
+            result = await pending
+        except Exception:  # a converter bug or a lost process: the message is stored, the worker converts it
             self.counters["errors"] += 1
             log.error("mllp: conversion for the ACK failed unexpectedly (control id %s)", label, exc_info=True)
             return None
-        return result
+        return result[0]
 
     async def _convert(self, payload: bytes, label: str) -> Conversion | None:
         result: Conversion
         try:
-            if self._pool is None and callable(getattr(self.converter, "submit_many", None)):
-                result = await self._gathered(payload)  # engine.pooled.PooledConverter: its processes
-            elif self._pool is not None:  # another process: the GIL stays with the event loop and the stores
+            if self._pool is not None:  # another process: the GIL stays with the event loop and the stores
                 loop = asyncio.get_running_loop()
                 convert = full_conversion if self._hand_over else slim_conversion  # Bundles only for the worker
                 result = await loop.run_in_executor(self._pool, convert, payload)
@@ -291,57 +321,6 @@ class MllpIntake:
             log.error("mllp: conversion for the ACK failed unexpectedly (control id %s)", label, exc_info=True)
             return None
         return result
-
-    def _gathered(self, payload: bytes) -> asyncio.Future[Conversion]:
-        """Convert in the conversion processes, together with every other message that arrives within
-        ``_GATHER_S`` (one process hand-over and one wake-up per group instead of per message), or at once when
-        every open connection has a message in the group (:meth:`_open_connections`)."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Conversion] = loop.create_future()
-        self._gathering.append((payload, future))
-        if len(self._gathering) >= self._open_connections():  # nobody else can join: waiting is pure latency
-            self._convert_gathered(loop)
-        elif len(self._gathering) == 1:
-            self._gather_timer = loop.call_later(_GATHER_S, self._convert_gathered, loop)
-        return future
-
-    def _open_connections(self) -> int:
-        """How many connections may still add a message to the group being gathered (each has at most one in
-        it: a connection waits for its ACK before it reads on); :class:`engine.sources.mllp.MllpListener` counts
-        its open connections, here unknown."""
-        return 1 << 30
-
-    def _convert_gathered(self, loop: asyncio.AbstractEventLoop) -> None:
-        if self._gather_timer is not None:
-            self._gather_timer.cancel()
-            self._gather_timer = None
-        group, self._gathering = self._gathering, []
-        if not group:
-            return
-        waiting = [future for _, future in group]
-
-        def settle(done: Future[list[Conversion]]) -> None:  # on the event loop
-            exc = done.exception() if not done.cancelled() else asyncio.CancelledError()
-            for i, future in enumerate(waiting):
-                if future.done():
-                    continue
-                if exc is not None:
-                    future.set_exception(exc)
-                else:
-                    future.set_result(done.result()[i])
-
-        try:
-            batch = self.converter.submit_many([payload for payload, _ in group])  # type: ignore[attr-defined]
-        except Exception as exc:  # e.g. the pool is shut down
-            for future in waiting:
-                future.set_exception(exc)
-            return
-
-        def hand_back(done: Future[list[Conversion]]) -> None:  # on the pool's result thread
-            with contextlib.suppress(RuntimeError):  # the listener stopped meanwhile: nobody waits any more
-                loop.call_soon_threadsafe(settle, done)
-
-        batch.add_done_callback(hand_back)
 
     def _count(self, verdict: Verdict) -> None:
         outcome = {"A": "converted", "R": "filtered", "E": "failed"}[verdict.kind]
