@@ -211,12 +211,22 @@ class Sampler:
             time.sleep(self.interval)
 
 
+def machine_cpu() -> tuple[float, float]:
+    """Seconds of CPU the whole machine spent so far: (busy: user, nice, system, irq, softirq, steal; idle and
+    iowait), from the first line of ``/proc/stat``."""
+    with open("/proc/stat") as fh:
+        user, nice, system, idle, iowait, irq, softirq, steal = (int(x) for x in fh.readline().split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / _TICK, (idle + iowait) / _TICK
+
+
 def whole(cfg: Path, src: Path, workers: int, label: str) -> dict[str, Any]:
     report = cfg.parent / "report.json"
+    busy0, idle0 = machine_cpu()
     t0, proc = backfill(cfg, src, workers, report)
     sampler = Sampler()
     sampler.watch(proc)
     elapsed = time.perf_counter() - t0
+    busy1, idle1 = machine_cpu()
     data: dict[str, Any] = json.loads(report.read_text())
     rate = int(data["inputs"]) / elapsed
     parent = sampler.cpu.get(proc.pid, 0.0)
@@ -228,11 +238,13 @@ def whole(cfg: Path, src: Path, workers: int, label: str) -> dict[str, Any]:
         f"thread {sampler.main_thread * per:,.0f} + other threads {(parent - sampler.main_thread) * per:,.0f}, "
         f"workers {others * per:,.0f} us); load average {os.getloadavg()[0]:.1f}; peak RSS: largest process "
         f"{sampler.max_one / 2**20:,.0f} MiB, all processes {sampler.max_sum / 2**20:,.0f} MiB; "
-        f"skipped files {sum(data.get('skipped_files', {}).values())}, rejected {sum(data['rejected'].values())}",
+        f"skipped files {sum(data.get('skipped_files', {}).values())}, rejected {sum(data['rejected'].values())}; "
+        f"whole machine per message (every process and kernel thread, /proc/stat): busy {(busy1 - busy0) * per:,.0f} "
+        f"us, idle {(idle1 - idle0) * per:,.0f} us",
         flush=True,
     )
     data.update(wall_s=elapsed, rss_one=sampler.max_one, rss_sum=sampler.max_sum, report=str(report))
-    data.update(cpu_parent_us=parent * per, cpu_workers_us=others * per)
+    data.update(cpu_parent_us=parent * per, cpu_workers_us=others * per, machine_busy_us=(busy1 - busy0) * per)
     return data
 
 
@@ -347,6 +359,14 @@ def main() -> None:
         f"CPU per message (medians): parent {cpu_p:,.0f} us (2 workers), workers {cpu_w:,.0f} us: on 2 idle cores "
         f"2 workers can reach at most 2 x {cpu_w:,.0f} / ({cpu_w:,.0f} + {cpu_p:,.0f}) = "
         f"{2 * cpu_w / (cpu_w + cpu_p):.2f}x one worker (less the kernel's writeback)",
+        flush=True,
+    )
+    busy = statistics.median(r["machine_busy_us"] for r in results[2])
+    cores = os.cpu_count() or 1
+    print(
+        f"whole machine busy per message with 2 workers (median): {busy:,.0f} us: {cores} cores can give at most "
+        f"{cores * 1e6 / busy:,.0f} msg/s = {cores * 1e6 / busy * one / n_cmp:.2f}x the 1-worker rate, whatever the "
+        f"split between parent and workers",
         flush=True,
     )
     full = whole(config(work / "w2"), work / "in-oru", 2, "all cores = 2 workers, the whole input")
