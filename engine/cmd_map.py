@@ -43,6 +43,7 @@ import yaml
 from engine.backfill.checkpoint import MemoryCheckpoint
 from engine.backfill.formats import iter_files
 from engine.backfill.run import Interrupted, Options, auto_workers, run_backfill
+from engine.backfill.spill import SpillMap
 from engine.backfill.staging import Staging
 from engine.outcomes import Output
 from engine.sources.base import Envelope
@@ -124,7 +125,7 @@ class _Bundles:
 
     def __init__(self, out: Path | None) -> None:
         self.out = out
-        self.ids: set[str] = set()
+        self.ids = SpillMap()  # distinct Bundle ids, bounded memory (engine.backfill.spill)
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
 
@@ -214,16 +215,19 @@ def _run(args: argparse.Namespace) -> int:
     if args.out is not None:  # the workers write the files (no sync: the inputs stay in place)
         staging = Staging(args.out, sync=False, dead_letters=functools.partial(RejectedFiles, args.out))
     options = Options(workers=workers, limit=ctx.max_message_bytes, model=model, staging=staging)
+    seen = MemoryCheckpoint()
     try:
-        tally = run_backfill(
-            files, ctx, [bundles], rejected, MemoryCheckpoint(), options=options, published=bundles.ids.add
-        )
+        tally = run_backfill(files, ctx, [bundles], rejected, seen, options=options, published=bundles.ids.add)
     except Interrupted as exc:
         print(f"engine map: {exc}", file=sys.stderr)
         return 130
+    finally:
+        seen.close()
+    distinct = len(bundles.ids)
+    bundles.ids.close()
     summary = {
         "inputs": tally.inputs,
-        "bundles": len(bundles.ids),
+        "bundles": distinct,
         "bundles_counted": "distinct Bundle ids (a resend of the same Bundle overwrites its file)",
         "outputs": tally.outputs,
         "duplicates": tally.duplicates,
@@ -234,7 +238,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.out is not None:
         write_atomic(args.out / "summary.json", json.dumps(summary, indent=2).encode("utf-8") + b"\n")
         print(
-            f"{tally.inputs} messages, {len(bundles.ids)} bundles, {sum(tally.filtered.values())} filtered, "
+            f"{tally.inputs} messages, {distinct} bundles, {sum(tally.filtered.values())} filtered, "
             f"{tally.duplicates} duplicates, {len(rejected.items)} rejected, {len(rejected.skipped)} skipped files "
             f"-> {args.out}",
             file=sys.stderr,

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from engine.backfill.formats import InputFile
+from engine.backfill.spill import SpillMap
 
 __all__ = ["Checkpoint", "MemoryCheckpoint", "SqliteCheckpoint", "job_id"]
 
@@ -197,10 +198,12 @@ class SqliteCheckpoint:
 
 
 class MemoryCheckpoint:
-    """No persistence (``engine map``): duplicates are still recognised within the run."""
+    """No persistence (``engine map``): duplicates are still recognised within the run; the keys stay in
+    memory up to ``spill_at`` of them (default :data:`engine.backfill.spill.SPILL_AT`), then move to a
+    temporary file (:class:`engine.backfill.spill.SpillMap`): bounded memory whatever the input size."""
 
-    def __init__(self) -> None:
-        self._seen: dict[bytes, str] = {}
+    def __init__(self, spill_at: int | None = None) -> None:
+        self._seen = SpillMap(spill_at)
 
     def counts(self) -> dict[str, Any] | None:
         return None
@@ -222,4 +225,4 @@ class MemoryCheckpoint:
         return None
 
     def close(self) -> None:
-        return None
+        self._seen.close()
