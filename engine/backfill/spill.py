@@ -6,7 +6,7 @@ Bundle ids for ``summary.json``. Held in dicts and sets those grow by ~260 bytes
 messages, 59 MB peak RSS), ~1.3 GB for a 5,000,000-message archive. :class:`SpillMap` moves its entries into a
 SQLite file past ``limit`` (default 262,144: ~40 MB each in memory at most; measured: 80 MB for the key map
 and the id set together at the limit, 100 MB after 300,000 more each) and answers from there on: memory
-stays bounded whatever the input size, at ~3-5 µs per look-up once spilled (no cost before).
+stays bounded whatever the input size, at ~7-8 µs per look-up once spilled (no cost before).
 
 The file lives in the system's temporary directory (``TMPDIR``) and is unlinked as soon as it is open (Linux
 keeps it while the connection holds it; ``journal_mode=OFF``: no other file), so nothing is left behind even
