@@ -85,7 +85,7 @@ def read_observations(
         status = obx[11].strip() if size > 11 else ""
         if not status and size > 10:
             status = _result_status(obx)  # OBX-11 drifted to OBX-10
-        skipping = status in _RETRACTED_ANY_CASE
+        skipping = status in _RETRACTED_ANY_CASE or (len(status) > 1 and _retracted_word(status))
         if skipping:
             out.retracted += 1
             continue
@@ -233,11 +233,22 @@ def _result_status(obx: list[str]) -> str:
 # patient", D "delete the OBX record". Such a row never reaches text, notes, findings or narrative.
 _RETRACTED = frozenset({"W", "D"})
 _RETRACTED_ANY_CASE = _RETRACTED | frozenset({"w", "d"})  # a one-letter status is read case-blind
+# The same two values as word statuses (mappings.md §7.14: senders that write "Final" write these too); the
+# status vocabulary (status.py) reads them as entered-in-error, so a row is never both withdrawn and published.
+_RETRACTED_WORDS = frozenset({
+    "WRONG", "WRONG PATIENT", "DELETED", "DELETE", "ENTERED IN ERROR", "IN ERROR", "ERROR", "WITHDRAWN",
+})  # fmt: skip
+
+
+def _retracted_word(status: str) -> bool:
+    return " ".join(status.replace("_", " ").replace("-", " ").upper().split()) in _RETRACTED_WORDS
 
 
 def retracted(obx: list[str]) -> bool:
-    """Is this OBX withdrawn by its result status (OBX-11 ``W`` or ``D``, also when drifted to OBX-10)?"""
-    return _result_status(obx).strip().upper() in _RETRACTED
+    """Is this OBX withdrawn by its result status (OBX-11 ``W`` or ``D`` or their word forms, also when drifted
+    to OBX-10)?"""
+    status = _result_status(obx).strip()
+    return status.upper() in _RETRACTED or (len(status) > 1 and _retracted_word(status))
 
 
 def _uid_label(text: str) -> bool:

@@ -1,0 +1,101 @@
+"""Mapping faults found by the second review (README "Mapping review (second tryout)"): variants of the field
+reports and of mappings.md §7 the first tryout did not cover. Each test names the right value and its rule and
+fails on the engine before its fix."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.hl7v2.helpers import one, resources
+from tests.hl7v2.test_field_reports import convert_one, message
+
+GDT = "OBX|2|TX|71020&GDT|1|Heart size normal.||||||F"
+IMP = "OBX|3|TX|71020&IMP|1|No acute process.||||||F"
+UNCERTAIN = "http://hl7.org/fhir/StructureDefinition/uncertainPeriod"
+
+
+def _times(data: bytes, msh7: str, obr7: str, obr22: str) -> bytes:
+    """The helper's message with other MSH-7, OBR-7 and OBR-22 values."""
+    return (
+        data.replace(b"20261130101500+0100", msh7.encode())
+        .replace(b"20261130093000+0100", obr7.encode())
+        .replace(b"20261130101000+0100", obr22.encode())
+    )
+
+
+# --- the sender's zone: any offset the sender's own times declare (HL7 v2.5.1 2.A.22) --------------------------
+
+
+@pytest.mark.parametrize(
+    ("msh7", "obr7", "obr22", "issued", "effective"),
+    [
+        # OBR-7 carries the offset, MSH-7 and OBR-22 do not. Was: issued 10:10+00:00 (one hour off) and nothing
+        # marked uncertain, because OBR-7 had an offset.
+        ("20261130101500", "20261130093000+0100", "20261130101000", "2026-11-30T10:10:00+01:00",
+         "2026-11-30T09:30:00+01:00"),
+        # OBR-22 carries it: OBR-7 is in the same (sender's) zone. Was: 09:30:00+00:00.
+        ("20261130101500", "20261130093000", "20261130101000-0500", "2026-11-30T10:10:00-05:00",
+         "2026-11-30T09:30:00-05:00"),
+        # MSH-7 carries it (the first tryout's rule, kept).
+        ("20261130101500+0100", "20261130093000", "20261130101000", "2026-11-30T10:10:00+01:00",
+         "2026-11-30T09:30:00+01:00"),
+    ],
+)  # fmt: skip
+def test_a_time_without_offset_takes_the_offset_the_senders_times_declare(
+    converter: Any, msh7: str, obr7: str, obr22: str, issued: str, effective: str
+) -> None:
+    """2.A.22: a DTM without an offset is in the sender's local zone; the offset any of the sender's own times
+    (MSH-7, OBR-22, OBR-7) declares is that zone's, so the others take it; nothing is marked uncertain."""
+    b = convert_one(converter, _times(message(GDT, IMP), msh7, obr7, obr22))
+    dr = one(b, "DiagnosticReport")
+    assert dr["issued"] == issued and b["timestamp"] == issued
+    assert dr["effectiveDateTime"] == effective
+    assert "_effectiveDateTime" not in dr and "_date" not in one(b, "Composition")
+
+
+def test_no_offset_anywhere_is_the_default_and_marked_uncertain(converter: Any) -> None:
+    """No offset in any time and no profile zone: the deployment default, and every source dateTime carries the
+    IG's uncertainPeriod (eu-imaging.md §2.5) - the tryout's behaviour, kept."""
+    b = convert_one(converter, _times(message(GDT, IMP), "20261130101500", "20261130093000", "20261130101000"))
+    dr = one(b, "DiagnosticReport")
+    assert dr["issued"] == "2026-11-30T10:10:00+00:00"
+    assert dr["_effectiveDateTime"]["extension"][0]["url"] == UNCERTAIN
+
+
+# --- OBX-11 / OBR-25 W and D as word statuses (table 0085 / 0123; mappings.md §7.14) ----------------------------
+
+
+@pytest.mark.parametrize("word", ["Deleted", "Wrong", "WRONG PATIENT", "Entered in error", "entered-in-error"])
+def test_word_status_withdrawn_rows_are_left_out(converter: Any, word: str) -> None:
+    """A sender writing word statuses (``Final``) writes W/D as words too: such a row is withdrawn like ``W``.
+    Was: its text in the section, note and anchor finding."""
+    rows = (
+        f"OBX|2|TX|71020&GDT|1|Posted to the wrong chart.||||||{word}",
+        "OBX|3|TX|71020&GDT|1|Corrected text: lungs clear.||||||Final",
+        "OBX|4|TX|71020&IMP|1|Normal.||||||Final",
+    )
+    b = convert_one(converter, message(*rows, obr25="Corrected"))
+    assert "wrong chart" not in str(b)
+    assert [n["text"] for n in one(b, "DiagnosticReport")["note"]] == ["Corrected text: lungs clear.", "Normal."]
+
+
+def test_every_row_withdrawn_by_word_is_filtered(converter: Any) -> None:
+    result = converter.convert(
+        message("OBX|2|TX|71020&GDT|1|Wrong chart.||||||Deleted", "OBX|3|TX|71020&IMP|1|X.||||||Deleted")
+    )
+    assert not result.outputs and not result.rejections
+    [filtered] = result.filtered
+    assert filtered.reason == "all report content retracted (OBX-11 W/D)"
+
+
+@pytest.mark.parametrize("word", ["Deleted", "Entered in Error", "Wrong Patient"])
+def test_obr25_word_withdrawal_publishes_no_text(converter: Any, word: str) -> None:
+    """OBR-25 ``Deleted``: the report is entered-in-error, its text never published (as OBR-25 W/D). Was: an
+    unknown word, so the status came from OBX-11 (``final``) and the withdrawn text was published."""
+    b = convert_one(converter, message(GDT, IMP, obr25=word))
+    dr = one(b, "DiagnosticReport")
+    assert dr["status"] == "entered-in-error"
+    assert "Heart size normal" not in str(b) and "No acute process" not in str(b)
+    assert all(o["status"] == "entered-in-error" for o in resources(b, "Observation"))
