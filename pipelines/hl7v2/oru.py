@@ -165,7 +165,8 @@ def _map_patient_result(
                 continue
             if any(_has_content(c) for c in contents):
                 continue  # orders listed before the report group are attached below
-        reports.append(_report(group, content, order, d, patient, performer, profile, base, tz, msh7, control_id, tz_assumed))
+        report = _report(group, content, order, d, patient, performer, profile, base, tz, msh7, control_id, tz_assumed)
+        reports.append(report)
     if not reports or not any(_has_content(c) for c in contents):
         reason = "no report content: no text, coded finding or document in any OBX"
         updates = [_status_update(g, d, patient, profile, base, tz, msh7, control_id) for g in groups]
