@@ -360,6 +360,8 @@ def _encapsulated(raw5: str, d: Delimiters, charset: str) -> Attachment | str:
         mime = f"{kind.lower() or 'application'}/{subtype.lower() or 'octet-stream'}"
     if encoding.upper() == "BASE64":
         payload = re.sub(r"\s+", "", unescape(data, d))
+        if len(payload) % 4 in (2, 3):  # padding left out (RFC 4648 §3.2): the length says what it was
+            payload += "=" * (-len(payload) % 4)
         try:
             base64.b64decode(payload, validate=True)
         except ValueError:

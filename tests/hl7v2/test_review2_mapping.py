@@ -99,3 +99,42 @@ def test_obr25_word_withdrawal_publishes_no_text(converter: Any, word: str) -> N
     assert dr["status"] == "entered-in-error"
     assert "Heart size normal" not in str(b) and "No acute process" not in str(b)
     assert all(o["status"] == "entered-in-error" for o in resources(b, "Observation"))
+
+
+# --- vital signs in a report (FHIR R5 core vital-signs profile) -------------------------------------------------
+
+
+def test_vital_sign_result_carries_the_vital_signs_category(converter: Any) -> None:
+    """FHIR R5: an Observation coded with a vital-sign LOINC code (body weight 29463-7, heart rate 8867-4, ...)
+    SHALL conform to the core vital-signs profile, whose category slice VSCat is 1..1. Was: no category, three
+    official-validator errors (VSCat missing, result not matching ObservationFindingEuImaging, Bundle slice)."""
+    rows = (
+        "OBX|2|NM|29463-7^Body weight^LN||80|kg^^UCUM|||||F",
+        "OBX|3|NM|8867-4^Heart rate^LN||72|/min^^UCUM|||||F",
+        "OBX|4|NM|11348-0^Something else^LN||3|cm^^UCUM|||||F",
+        GDT,
+    )
+    b = convert_one(converter, message(*rows))
+    by_code = {o["code"]["coding"][0]["code"]: o for o in resources(b, "Observation") if "valueQuantity" in o}
+    vs = {"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs"}
+    for code in ("29463-7", "8867-4"):
+        [category] = by_code[code]["category"]
+        assert {k: category["coding"][0][k] for k in vs} == vs
+    assert "category" not in by_code["11348-0"]
+
+
+# --- ED Base64 without its padding (RFC 4648 §3.2) ---------------------------------------------------------------
+
+
+def test_ed_base64_without_padding_is_read(converter: Any) -> None:
+    """Padding left out of Base64 data is implied by the length: the document is read, not dead-lettered. Was:
+    rejected "not valid Base64". A length that cannot be Base64 (4n+1) is still rejected."""
+    import base64
+
+    pdf = b"%PDF-1.4\n" + bytes(range(256)) + b"\n%%EOF"  # 272 bytes: Base64 ends in "=="
+    data = base64.b64encode(pdf).decode().rstrip("=")
+    b = convert_one(converter, message(GDT, f"OBX|3|ED|PDF^Report^L||^application^pdf^Base64^{data}||||||F"))
+    [form] = one(b, "DiagnosticReport")["presentedForm"]
+    assert base64.b64decode(form["data"]) == pdf
+    bad = converter.convert(message(GDT, f"OBX|3|ED|PDF^Report^L||^application^pdf^Base64^{data}AAA||||||F"))
+    assert not bad.outputs and "not valid Base64" in bad.rejections[0].reason
