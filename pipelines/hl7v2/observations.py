@@ -69,6 +69,7 @@ def read_observations(
     skipping = False  # NTE comments of a retracted OBX are retracted with it
     rep, esc, clean = d.repetition, d.escape, d.clean
     observations = 0
+    ed_run: list[tuple[int, tuple[str, str], str]] = []  # (row, (OBX-3, OBX-4), OBX-5) of consecutive ED rows
     for n, obx in enumerate(obx_rows, start=1):
         if obx[0] == "NTE":  # NTE-3 comment: narrative of the section of the row it follows
             if skipping:
@@ -112,11 +113,14 @@ def read_observations(
             out.forms.append(pointer)
             continue
         if vtype == "ED":
-            form = _encapsulated(raw5, d, charset)
-            if isinstance(form, Attachment):
-                out.forms.append(form)
-            elif raw5.strip():  # a document was sent but cannot be read: never dropped in silence
-                out.broken.append(f"OBX {n} (ED): {form}")
+            # Consecutive ED rows of one observation (same OBX-3 and OBX-4 sub-ID, 7.4.2.4) are one document
+            # sent in pieces, as consecutive text rows are one text: read once, joined.
+            ed_key = (raw3, obx[4] if size > 4 else "")
+            if ed_run and ed_run[-1][0] == n - 1 and ed_run[-1][1] == ed_key:
+                ed_run.append((n, ed_key, raw5))
+            else:
+                _flush_encapsulated(ed_run, out, d, charset)
+                ed_run = [(n, ed_key, raw5)]
             continue
         if vtype in _CODED:
             is_text = not raw5.split(d.component, 1)[0].strip()  # CE without a code: text ("^Mass left lobe")
@@ -184,6 +188,7 @@ def read_observations(
                         texts[section] = []
                         order.append(section)
                     texts[section].append(words)
+    _flush_encapsulated(ed_run, out, d, charset)
     out.observations = observations
     for key in order:
         text = "\n".join(texts[key]).strip("\n")
@@ -342,11 +347,53 @@ def _reference_pointer(raw5: str, d: Delimiters) -> Attachment | None:
     return Attachment(content_type=mime, data_b64="", url=url)
 
 
-def _encapsulated(raw5: str, d: Delimiters, charset: str) -> Attachment | str:
-    """ED: source application ^ type of data ^ data subtype ^ encoding ^ data (HL7 v2 2.A.24); the reason
-    (without content) when the document cannot be read."""
+def _flush_encapsulated(
+    run: list[tuple[int, tuple[str, str], str]], out: GroupContent, d: Delimiters, charset: str
+) -> None:
+    """Read one run of ED rows (one document, see the caller) into ``out.forms``, or say why it cannot be read."""
+    if not run:
+        return
+    raws = [raw5 for _, _, raw5 in run]
+    form = _encapsulated(raws[0], d, charset, [_ed_data(r, d) for r in raws[1:]])
+    if isinstance(form, Attachment):
+        out.forms.append(form)
+    elif any(r.strip() for r in raws):  # a document was sent but cannot be read: never dropped in silence
+        out.broken.append(f"OBX {run[0][0]} (ED): {form}")
+    run.clear()
+
+
+def _ed_data(raw5: str, d: Delimiters) -> str:
+    """The data (ED.5) of a continuation row: after the four header components, or the whole value when the
+    row carries only data."""
     parts = raw5.split(d.component)
-    if len(parts) < 5 or not d.component.join(parts[4:]).strip():
+    return d.component.join(parts[4:]) if len(parts) >= 5 else raw5
+
+
+def _join_base64(pieces: list[str]) -> str | None:
+    """Base64 sent in pieces: split anywhere (join the text) or each piece encoded on its own (join the
+    bytes). Padding left out is implied by the length (RFC 4648 §3.2). None when it is not Base64."""
+    joined = "".join(pieces)
+    for candidate in ([joined], pieces) if len(pieces) > 1 else ([joined],):
+        data = b""
+        try:
+            for piece in candidate:
+                if len(piece) % 4 in (2, 3):
+                    piece += "=" * (-len(piece) % 4)
+                data += base64.b64decode(piece, validate=True)
+        except ValueError:
+            continue
+        return base64.b64encode(data).decode("ascii") if candidate is pieces else candidate[0] + "=" * (
+            -len(candidate[0]) % 4
+        )
+    return None
+
+
+def _encapsulated(raw5: str, d: Delimiters, charset: str, more: list[str] | None = None) -> Attachment | str:
+    """ED: source application ^ type of data ^ data subtype ^ encoding ^ data (HL7 v2 2.A.24); ``more``: the
+    data of continuation rows. The reason (without content) when the document cannot be read."""
+    parts = raw5.split(d.component)
+    rest = "".join(more or ())
+    if len(parts) < 5 or not (d.component.join(parts[4:]) + rest).strip():
         return "the encapsulated document has no data (ED.5)"
     kind, subtype, encoding = (unescape(p, d).strip() for p in parts[1:4])
     data = d.component.join(parts[4:])
@@ -358,22 +405,20 @@ def _encapsulated(raw5: str, d: Delimiters, charset: str) -> Attachment | str:
         mime = "application/hl7-cda+xml" if "CDA" in subtype.upper() else "text/xml"
     else:
         mime = f"{kind.lower() or 'application'}/{subtype.lower() or 'octet-stream'}"
+    pieces = [data, *(more or ())]
     if encoding.upper() == "BASE64":
-        payload = re.sub(r"\s+", "", unescape(data, d))
-        if len(payload) % 4 in (2, 3):  # padding left out (RFC 4648 §3.2): the length says what it was
-            payload += "=" * (-len(payload) % 4)
-        try:
-            base64.b64decode(payload, validate=True)
-        except ValueError:
+        joined = _join_base64([re.sub(r"\s+", "", unescape(p, d)) for p in pieces])
+        if joined is None:
             return "the encapsulated document data is not valid Base64 (ED.4 Base64)"
-        b64 = payload
+        b64 = joined
     elif encoding.upper() == "HEX":
         try:
-            b64 = base64.b64encode(bytes.fromhex(unescape(data, d))).decode("ascii")
+            b64 = base64.b64encode(bytes.fromhex("".join(unescape(p, d) for p in pieces))).decode("ascii")
         except ValueError:
             return "the encapsulated document data is not valid hexadecimal (ED.4 Hex)"
     else:  # A / ASCII / none: escaped text
-        b64 = base64.b64encode(unescape(data, d, charset).encode("utf-8")).decode("ascii")
+        text = "".join(unescape(p, d, charset) for p in pieces)
+        b64 = base64.b64encode(text.encode("utf-8")).decode("ascii")
     if mime == "text/xml" and "ClinicalDocument" in base64.b64decode(b64)[:2000].decode("utf-8", "ignore"):
         mime = "application/hl7-cda+xml"
     return Attachment(content_type=mime, data_b64=b64)

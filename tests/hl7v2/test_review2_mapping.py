@@ -138,3 +138,53 @@ def test_ed_base64_without_padding_is_read(converter: Any) -> None:
     assert base64.b64decode(form["data"]) == pdf
     bad = converter.convert(message(GDT, f"OBX|3|ED|PDF^Report^L||^application^pdf^Base64^{data}AAA||||||F"))
     assert not bad.outputs and "not valid Base64" in bad.rejections[0].reason
+
+
+# --- one ED document sent in several OBX rows (OBX-4 sub-ID, 7.4.2.4) ---------------------------------------------
+
+_PDF = b"%PDF-1.4\n" + bytes(range(256)) * 2 + b"\n%%EOF"
+
+
+def _ed(n: int, sub: str, data: str) -> str:
+    return f"OBX|{n}|ED|PDF^Report^L|{sub}|^application^pdf^Base64^{data}||||||F"
+
+
+def _pieces(kind: str) -> list[str]:
+    import base64
+
+    text = base64.b64encode(_PDF).decode()
+    if kind == "text split anywhere":
+        return [text[:401], text[401:]]
+    if kind == "each piece encoded":
+        return [base64.b64encode(_PDF[:301]).decode(), base64.b64encode(_PDF[301:]).decode()]
+    return [text[:400], text[400:]]  # split on a 4-character boundary
+
+
+@pytest.mark.parametrize("kind", ["text split anywhere", "each piece encoded", "split on a boundary"])
+def test_ed_document_in_several_rows_of_one_observation_is_one_document(converter: Any, kind: str) -> None:
+    """Rows with the same OBX-3 and OBX-4 are one observation: their ED data is one document. Was: each piece a
+    document of its own (two broken PDFs published) or the report rejected as "not valid Base64"."""
+    import base64
+
+    first, second = _pieces(kind)
+    b = convert_one(converter, message(GDT, _ed(3, "1", first), _ed(4, "1", second)))
+    [form] = one(b, "DiagnosticReport")["presentedForm"]
+    assert base64.b64decode(form["data"]) == _PDF
+
+
+def test_ed_continuation_row_with_data_only(converter: Any) -> None:
+    import base64
+
+    first, second = _pieces("text split anywhere")
+    rows = (GDT, _ed(3, "1", first), f"OBX|4|ED|PDF^Report^L|1|{second}||||||F")
+    [form] = one(convert_one(converter, message(*rows)), "DiagnosticReport")["presentedForm"]
+    assert base64.b64decode(form["data"]) == _PDF
+
+
+def test_two_documents_with_their_own_sub_ids_stay_two(converter: Any) -> None:
+    import base64
+
+    one_pdf = base64.b64encode(_PDF).decode()
+    b = convert_one(converter, message(GDT, _ed(3, "1", one_pdf), _ed(4, "2", one_pdf)))
+    forms = one(b, "DiagnosticReport")["presentedForm"]
+    assert [base64.b64decode(f["data"]) for f in forms] == [_PDF, _PDF]
