@@ -188,3 +188,28 @@ def test_two_documents_with_their_own_sub_ids_stay_two(converter: Any) -> None:
     b = convert_one(converter, message(GDT, _ed(3, "1", one_pdf), _ed(4, "2", one_pdf)))
     forms = one(b, "DiagnosticReport")["presentedForm"]
     assert [base64.b64decode(f["data"]) for f in forms] == [_PDF, _PDF]
+
+
+# --- four-digit hex escapes written as UTF-16 code units (field report 02's kind) --------------------------------
+
+
+def test_four_digit_hex_escapes_as_code_units(converter: Any) -> None:
+    """``\\X041F\\`` is ``П`` written as its UTF-16 code unit (the HL7-dotnetcore writers' form of field report 02's
+    ``\\X000d\\``); read as bytes it is EOT + US, no text at all, and the word vanished. Where the byte reading gives
+    control characters and the code-unit reading gives text, the code units are meant; ``\\X000D\\``,
+    ``\\X00E9\\``, ``\\XC3A4\\`` (UTF-8 bytes) read as before."""
+    b = "\\"
+    text = "".join(f"{b}X{ord(c):04X}{b}" for c in "Плевра") + " свободна." + f"{b}X000D{b}{b}X000A{b}Caf{b}X00E9{b}"
+    rows = (f"OBX|2|TX|71020&GDT|1|{text} T{b}XC3A4{b}glich.||||||F", IMP)
+    pid5 = "".join(f"{b}X{ord(c):04X}{b}" for c in "Жуков") + "^Anna"
+    bundle = convert_one(converter, message(*rows, pid5=pid5))
+    notes = [n["text"] for n in one(bundle, "DiagnosticReport")["note"]]
+    assert notes[0] == "Плевра свободна.\nCafé Täglich."
+    assert one(bundle, "Patient")["name"][0]["family"] == "Жуков"
+
+
+def test_a_control_character_escape_stays_dropped(converter: Any) -> None:
+    b = "\\"
+    rows = (f"OBX|2|TX|71020&GDT|1|Bell{b}X0007{b}here, nul{b}X0000{b}there.||||||F", IMP)
+    notes = [n["text"] for n in one(convert_one(converter, message(*rows)), "DiagnosticReport")["note"]]
+    assert notes[0] == "Bellhere, nulthere."
