@@ -213,3 +213,23 @@ def test_a_control_character_escape_stays_dropped(converter: Any) -> None:
     rows = (f"OBX|2|TX|71020&GDT|1|Bell{b}X0007{b}here, nul{b}X0000{b}there.||||||F", IMP)
     notes = [n["text"] for n in one(convert_one(converter, message(*rows)), "DiagnosticReport")["note"]]
     assert notes[0] == "Bellhere, nulthere."
+
+
+# --- the sender profile's charset when MSH-18 names the default (ASCII) or a UTF-8 the bytes are not -------------
+
+
+@pytest.mark.parametrize("msh18", ["ASCII", "UNICODE UTF-8"])
+def test_sender_profile_charset_when_msh18_is_ascii_or_a_false_utf8(msh18: str) -> None:
+    """MSH-18 ``ASCII`` is HL7's default for an empty MSH-18 (2.15.9.18), and a ``UNICODE UTF-8`` whose bytes are
+    not UTF-8 names no set the bytes are in: both are read like an empty MSH-18, so the sender profile's
+    ``charset`` (Windows-1250 here) applies. Was: the profile ignored, ``Za¿ó³æ`` published."""
+    from engine.convert import Converter
+    from pipelines.context import MappingContext
+    from tests.hl7v2.helpers import bundles
+    from tests.hl7v2.test_tryout_mapping import _in_charset, _published_text
+
+    data = _in_charset("Zażółć gęślą jaźń.", msh18, "cp1250")
+    north = {"name": "north", "sending_facility": "NORTHCLINIC", "charset": "windows-1250"}
+    [b] = bundles(Converter(MappingContext.from_mapping({"senders": [north]})).convert(data))
+    assert one(b, "Patient")["name"][0] == {"family": "Łódź", "given": ["Zażółć"]}
+    assert "Zażółć gęślą jaźń." in _published_text(b)
