@@ -354,6 +354,15 @@ def _flush_encapsulated(
     if not run:
         return
     raws = [raw5 for _, _, raw5 in run]
+    if len(raws) > 1:
+        # Whole documents one after the other under one sub-ID (senders leave OBX-4 empty): each row reads alone
+        # and starts with the same file signature (``%PDF``); a continuation piece never does.
+        alone = [_encapsulated(r, d, charset) for r in raws]
+        heads = {base64.b64decode(f.data_b64[:8])[:4] if isinstance(f, Attachment) else b"" for f in alone}
+        if len(heads) == 1 and len(next(iter(heads))) == 4:
+            out.forms.extend(f for f in alone if isinstance(f, Attachment))
+            run.clear()
+            return
     form = _encapsulated(raws[0], d, charset, [_ed_data(r, d) for r in raws[1:]])
     if isinstance(form, Attachment):
         out.forms.append(form)

@@ -233,3 +233,14 @@ def test_sender_profile_charset_when_msh18_is_ascii_or_a_false_utf8(msh18: str) 
     [b] = bundles(Converter(MappingContext.from_mapping({"senders": [north]})).convert(data))
     assert one(b, "Patient")["name"][0] == {"family": "Łódź", "given": ["Zażółć"]}
     assert "Zażółć gęślą jaźń." in _published_text(b)
+
+
+def test_whole_documents_under_one_empty_sub_id_stay_separate(converter: Any) -> None:
+    """Senders leave OBX-4 empty on two whole PDFs in a row: each reads alone and starts with ``%PDF``, so they
+    are two documents, not one joined file."""
+    import base64
+
+    other = _PDF.replace(b"%%EOF", b"%%EOF\n")
+    rows = (GDT, _ed(3, "", base64.b64encode(_PDF).decode()), _ed(4, "", base64.b64encode(other).decode()))
+    forms = one(convert_one(converter, message(*rows)), "DiagnosticReport")["presentedForm"]
+    assert [base64.b64decode(f["data"]) for f in forms] == [_PDF, other]
