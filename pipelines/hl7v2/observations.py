@@ -12,6 +12,7 @@ attachments; coded and numeric rows become findings.
 from __future__ import annotations
 
 import base64
+import functools
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -245,7 +246,8 @@ _RETRACTED_WORDS = frozenset({
 })  # fmt: skip
 
 
-def _retracted_word(status: str) -> bool:
+@functools.lru_cache(maxsize=256)
+def _retracted_word(status: str) -> bool:  # cached: a feed repeats a handful of word statuses on every row
     return " ".join(status.replace("_", " ").replace("-", " ").upper().split()) in _RETRACTED_WORDS
 
 
