@@ -455,6 +455,9 @@ def _finding(
             f.value_time = when
         else:
             f.value_date_time = when
+        # narrative shows the value as sent (precision, offset only when sent), never the FHIR padding/zone
+        first = unescape(raw5.split(d.repetition)[0].split(d.component)[0], d)
+        f.value_display = dt.dtm_text(first, time_only=vtype == "TM")
     elif vtype in _PLAIN_VALUES:
         value = " ".join(
             " ".join(unescape(c, d) for c in r.split(d.component) if c.strip()) for r in repetitions(raw5, d)

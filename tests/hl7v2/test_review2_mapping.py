@@ -244,3 +244,32 @@ def test_whole_documents_under_one_empty_sub_id_stay_separate(converter: Any) ->
     rows = (GDT, _ed(3, "", base64.b64encode(_PDF).decode()), _ed(4, "", base64.b64encode(other).decode()))
     forms = one(convert_one(converter, message(*rows)), "DiagnosticReport")["presentedForm"]
     assert [base64.b64decode(f["data"]) for f in forms] == [_PDF, other]
+
+
+# --- date/time results in the section narrative: as sent (the SR side's "related smaller faults", HL7 side) -------
+
+
+def test_date_time_results_in_narrative_show_the_value_as_sent(converter: Any) -> None:
+    """A DTM result without an offset was rendered in the section XHTML as its FHIR value with the default zone
+    (``2026-11-30T09:45:00+00:00``: an offset nobody sent, seconds nobody wrote) and TM ``0930`` as ``09:30:00``.
+    Like SR DATE/TIME/DATETIME items: precision as written, an offset only when sent. The FHIR values keep
+    what FHIR requires."""
+    rows = (
+        GDT,
+        "OBX|3|TM|11111-1^Injection time^L||0930||||||F",
+        "OBX|4|DT|11112-1^Prior exam date^L||20250115||||||F",
+        "OBX|5|DTM|11113-1^Contrast given^L||202611300945||||||F",
+        "OBX|6|TS|11114-1^Other^L||20261130094512.5+0200||||||F",
+    )
+    data = _times(message(*rows), "20261130101500", "20261130093000", "20261130101000")
+    b = convert_one(converter, data)
+    div = next(
+        s["text"]["div"] for s in one(b, "Composition")["section"] if "Injection time" in s["text"]["div"]
+    )
+    for shown in ("Injection time: 09:30<", "Prior exam date: 2025-01-15", "Contrast given: 2026-11-30 09:45<",
+                  "Other: 2026-11-30 09:45:12.5 +02:00"):  # fmt: skip
+        assert shown in div, div
+    assert "+00:00" not in div and "T09:45" not in div
+    values = {o["code"]["coding"][0]["code"]: o for o in resources(b, "Observation")}
+    assert values["11111-1"]["valueTime"] == "09:30:00"
+    assert values["11113-1"]["valueDateTime"] == "2026-11-30T09:45:00+00:00"
