@@ -263,9 +263,7 @@ def test_date_time_results_in_narrative_show_the_value_as_sent(converter: Any) -
     )
     data = _times(message(*rows), "20261130101500", "20261130093000", "20261130101000")
     b = convert_one(converter, data)
-    div = next(
-        s["text"]["div"] for s in one(b, "Composition")["section"] if "Injection time" in s["text"]["div"]
-    )
+    div = next(s["text"]["div"] for s in one(b, "Composition")["section"] if "Injection time" in s["text"]["div"])
     for shown in ("Injection time: 09:30<", "Prior exam date: 2025-01-15", "Contrast given: 2026-11-30 09:45<",
                   "Other: 2026-11-30 09:45:12.5 +02:00"):  # fmt: skip
         assert shown in div, div
@@ -273,3 +271,30 @@ def test_date_time_results_in_narrative_show_the_value_as_sent(converter: Any) -
     values = {o["code"]["coding"][0]["code"]: o for o in resources(b, "Observation")}
     assert values["11111-1"]["valueTime"] == "09:30:00"
     assert values["11113-1"]["valueDateTime"] == "2026-11-30T09:45:00+00:00"
+
+
+def test_imr_rendition_claims_no_zone_nobody_sent() -> None:
+    """IMR HTML rendition header: "Study date" and "Signed" were the FHIR values with the deployment default
+    (``2026-11-30T10:10:00+00:00``) when no time carried an offset; the text now shows them without an offset
+    (the FHIR instants keep the default, as FHIR needs one). With an offset sent, it is shown."""
+    import base64
+
+    from engine.cmd_map import load_mapping_context
+    from engine.convert import Converter
+
+    imr = Converter(load_mapping_context(None), model="imr")
+
+    def html(data: bytes) -> str:
+        result = imr.convert(data)
+        assert not result.rejections, [r.reason for r in result.rejections]
+        [body] = [o.body for o in result.outputs]
+        import json
+
+        dr = one(json.loads(body), "DiagnosticReport")
+        form = next(f for f in dr["presentedForm"] if f["contentType"] == "text/html")
+        return base64.b64decode(form["data"]).decode()
+
+    plain = html(_times(message(GDT, IMP), "20261130101500", "20261130093000", "20261130101000"))
+    assert "2026-11-30T10:10:00<" in plain and "2026-11-30T09:30:00<" in plain and "+00:00" not in plain
+    zoned = html(message(GDT, IMP))
+    assert "2026-11-30T10:10:00+01:00" in zoned
