@@ -11,7 +11,6 @@ attachments; coded and numeric rows become findings.
 
 from __future__ import annotations
 
-import base64
 import functools
 import re
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from pipelines.common.model import Attachment, Coding, Concept, Finding, Section
 from pipelines.common.sections import LONGEST_HEADING, section_for_code, section_for_heading
 from pipelines.common.terminology import tho_code
 from pipelines.hl7v2 import datatypes as dt
+from pipelines.hl7v2.encapsulated import read_ed_run, reference_pointer
 from pipelines.hl7v2.er7 import Delimiters
 from pipelines.hl7v2.fields import field as fld
 from pipelines.hl7v2.fields import repetitions, unescape
@@ -110,7 +110,7 @@ def read_observations(
                 elif uid:
                     out.invalid_uids += 1
             continue
-        if vtype == "RP" and (pointer := _reference_pointer(raw5, d)) is not None:
+        if vtype == "RP" and (pointer := reference_pointer(raw5, d)) is not None:
             out.forms.append(pointer)
             continue
         if vtype == "ED":
@@ -327,112 +327,18 @@ def _uid_value(raw5: str, d: Delimiters) -> str:
     return parts[0] if parts else ""
 
 
-_URL = re.compile(r"https?://[^\s]+", re.IGNORECASE)
-
-
-def _reference_pointer(raw5: str, d: Delimiters) -> Attachment | None:
-    """RP (HL7 v2.5.1 2.A.65: pointer ^ application ID ^ type of data ^ subtype) whose pointer is an absolute
-    http(s) URL: the report document by reference (v2-to-FHIR RP -> Attachment.url, contentType from RP.3/RP.4).
-    Other pointers only mean something to the sending application (``7795082776^UK^ZB``): not converted."""
-    parts = [unescape(p, d).strip() for p in raw5.split(d.repetition)[0].split(d.component)]
-    url = parts[0] if parts else ""
-    if not _URL.fullmatch(url):
-        return None
-    kind = parts[2].lower() if len(parts) > 2 else ""
-    subtype = parts[3].lower() if len(parts) > 3 else ""
-    if "/" in subtype:
-        mime = subtype
-    elif kind and subtype and re.fullmatch(r"[a-z0-9.+-]+", kind + subtype):
-        mime = f"{kind}/{subtype}"
-    else:
-        mime = ""
-    return Attachment(content_type=mime, data_b64="", url=url)
-
-
 def _flush_encapsulated(
     run: list[tuple[int, tuple[str, str], str]], out: GroupContent, d: Delimiters, charset: str
 ) -> None:
-    """Read one run of ED rows (one document, see the caller) into ``out.forms``, or say why it cannot be read."""
+    """Read one run of ED rows (one observation, see the caller) into ``out.forms``; a document that was sent
+    but cannot be read is never dropped in silence (``out.broken``)."""
     if not run:
         return
-    raws = [raw5 for _, _, raw5 in run]
-    if len(raws) > 1:
-        # Whole documents one after the other under one sub-ID (senders leave OBX-4 empty): each row reads alone
-        # and starts with the same file signature (``%PDF``); a continuation piece never does.
-        alone = [_encapsulated(r, d, charset) for r in raws]
-        heads = {base64.b64decode(f.data_b64[:8])[:4] if isinstance(f, Attachment) else b"" for f in alone}
-        if len(heads) == 1 and len(next(iter(heads))) == 4:
-            out.forms.extend(f for f in alone if isinstance(f, Attachment))
-            run.clear()
-            return
-    form = _encapsulated(raws[0], d, charset, [_ed_data(r, d) for r in raws[1:]])
-    if isinstance(form, Attachment):
-        out.forms.append(form)
-    elif any(r.strip() for r in raws):  # a document was sent but cannot be read: never dropped in silence
-        out.broken.append(f"OBX {run[0][0]} (ED): {form}")
+    forms, broken = read_ed_run([raw5 for _, _, raw5 in run], d, charset)
+    out.forms.extend(forms)
+    if broken is not None:
+        out.broken.append(f"OBX {run[0][0]} (ED): {broken}")
     run.clear()
-
-
-def _ed_data(raw5: str, d: Delimiters) -> str:
-    """The data (ED.5) of a continuation row: after the four header components, or the whole value when the
-    row carries only data."""
-    parts = raw5.split(d.component)
-    return d.component.join(parts[4:]) if len(parts) >= 5 else raw5
-
-
-def _join_base64(pieces: list[str]) -> str | None:
-    """Base64 sent in pieces: split anywhere (join the text) or each piece encoded on its own (join the
-    bytes). Padding left out is implied by the length (RFC 4648 §3.2). None when it is not Base64."""
-    joined = "".join(pieces)
-    for candidate in ([joined], pieces) if len(pieces) > 1 else ([joined],):
-        data = b""
-        try:
-            for piece in candidate:
-                if len(piece) % 4 in (2, 3):
-                    piece += "=" * (-len(piece) % 4)
-                data += base64.b64decode(piece, validate=True)
-        except ValueError:
-            continue
-        return base64.b64encode(data).decode("ascii") if candidate is pieces else candidate[0] + "=" * (
-            -len(candidate[0]) % 4
-        )
-    return None
-
-
-def _encapsulated(raw5: str, d: Delimiters, charset: str, more: list[str] | None = None) -> Attachment | str:
-    """ED: source application ^ type of data ^ data subtype ^ encoding ^ data (HL7 v2 2.A.24); ``more``: the
-    data of continuation rows. The reason (without content) when the document cannot be read."""
-    parts = raw5.split(d.component)
-    rest = "".join(more or ())
-    if len(parts) < 5 or not (d.component.join(parts[4:]) + rest).strip():
-        return "the encapsulated document has no data (ED.5)"
-    kind, subtype, encoding = (unescape(p, d).strip() for p in parts[1:4])
-    data = d.component.join(parts[4:])
-    if "/" in subtype:
-        mime = subtype.lower()
-    elif subtype.upper() == "PDF":
-        mime = "application/pdf"
-    elif subtype.upper() in ("XML", "CDA", "HL7-CDA"):
-        mime = "application/hl7-cda+xml" if "CDA" in subtype.upper() else "text/xml"
-    else:
-        mime = f"{kind.lower() or 'application'}/{subtype.lower() or 'octet-stream'}"
-    pieces = [data, *(more or ())]
-    if encoding.upper() == "BASE64":
-        joined = _join_base64([re.sub(r"\s+", "", unescape(p, d)) for p in pieces])
-        if joined is None:
-            return "the encapsulated document data is not valid Base64 (ED.4 Base64)"
-        b64 = joined
-    elif encoding.upper() == "HEX":
-        try:
-            b64 = base64.b64encode(bytes.fromhex("".join(unescape(p, d) for p in pieces))).decode("ascii")
-        except ValueError:
-            return "the encapsulated document data is not valid hexadecimal (ED.4 Hex)"
-    else:  # A / ASCII / none: escaped text
-        text = "".join(unescape(p, d, charset) for p in pieces)
-        b64 = base64.b64encode(text.encode("utf-8")).decode("ascii")
-    if mime == "text/xml" and "ClinicalDocument" in base64.b64decode(b64)[:2000].decode("utf-8", "ignore"):
-        mime = "application/hl7-cda+xml"
-    return Attachment(content_type=mime, data_b64=b64)
 
 
 def _finding(
