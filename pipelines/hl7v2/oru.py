@@ -108,9 +108,9 @@ def _sender_offset(msg: Message) -> str | None:
         return found
     for seg in msg.segments:
         if seg[0] == "OBR":
-            found = dt.dtm_offset(fld(seg, 22)) or dt.dtm_offset(fld(seg, 7))
-            if found:
-                return found
+            for value in (fld(seg, 22), fld(seg, 7)):
+                if ("+" in value or "-" in value) and (found := dt.dtm_offset(value)):  # cheap test first
+                    return found
     return None
 
 
