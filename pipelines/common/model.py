@@ -153,6 +153,7 @@ class Finding:
     value_string: str | None = None
     value_date_time: str | None = None  # FHIR dateTime (HL7 DT/DTM/TS results)
     value_time: str | None = None  # FHIR time hh:mm:ss (HL7 TM results without an offset)
+    value_display: str | None = None  # the value as narrative shows it (date/time: as sent, no assumed zone)
     status: str | None = None  # Observation.status; None = report status
     interpretation: Concept | None = None
     category: Concept | None = None

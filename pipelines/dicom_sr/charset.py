@@ -16,7 +16,8 @@
   (set, attribute and byte offset; never the text). The SR readers turn it into a rejection naming the
   content item: a report whose words were replaced by ``\ufffd`` would be published with a changed meaning.
 * **Undeclared.** Without (0008,0005) the default repertoire ISO_IR 6 applies; bytes above 0x7F, which it
-  does not allow, are read as ISO 8859-1 (as pydicom and most archives do: no byte is lost or replaced).
+  does not allow, are read as UTF-8 when they are valid UTF-8, else as ISO 8859-1 (as pydicom and most archives
+  do: no byte is lost or replaced).
 * **Unknown terms.** Common misspellings are corrected as pydicom does (``ISO IR 100``, ``ISO-2022-IR 87``);
   a Python codec name is accepted; any other term decodes ASCII text only, and non-ASCII text under it is
   :class:`UndecodableText` (the bytes' meaning is unknown).
@@ -110,6 +111,15 @@ class Charset:
             except UnicodeDecodeError as exc:
                 raise UndecodableText(self.label, exc.start, unknown=True) from None
         if not self.extensions or _ESC not in raw:
+            if encodings[0] == "iso8859" and not raw.isascii():
+                # The default repertoire (ISO_IR 6, no (0008,0005)) allows no byte above 0x7F: such bytes are a
+                # set nobody declared. Valid UTF-8 is read as UTF-8 (ISO 8859-1 text is practically never valid
+                # UTF-8, while UTF-8 read as 8859-1 is mojibake: "GrÃ¶Ã" + U+009F), else as ISO 8859-1, as before;
+                # the HL7 side reads undeclared bytes the same way (UTF-8, else the 8-bit guess).
+                try:
+                    return raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    pass
             try:
                 return raw.decode(encodings[0])
             except UnicodeDecodeError as exc:

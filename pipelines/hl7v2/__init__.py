@@ -5,7 +5,7 @@ from __future__ import annotations
 from pipelines.common.model import Report
 from pipelines.context import MappingContext, charset_codec
 from pipelines.errors import ParseError
-from pipelines.hl7v2.er7 import clean_delimiters, declared_but_invalid, decode_message, parse_message
+from pipelines.hl7v2.er7 import CHARSETS, clean_delimiters, declared_but_invalid, decode_message, parse_message
 from pipelines.hl7v2.fields import component
 from pipelines.hl7v2.fields import field as fld
 from pipelines.hl7v2.framing import Chunk, split_stream
@@ -30,9 +30,10 @@ def map_message(raw: bytes, ctx: MappingContext) -> list[Report]:
         if problem is not None:
             raise ParseError(problem)
     msg = parse_message(text)
-    if codec == "latin-1" and not fld(msg.segments[0], 18).strip():
-        # No MSH-18 and not UTF-8: the sender profile may say which legacy set the site sends (e.g. 8859/2 in
-        # Central Europe) where the Windows-1252/Latin-1 guess would publish mojibake.
+    if codec == "latin-1" and _no_legacy_set_declared(fld(msg.segments[0], 18), msg.delimiters.repetition):
+        # No MSH-18 (or ASCII, its default, or a UTF-8 the bytes are not) and not UTF-8: the sender profile may say
+        # which legacy set the site sends (e.g. 8859/2 in Central Europe) where the Windows-1252/Latin-1 guess would
+        # publish mojibake.
         d = msg.delimiters
         profile = ctx.sender(component(fld(msg.segments[0], 3), d, 1), component(fld(msg.segments[0], 4), d, 1))
         site = charset_codec(profile.charset) if profile.charset else None
@@ -54,3 +55,10 @@ def map_message(raw: bytes, ctx: MappingContext) -> list[Report]:
 
 # C0 controls but TAB, LF, CR, and DEL: bytes that decode to control characters in every MSH-18 charset.
 _CONTROL_BYTES = bytes(c for c in range(0x20) if c not in (0x09, 0x0A, 0x0D)) + b"\x7f"
+
+
+def _no_legacy_set_declared(msh18: str, repetition: str) -> bool:
+    """MSH-18 empty, ``ASCII`` (HL7 v2.5.1 2.15.9.18: the default when empty) or UTF-8: a message whose bytes
+    are neither (read as Latin-1) was written in a legacy 8-bit set the declaration does not name."""
+    value = msh18.split(repetition, 1)[0].strip().upper()
+    return not value or CHARSETS.get(value) in ("ascii", "utf-8")

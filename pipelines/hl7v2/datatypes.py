@@ -22,6 +22,7 @@ __all__ = [
     "dtm_instant",
     "dtm_offset",
     "dtm_period_end",
+    "dtm_text",
     "has_offset",
     "hd_system",
     "xcn",
@@ -302,3 +303,33 @@ def has_offset(raw: str) -> bool:
     """Does a DTM value carry a UTC offset (``+``/``-`` after the date)?"""
     value = raw.strip()
     return len(value) > 8 and ("+" in value[8:] or "-" in value[8:])
+
+
+_DTM_TEXT = re.compile(r"(\d{4})(?:(\d{2})(?:(\d{2})(\d{2}(?:\d{2}(?:\d{2}(?:\.\d{1,4})?)?)?)?)?)?([+-]\d{4})?")
+_TM_TEXT = re.compile(r"(\d{2})(\d{2})?(\d{2}(?:\.\d{1,4})?)?([+-]\d{4})?")
+
+
+def dtm_text(raw: str, *, time_only: bool = False) -> str | None:
+    """A DT/DTM/TS (or, ``time_only``, TM) value as narrative text, like the SR side's DATE/TIME/DATETIME
+    items: ISO 8601 with the precision it was written with and an offset only when it carries one
+    (``202611300945`` -> ``2026-11-30 09:45``, ``20261130094512.5+0200`` -> ``2026-11-30 09:45:12.5 +02:00``,
+    TM ``0930`` -> ``09:30``). No zone is assumed for text. None when the value is not one."""
+    value = raw.strip()
+    if time_only:
+        t = _TM_TEXT.fullmatch(value)
+        if t is None:
+            return None
+        clock, off = _clock(t.group(1), t.group(2), t.group(3)), t.group(4)
+        return clock + (f" {off[:3]}:{off[3:]}" if off else "")
+    m = _DTM_TEXT.fullmatch(value)
+    if m is None:
+        return None
+    year, month, day, time, off = m.groups()
+    out = "-".join(p for p in (year, month, day) if p)
+    if time:
+        out += " " + _clock(time[:2], time[2:4] or None, time[4:] or None)
+    return out + (f" {off[:3]}:{off[3:]}" if off else "")
+
+
+def _clock(hh: str, mm: str | None, ss: str | None) -> str:
+    return ":".join(p for p in (hh, mm, ss) if p)

@@ -133,13 +133,29 @@ def _decode_bytes(raw: bytearray, charset: str) -> str:
     data = bytes(raw)
     for codec in ("utf-8", charset):
         try:
-            return data.decode(codec)
+            text = data.decode(codec)
         except (UnicodeDecodeError, LookupError):
             continue
+        if _CONTROL.search(text) is not None and len(data) % 2 == 0:
+            # ``\X041F\``: four hex digits per character, written as the UTF-16 code unit (U+041F), not as
+            # bytes (EOT, US: no text at all). Where the byte reading gives control characters and the code-unit
+            # reading gives text, the code units are what was meant; ``\X000D\`` / ``\X00E0\`` read the same.
+            try:
+                units = data.decode("utf-16-be")
+            except UnicodeDecodeError:
+                return text
+            if _CONTROL.search(units) is None and not _SURROGATE_OR_PRIVATE.search(units):
+                return units
+        return text
     try:
         return data.decode("cp1252")
     except UnicodeDecodeError:
         return data.decode("latin-1")
+
+
+# C0 controls that are not text (TAB, LF, CR are; NUL is the padding of ``\X000D\`` and is dropped anyway).
+_CONTROL = re.compile("[\x01-\x08\x0b\x0c\x0e-\x1f]")
+_SURROGATE_OR_PRIVATE = re.compile("[\ud800-\udfff\ue000-\uf8ff\ufffe\uffff]")
 
 
 def _line_has_text(out: list[str]) -> bool:

@@ -11,7 +11,7 @@ attachments; coded and numeric rows become findings.
 
 from __future__ import annotations
 
-import base64
+import functools
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -21,6 +21,7 @@ from pipelines.common.model import Attachment, Coding, Concept, Finding, Section
 from pipelines.common.sections import LONGEST_HEADING, section_for_code, section_for_heading
 from pipelines.common.terminology import tho_code
 from pipelines.hl7v2 import datatypes as dt
+from pipelines.hl7v2.encapsulated import read_ed_run, reference_pointer
 from pipelines.hl7v2.er7 import Delimiters
 from pipelines.hl7v2.fields import field as fld
 from pipelines.hl7v2.fields import repetitions, unescape
@@ -69,6 +70,7 @@ def read_observations(
     skipping = False  # NTE comments of a retracted OBX are retracted with it
     rep, esc, clean = d.repetition, d.escape, d.clean
     observations = 0
+    ed_run: list[tuple[int, tuple[str, str], str]] = []  # (row, (OBX-3, OBX-4), OBX-5) of consecutive ED rows
     for n, obx in enumerate(obx_rows, start=1):
         if obx[0] == "NTE":  # NTE-3 comment: narrative of the section of the row it follows
             if skipping:
@@ -85,7 +87,7 @@ def read_observations(
         status = obx[11].strip() if size > 11 else ""
         if not status and size > 10:
             status = _result_status(obx)  # OBX-11 drifted to OBX-10
-        skipping = status in _RETRACTED_ANY_CASE
+        skipping = status in _RETRACTED_ANY_CASE or (len(status) > 1 and _retracted_word(status))
         if skipping:
             out.retracted += 1
             continue
@@ -108,15 +110,18 @@ def read_observations(
                 elif uid:
                     out.invalid_uids += 1
             continue
-        if vtype == "RP" and (pointer := _reference_pointer(raw5, d)) is not None:
+        if vtype == "RP" and (pointer := reference_pointer(raw5, d)) is not None:
             out.forms.append(pointer)
             continue
         if vtype == "ED":
-            form = _encapsulated(raw5, d, charset)
-            if isinstance(form, Attachment):
-                out.forms.append(form)
-            elif raw5.strip():  # a document was sent but cannot be read: never dropped in silence
-                out.broken.append(f"OBX {n} (ED): {form}")
+            # Consecutive ED rows of one observation (same OBX-3 and OBX-4 sub-ID, 7.4.2.4) are one document
+            # sent in pieces, as consecutive text rows are one text: read once, joined.
+            ed_key = (raw3, obx[4] if size > 4 else "")
+            if ed_run and ed_run[-1][0] == n - 1 and ed_run[-1][1] == ed_key:
+                ed_run.append((n, ed_key, raw5))
+            else:
+                _flush_encapsulated(ed_run, out, d, charset)
+                ed_run = [(n, ed_key, raw5)]
             continue
         if vtype in _CODED:
             is_text = not raw5.split(d.component, 1)[0].strip()  # CE without a code: text ("^Mass left lobe")
@@ -184,6 +189,7 @@ def read_observations(
                         texts[section] = []
                         order.append(section)
                     texts[section].append(words)
+    _flush_encapsulated(ed_run, out, d, charset)
     out.observations = observations
     for key in order:
         text = "\n".join(texts[key]).strip("\n")
@@ -233,11 +239,23 @@ def _result_status(obx: list[str]) -> str:
 # patient", D "delete the OBX record". Such a row never reaches text, notes, findings or narrative.
 _RETRACTED = frozenset({"W", "D"})
 _RETRACTED_ANY_CASE = _RETRACTED | frozenset({"w", "d"})  # a one-letter status is read case-blind
+# The same two values as word statuses (mappings.md §7.14: senders that write "Final" write these too); the
+# status vocabulary (status.py) reads them as entered-in-error, so a row is never both withdrawn and published.
+_RETRACTED_WORDS = frozenset({
+    "WRONG", "WRONG PATIENT", "DELETED", "DELETE", "ENTERED IN ERROR", "IN ERROR", "ERROR", "WITHDRAWN",
+})  # fmt: skip
+
+
+@functools.lru_cache(maxsize=256)
+def _retracted_word(status: str) -> bool:  # cached: a feed repeats a handful of word statuses on every row
+    return " ".join(status.replace("_", " ").replace("-", " ").upper().split()) in _RETRACTED_WORDS
 
 
 def retracted(obx: list[str]) -> bool:
-    """Is this OBX withdrawn by its result status (OBX-11 ``W`` or ``D``, also when drifted to OBX-10)?"""
-    return _result_status(obx).strip().upper() in _RETRACTED
+    """Is this OBX withdrawn by its result status (OBX-11 ``W`` or ``D`` or their word forms, also when drifted
+    to OBX-10)?"""
+    status = _result_status(obx).strip()
+    return status.upper() in _RETRACTED or (len(status) > 1 and _retracted_word(status))
 
 
 def _uid_label(text: str) -> bool:
@@ -309,61 +327,18 @@ def _uid_value(raw5: str, d: Delimiters) -> str:
     return parts[0] if parts else ""
 
 
-_URL = re.compile(r"https?://[^\s]+", re.IGNORECASE)
-
-
-def _reference_pointer(raw5: str, d: Delimiters) -> Attachment | None:
-    """RP (HL7 v2.5.1 2.A.65: pointer ^ application ID ^ type of data ^ subtype) whose pointer is an absolute
-    http(s) URL: the report document by reference (v2-to-FHIR RP -> Attachment.url, contentType from RP.3/RP.4).
-    Other pointers only mean something to the sending application (``7795082776^UK^ZB``): not converted."""
-    parts = [unescape(p, d).strip() for p in raw5.split(d.repetition)[0].split(d.component)]
-    url = parts[0] if parts else ""
-    if not _URL.fullmatch(url):
-        return None
-    kind = parts[2].lower() if len(parts) > 2 else ""
-    subtype = parts[3].lower() if len(parts) > 3 else ""
-    if "/" in subtype:
-        mime = subtype
-    elif kind and subtype and re.fullmatch(r"[a-z0-9.+-]+", kind + subtype):
-        mime = f"{kind}/{subtype}"
-    else:
-        mime = ""
-    return Attachment(content_type=mime, data_b64="", url=url)
-
-
-def _encapsulated(raw5: str, d: Delimiters, charset: str) -> Attachment | str:
-    """ED: source application ^ type of data ^ data subtype ^ encoding ^ data (HL7 v2 2.A.24); the reason
-    (without content) when the document cannot be read."""
-    parts = raw5.split(d.component)
-    if len(parts) < 5 or not d.component.join(parts[4:]).strip():
-        return "the encapsulated document has no data (ED.5)"
-    kind, subtype, encoding = (unescape(p, d).strip() for p in parts[1:4])
-    data = d.component.join(parts[4:])
-    if "/" in subtype:
-        mime = subtype.lower()
-    elif subtype.upper() == "PDF":
-        mime = "application/pdf"
-    elif subtype.upper() in ("XML", "CDA", "HL7-CDA"):
-        mime = "application/hl7-cda+xml" if "CDA" in subtype.upper() else "text/xml"
-    else:
-        mime = f"{kind.lower() or 'application'}/{subtype.lower() or 'octet-stream'}"
-    if encoding.upper() == "BASE64":
-        payload = re.sub(r"\s+", "", unescape(data, d))
-        try:
-            base64.b64decode(payload, validate=True)
-        except ValueError:
-            return "the encapsulated document data is not valid Base64 (ED.4 Base64)"
-        b64 = payload
-    elif encoding.upper() == "HEX":
-        try:
-            b64 = base64.b64encode(bytes.fromhex(unescape(data, d))).decode("ascii")
-        except ValueError:
-            return "the encapsulated document data is not valid hexadecimal (ED.4 Hex)"
-    else:  # A / ASCII / none: escaped text
-        b64 = base64.b64encode(unescape(data, d, charset).encode("utf-8")).decode("ascii")
-    if mime == "text/xml" and "ClinicalDocument" in base64.b64decode(b64)[:2000].decode("utf-8", "ignore"):
-        mime = "application/hl7-cda+xml"
-    return Attachment(content_type=mime, data_b64=b64)
+def _flush_encapsulated(
+    run: list[tuple[int, tuple[str, str], str]], out: GroupContent, d: Delimiters, charset: str
+) -> None:
+    """Read one run of ED rows (one observation, see the caller) into ``out.forms``; a document that was sent
+    but cannot be read is never dropped in silence (``out.broken``)."""
+    if not run:
+        return
+    forms, broken = read_ed_run([raw5 for _, _, raw5 in run], d, charset)
+    out.forms.extend(forms)
+    if broken is not None:
+        out.broken.append(f"OBX {run[0][0]} (ED): {broken}")
+    run.clear()
 
 
 def _finding(
@@ -386,6 +361,9 @@ def _finding(
             f.value_time = when
         else:
             f.value_date_time = when
+        # narrative shows the value as sent (precision, offset only when sent), never the FHIR padding/zone
+        first = unescape(raw5.split(d.repetition)[0].split(d.component)[0], d)
+        f.value_display = dt.dtm_text(first, time_only=vtype == "TM")
     elif vtype in _PLAIN_VALUES:
         value = " ".join(
             " ".join(unescape(c, d) for c in r.split(d.component) if c.strip()) for r in repetitions(raw5, d)

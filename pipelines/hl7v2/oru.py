@@ -70,8 +70,11 @@ def map_oru(msg: Message, ctx: MappingContext) -> list[Report]:
     facility = component(fld(msh, 4), d, 1)
     profile = ctx.sender(app, facility)
     # HL7 v2.5.1 2.A.22 (DTM): a time without an offset is in the sender's local zone. The sender profile says
-    # which; without one, the offset MSH-7 declares is the sender's, only then the deployment default.
-    tz = profile.timezone or dt.dtm_offset(fld(msh, 7)) or ctx.timezone_for(profile)
+    # which; without one, the offset the sender's own times declare (MSH-7, else OBR-22/OBR-7), only then the
+    # deployment default, and then every source dateTime is marked uncertain (eu-imaging.md §2.5).
+    declared = None if profile.timezone else _sender_offset(msg)
+    tz = profile.timezone or declared or ctx.timezone_for(profile)
+    tz_assumed = profile.timezone is None and declared is None
     site = slug(facility or app or "unknown-sender")
     base = f"{ctx.system_base}/{site}"
     blocks = _patient_blocks(msg.segments[1:])
@@ -83,7 +86,7 @@ def map_oru(msg: Message, ctx: MappingContext) -> list[Report]:
     updates: list[StatusUpdate] = []
     for block in blocks:
         try:
-            reports.extend(_map_patient_result(msg, block, ctx, profile, base, tz, performer))
+            reports.extend(_map_patient_result(msg, block, ctx, profile, base, tz, performer, tz_assumed))
         except StatusOnly as exc:
             updates.extend(exc.updates)
             failure = failure or exc
@@ -95,6 +98,20 @@ def map_oru(msg: Message, ctx: MappingContext) -> list[Report]:
             raise StatusOnly(str(failure), updates)
         raise failure
     return reports
+
+
+def _sender_offset(msg: Message) -> str | None:
+    """The UTC offset the sender's own times declare: MSH-7's, else the first OBR-22 or OBR-7 that carries one
+    (2.A.22: every DTM without an offset is in that same local zone). None when no such time has one."""
+    found = dt.dtm_offset(fld(msg.segments[0], 7))
+    if found:
+        return found
+    for seg in msg.segments:
+        if seg[0] == "OBR":
+            for value in (fld(seg, 22), fld(seg, 7)):
+                if ("+" in value or "-" in value) and (found := dt.dtm_offset(value)):  # cheap test first
+                    return found
+    return None
 
 
 def _patient_blocks(segments: list[list[str]]) -> list[list[list[str]]]:
@@ -117,6 +134,7 @@ def _map_patient_result(
     base: str,
     tz: str,
     performer: Organization | None,
+    tz_assumed: bool,
 ) -> list[Report]:
     d = msg.delimiters
     msh = msg.segments[0]
@@ -147,7 +165,8 @@ def _map_patient_result(
                 continue
             if any(_has_content(c) for c in contents):
                 continue  # orders listed before the report group are attached below
-        reports.append(_report(group, content, order, d, patient, performer, profile, base, tz, msh7, control_id))
+        report = _report(group, content, order, d, patient, performer, profile, base, tz, msh7, control_id, tz_assumed)
+        reports.append(report)
     if not reports or not any(_has_content(c) for c in contents):
         reason = "no report content: no text, coded finding or document in any OBX"
         updates = [_status_update(g, d, patient, profile, base, tz, msh7, control_id) for g in groups]
@@ -315,6 +334,7 @@ def _report(
     tz: str,
     msh7: str,
     control_id: str,
+    tz_assumed: bool,
 ) -> Report:
     obr = group.obr
     status = report_status(fld(obr, 25), content.text_statuses)
@@ -361,7 +381,7 @@ def _report(
         status=status,
         patient=patient,
         timezone=tz,
-        timezone_assumed=profile.timezone is None and not any(dt.has_offset(v) for v in (fld(obr, 7), obr22, msh7)),
+        timezone_assumed=tz_assumed,
         code=_report_code(order.code),
         service_section=section or None,
         title=title,

@@ -16,6 +16,9 @@ _OBR25 = {
     "CORRECTED": "corrected", "CORRECTION": "corrected", "REVISED": "corrected",
     "AMENDED": "amended", "ADDENDUM": "appended", "APPENDED": "appended",
     "CANCELLED": "cancelled", "CANCELED": "cancelled",
+    "WRONG": "entered-in-error", "WRONG PATIENT": "entered-in-error", "DELETED": "entered-in-error",
+    "DELETE": "entered-in-error", "ENTERED IN ERROR": "entered-in-error", "IN ERROR": "entered-in-error",
+    "ERROR": "entered-in-error", "WITHDRAWN": "entered-in-error",
     "PARTIAL": "partial", "INCOMPLETE": "partial",
     "SCHEDULED": "registered", "ORDERED": "registered", "IN PROGRESS": "registered",
 }  # fmt: skip

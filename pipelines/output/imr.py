@@ -273,10 +273,21 @@ def _header(report: Report) -> list[tuple[str, str]]:
     return [
         ("Patient", f"{display} ({pid})" if display else pid),
         ("Accession number", acsn),
-        ("Study date", study.started or ""),
+        ("Study date", _shown(study.started, report)),
         ("Study", study.description or ""),
         ("Performing organization", report.performer.name if report.performer else ""),
         ("Results interpreter", interp_name.strip()),
         ("Report status", report.status),
-        ("Signed", report.issued or ""),
+        ("Signed", _shown(report.issued, report)),
     ]
+
+
+def _shown(value: str | None, report: Report) -> str:
+    """A dateTime/instant as the rendition shows it: without the offset when the source sent none and none is
+    configured (the deployment default is only there because FHIR needs one; text never claims a zone nobody
+    sent, as SR DATETIME narrative)."""
+    if not value:
+        return ""
+    if report.timezone_assumed and value.endswith(report.timezone) and "T" in value:
+        return value[: -len(report.timezone)]
+    return value

@@ -94,6 +94,7 @@ class Parts:
     notes: list[dict[str, Any]] = field(default_factory=list)
     texts: list[tuple[str, str]] = field(default_factory=list)  # (section key, clean text), report order
     presented_forms: list[dict[str, Any]] = field(default_factory=list)
+    displays: dict[str, str] = field(default_factory=dict)  # Observation url -> its value as narrative text
 
 
 def build_parts(report: Report, *, with_studies: bool) -> Parts:
@@ -150,6 +151,8 @@ def build_parts(report: Report, *, with_studies: bool) -> Parts:
         res = resources.finding_observation(finding, report, patient_url, obs_based_on, i)
         url = urn(res["id"])
         parts.observations.append((url, res))
+        if finding.value_display:
+            parts.displays[url] = finding.value_display
         parts.section_entries.setdefault(entry_section(finding.section, res), []).append(url)
     for s in report.sections:
         text = prim.string(s.text)  # cleaned once here; notes, section notes and narrative share it

@@ -204,6 +204,19 @@ def service_request(
     return res
 
 
+#: LOINC codes of the FHIR R5 core vital-signs profiles (vitalspanel, resprate, heartrate, oxygensat, bodytemp,
+#: bodyheight, headcircum, bodyweight, bmi, bp) and of the blood-pressure components.
+VITAL_SIGN_CODES = frozenset({
+    "85353-1", "9279-1", "8867-4", "2708-6", "59408-5", "8310-5", "8302-2", "9843-4", "29463-7", "39156-5",
+    "85354-9", "8480-6", "8462-4",
+})  # fmt: skip
+_VITAL_SIGNS_CODING = {
+    "system": "http://terminology.hl7.org/CodeSystem/observation-category",
+    "code": "vital-signs",
+    "display": "Vital Signs",
+}
+
+
 def finding_observation(
     finding: Finding, report: Report, patient_url: str, based_on: list[dict[str, Any]], index: int
 ) -> dict[str, Any]:
@@ -233,6 +246,10 @@ def finding_observation(
     res["status"] = finding.status or _observation_status(report.status)
     if finding.category:
         res["category"] = [fhir.codeable(finding.category)]
+    if any(c.system == fhir.LOINC and c.code in VITAL_SIGN_CODES for c in finding.code.codings):
+        # FHIR R5 core: an Observation with a vital-sign LOINC code SHALL conform to the vital-signs profile,
+        # whose category slice VSCat (vital-signs) is 1..1 (a patient weight or heart rate in a report).
+        res.setdefault("category", []).append({"coding": [dict(_VITAL_SIGNS_CODING)]})
     res["code"] = fhir.codeable(finding.code)
     res["subject"] = {"reference": patient_url}
     when = finding.effective or report.effective

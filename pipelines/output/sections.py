@@ -83,7 +83,7 @@ def _render_entries(key: str, entries: list[str], parts: Parts) -> str:
         elif rtype == "ServiceRequest":
             lines.append(f"Accession number {res['identifier'][0]['value']}")
         elif rtype == "Observation":
-            lines.append(_render_observation(res))
+            lines.append(_render_observation(res, parts.displays.get(url)))
         else:
             lines.append(rtype)
     return "\n".join(lines)
@@ -98,16 +98,19 @@ def _unsaid(text: str, entries: list[str], parts: Parts) -> str:
             continue
         if res.get("valueString") == text:  # the anchor finding: the dictation itself
             continue
-        value = _observation_value(res)
+        display = parts.displays.get(url)
+        value = display or _observation_value(res)
         if value and value not in text:
-            lines.append(_render_observation(res))
+            lines.append(_render_observation(res, display))
     return "\n".join(lines)
 
 
-def _render_observation(res: dict[str, Any]) -> str:
+def _render_observation(res: dict[str, Any], display: str | None = None) -> str:
+    """``display``: the value as narrative shows it when the source said it otherwise than the FHIR value
+    (a date/time as sent: no padded seconds, no assumed zone)."""
     code = res.get("code", {})
     name = code.get("text") or next((c.get("display") or c.get("code") for c in code.get("coding", [])), "Observation")
-    value = _observation_value(res)
+    value = display or _observation_value(res)
     return f"{name}: {value}" if value else str(name)
 
 
