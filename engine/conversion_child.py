@@ -28,6 +28,12 @@ def _read(stream: BinaryIO, size: int) -> bytes | None:
     return data
 
 
+def _next_frame(stream: BinaryIO) -> bytes | None:
+    """The next frame's pickle, or None at the end of input."""
+    head = _read(stream, HEADER.size)
+    return None if head is None else _read(stream, HEADER.unpack(head)[0])
+
+
 def _write(stream: BinaryIO, value: object) -> None:
     body = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
     stream.write(HEADER.pack(len(body)) + body)
@@ -36,19 +42,13 @@ def _write(stream: BinaryIO, value: object) -> None:
 
 def serve(inp: BinaryIO, out: BinaryIO) -> int:
     """Serve requests from ``inp`` until it ends; returns the exit status (0)."""
-    head = _read(inp, HEADER.size)
-    if head is None:
-        return 0
-    body = _read(inp, HEADER.unpack(head)[0])
+    body = _next_frame(inp)
     if body is None:
         return 0
     context, model = pickle.loads(body)
     _init(context, model)
     while True:
-        head = _read(inp, HEADER.size)
-        if head is None:
-            return 0
-        body = _read(inp, HEADER.unpack(head)[0])
+        body = _next_frame(inp)
         if body is None:
             return 0
         payloads = pickle.loads(body)
