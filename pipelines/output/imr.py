@@ -21,7 +21,8 @@ Patient, Organization and Practitioner are **referenced, never created** (RAD-14
 references are FHIR conditional references ``Patient?identifier=<system>%7C<value>`` (the same for
 Organization and Practitioner), which a FHIR server resolves inside the transaction against the
 resources it holds (FHIR http.html#trules; HAPI FHIR does; an unknown one fails the transaction with a
-4xx, ihe-imr.md §2.1 "may reject"). So the report needs identifiers for all three (PID-3, MSH-4 /
+4xx, ihe-imr.md §2.1 "may reject"); an identifier holding ``&`` is referenced logically instead
+(``_conditional_ref``). So the report needs identifiers for all three (PID-3, MSH-4 /
 Institution, OBR-32 XCN-1 with assigning authority); a report without them, without a Study Instance UID,
 modality, study date or ``issued`` cannot be an IMR report and raises :class:`~pipelines.errors.ModelRequirement`.
 
@@ -81,8 +82,15 @@ class ImrOptions:
 
 
 def _conditional_ref(rtype: str, ident: Ident | None, what: str) -> dict[str, Any]:
+    """``Type?identifier=<system>%7C<value>``; for an identifier holding ``&`` (e.g. a PID-3 sent as
+    ``PAT\\T\\0003``) a logical reference ``{type, identifier}`` instead: percent-encoded (``%26``) it is a
+    correct query (RFC 3986), but the official validator decodes before splitting and reports "not a valid
+    query string", and no other spelling keeps the value; a logical reference is valid R5 (the server keeps
+    the identifier instead of resolving it to a literal reference)."""
     if ident is None:
         raise ModelRequirement(f"IMR references an existing {rtype} by identifier: the report has no {what}")
+    if "&" in ident.system or "&" in ident.value:
+        return {"type": rtype, "identifier": {"system": ident.system, "value": ident.value}}
     return {"reference": tx.match_url(rtype, {"system": ident.system, "value": ident.value})}
 
 
@@ -109,9 +117,9 @@ def shape_imr(report: Report, options: ImrOptions | None = None) -> dict[str, An
     base = options.base_for(report)
     parts = build_parts(report, with_studies=True)
     resolve_extras(report, parts)
-    swap = {parts.patient_url: patient_ref["reference"]}
+    swap = {parts.patient_url: patient_ref}
     if parts.org_url:
-        swap[parts.org_url] = org_ref["reference"]
+        swap[parts.org_url] = org_ref
 
     endpoint_ident = {"system": "urn:ietf:rfc:3986", "value": base}
     endpoint_url = urn(uuid_for("Endpoint", base))
@@ -151,7 +159,7 @@ def shape_imr(report: Report, options: ImrOptions | None = None) -> dict[str, An
     refs: list[imr_render.Ref] = []
     sections = {urn(x.resource["id"]): x.section or "findings" for x in report.extras}
     for n, (url, sel) in enumerate(selections, start=1):
-        sel = _prune(_swap(sel, swap), keep | set(swap.values()))
+        sel = _prune(_swap(sel, swap), keep | {t["reference"] for t in swap.values() if "reference" in t})
         ident = {"system": "urn:ietf:rfc:3986", "value": url}
         sel["identifier"] = [*(sel.get("identifier") or []), ident]
         sel["endpoint"] = [{"reference": endpoint_url}]
@@ -190,15 +198,20 @@ def _label(sel: dict[str, Any], n: int) -> str:
     return f"{name or 'Image'} {n}"
 
 
-def _swap(value: Any, swap: Mapping[str, str]) -> Any:
-    """Copy with the references to participants replaced by their conditional references."""
+def _swap(value: Any, swap: Mapping[str, dict[str, Any]]) -> Any:
+    """Copy with the references to participants replaced by their conditional (or logical, see
+    :func:`_conditional_ref`) references."""
     if isinstance(value, list):
         return [_swap(v, swap) for v in value]
     if isinstance(value, dict):
         out = {k: _swap(v, swap) for k, v in value.items()}
         ref = out.get("reference")
         if isinstance(ref, str) and ref in swap:
-            out["reference"] = swap[ref]
+            target = swap[ref]
+            if "reference" in target:
+                out["reference"] = target["reference"]
+            else:  # a logical reference: type and identifier instead of the literal one
+                out = {k: v for k, v in out.items() if k != "reference"} | target
         return out
     return value
 

@@ -242,3 +242,26 @@ def test_rc16_pdf_option_same_links_deterministic() -> None:
     for href in re.findall(r'<a href="([^"]+)">', _html(a)):
         assert f"/URI ({href})".encode() in raw
     assert shape_imr(sr_report(), ImrOptions(wado_rs={"TH": WADO}, pdf=True)) == a
+
+
+def test_an_identifier_holding_an_ampersand_is_referenced_logically() -> None:
+    """PID-3 / HD with ``\\T\\`` (field report 03's kind): ``Patient?identifier=...%7CPAT%260003`` is a correct
+    query, but the official validator reads it as "not a valid query string"; such a participant is referenced by
+    type and identifier instead (the value kept exactly), every other reference stays conditional."""
+    import json
+
+    from engine.cmd_map import load_mapping_context
+    from engine.convert import Converter
+    from tests.conftest import TESTDATA
+
+    raw = (TESTDATA / "field-reports" / "03-delimiter-escapes-text-and-names.hl7").read_bytes()
+    raw = raw.replace(b"PAT0003^^^NORTHCLINIC", b"PAT\\T\\0003^^^NORTH\\T\\CLINIC")
+    result = Converter(load_mapping_context(None), "imr").convert(raw)
+    assert not result.rejections and len(result.outputs) == 1
+    bundle = json.loads(result.outputs[0].body)
+    assert "%26" not in result.outputs[0].body.decode()
+    subjects = [e["resource"]["subject"] for e in bundle["entry"] if "subject" in e["resource"]]
+    assert subjects and all(s.get("type") == "Patient" and "reference" not in s for s in subjects)
+    assert {s["identifier"]["value"] for s in subjects} == {"PAT&0003"}
+    dr = _dr(bundle)
+    assert dr["performer"][0]["reference"].startswith("Organization?identifier=")  # no "&": still conditional
