@@ -289,6 +289,11 @@ class MllpIntake:
                 conversion_task.cancel()
         return stored, conversion
 
+    def _conversion_failed(self, label: str) -> None:
+        """Count and log (with the traceback) a conversion for the ACK that raised; the ACK says ``AE``."""
+        self.counters["errors"] += 1
+        log.error("mllp: conversion for the ACK failed unexpectedly (control id %s)", label, exc_info=True)
+
     def _submit_direct(self, payload: bytes) -> asyncio.Future[list[Conversion]]:
         assert self._channel is not None
         try:
@@ -302,8 +307,7 @@ class MllpIntake:
         try:
             result = await pending
         except Exception:  # a converter bug or a lost process: the message is stored, the worker converts it
-            self.counters["errors"] += 1
-            log.error("mllp: conversion for the ACK failed unexpectedly (control id %s)", label, exc_info=True)
+            self._conversion_failed(label)
             return None
         return result[0]
 
@@ -317,8 +321,7 @@ class MllpIntake:
             else:
                 result = await self._blocking(functools.partial(self.converter.convert, payload))
         except Exception:  # a converter bug: the message is stored, the worker will meet it too
-            self.counters["errors"] += 1
-            log.error("mllp: conversion for the ACK failed unexpectedly (control id %s)", label, exc_info=True)
+            self._conversion_failed(label)
             return None
         return result
 
