@@ -24,12 +24,12 @@ from collections.abc import Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from typing import Any
 
-from engine.backfill.staging import Done, FrameJob, Stager, Staging
+from engine.backfill.staging import Done, FrameJob, Stager, Staging, publish
 from engine.convert import Converter
 from engine.outcomes import Conversion, Filtered
 from pipelines.context import MappingContext
 
-__all__ = ["InlineExecutor", "convert_batch", "make_executor", "stage_batch"]
+__all__ = ["InlineExecutor", "convert_batch", "make_executor", "publish_staged", "stage_batch"]
 
 _converter: Converter | None = None
 _stager: Stager | None = None
@@ -85,6 +85,13 @@ def stage_batch(jobs: Sequence[FrameJob]) -> list[Done]:
     """Convert each frame and write its outputs as temp files (and its dead letters) in this process."""
     assert _converter is not None and _stager is not None, "pool worker not initialised for staging"
     return _stager.run(_converter.convert, jobs)
+
+
+def publish_staged(staged: Sequence[tuple[str, str]]) -> int:
+    """Rename staged temp files over ``<bundle id>.json`` in this worker's output folder, in list order
+    (:func:`engine.backfill.staging.publish`; one part of :func:`engine.backfill.staging.partition`)."""
+    assert _stager is not None, "pool worker not initialised for staging"
+    return publish(_stager.dir, staged)
 
 
 class InlineExecutor(Executor):

@@ -46,6 +46,7 @@ __all__ = [
     "Staging",
     "WorkerDeadLetters",
     "envelope_for",
+    "partition",
     "publish",
     "rejection_label",
 ]
@@ -154,6 +155,18 @@ def publish(directory: str, staged: Sequence[tuple[str, str]]) -> int:
     return len(staged)
 
 
+def partition(staged: Sequence[tuple[str, str]], parts: int) -> list[list[tuple[str, str]]]:
+    """Split ``[(bundle id, temp name)]`` into ``parts`` lists that can be renamed concurrently: every
+    entry of one Bundle id lands in the same list, in its original order (the later version still wins);
+    renames of different ids commute. Empty lists are dropped."""
+    if parts <= 1:
+        return [list(staged)] if staged else []
+    lists: list[list[tuple[str, str]]] = [[] for _ in range(parts)]
+    for entry in staged:
+        lists[hash(entry[0]) % parts].append(entry)
+    return [part for part in lists if part]
+
+
 def _write(path: str, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
@@ -182,6 +195,11 @@ class StagedFolder:
         self.sync = sync
         self.on_publish = on_publish
         self._pending: list[tuple[str, str]] = []  # (bundle id, temp name), in input order
+        #: Who renames an interval's staged files: ``renamer(directory, [(bundle id, temp name)])`` must
+        #: return only when every rename is done (raising ``OSError`` otherwise) and keep the list's order
+        #: among entries of one Bundle id. Default: :func:`publish` in the calling (flush) thread;
+        #: ``engine.backfill.run`` hands them to the worker processes (:func:`partition`).
+        self.renamer: Callable[[str, list[tuple[str, str]]], Any] = publish
 
     def stage(self, bundle_id: str, tmp: str) -> None:
         self.stage_all([(bundle_id, tmp)])
@@ -200,7 +218,7 @@ class StagedFolder:
         base = os.fspath(self.path)
         if self.sync:
             sync_files(self.path, [f"{base}/{tmp}" for _, tmp in pending])
-        publish(base, pending)
+        self.renamer(base, pending)
         if self.sync:
             fsync_dir(self.path)
 

@@ -21,8 +21,10 @@ def _logged(segments: list[bytes], control: bytes = b"", eb: bool = True) -> byt
     body = b"".join(s + b"<R>\n" for s in segments)
     if control:
         body = body.replace(b"|ORU^R01|", b"|ORU^R01|" + control, 1)
-    return b"2025-08-14 07:03:41.1419|INFO|Raw.Application.TcpServer.TcpServer|\n<SB>\n" + body + (
-        b"<EB><R>\n\n" if eb else b""
+    return (
+        b"2025-08-14 07:03:41.1419|INFO|Raw.Application.TcpServer.TcpServer|\n<SB>\n"
+        + body
+        + (b"<EB><R>\n\n" if eb else b"")
     )
 
 
@@ -67,8 +69,10 @@ def test_block_edges_do_not_change_frames(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setattr(formats, "BLOCK", block)
     assert [f.raw for f in frames_of(log, 1 << 24)] == whole and len(whole) == 3
     mllp = tmp_path / "c.bin"
-    mllp.write_bytes(b"".join(b"\x0b" + MSG.replace(b"|ORU^R01|", b"|ORU^R01|" + bytes([48 + i]), 1) + b"\x1c\r"
-                              for i in range(3)) + b"trailing junk")
+    mllp.write_bytes(
+        b"".join(b"\x0b" + MSG.replace(b"|ORU^R01|", b"|ORU^R01|" + bytes([48 + i]), 1) + b"\x1c\r" for i in range(3))
+        + b"trailing junk"
+    )
     framed = [f.raw for f in frames_of(mllp, 1 << 24)]
     assert len(framed) == 4 and framed[-1] == b"trailing junk"
     batch = tmp_path / "b.hl7"

@@ -13,7 +13,7 @@ import pytest
 from engine.backfill.checkpoint import MemoryCheckpoint
 from engine.backfill.formats import NOT_A_MESSAGE_FILE, iter_files
 from engine.backfill.run import Options, run_backfill
-from engine.backfill.staging import StagedFolder, Staging, WorkerDeadLetters
+from engine.backfill.staging import StagedFolder, Staging, WorkerDeadLetters, partition, publish
 from engine.cli import main
 from engine.cmd_map import load_mapping_context
 from engine.convert import Converter
@@ -80,6 +80,51 @@ def test_staged_folder_publishes_the_later_version(tmp_path: Path) -> None:
     folder.flush()
     folder.discard([".tmp-c.json.1.2"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.json"] and (tmp_path / "b.json").read_bytes() == b"later"
+
+
+def test_worker_renames_keep_the_last_version_across_flushes(tmp_path: Path) -> None:
+    """The renames are done by the two worker processes (one part each per flush): three sends of the same
+    version of 10 reports (same Bundle id, other bytes), each several flushes apart and converted by either
+    worker; every file holds the report's last send and no temp file is left."""
+    src = tmp_path / "src"
+    src.mkdir()
+    def resend(report: int, n: int) -> bytes:  # same report version (same Bundle id), other name and control id
+        body = _version(report, 1).replace(b"|ORU^R01|", f"|ORU^R01|r{n}.".encode(), 1)
+        return body.replace(b"KOCH^APRIL^", f"KOCH^APRIL{n}^".encode(), 1)
+
+    frames = [resend(r, n) for n in (1, 2, 3) for r in range(10)]
+    (src / "feed.hl7").write_bytes(b"".join(frames))
+    out = tmp_path / "out"
+    options = Options(workers=2, batch=2, flush_every=4, staging=Staging(out, sync=True))
+    tally = run_backfill(
+        list(iter_files([src])), load_mapping_context(None), [], FolderDeadLetters(tmp_path / "dlq"),
+        MemoryCheckpoint(), options=options, handle_signals=False,
+    )  # fmt: skip
+    assert tally.inputs == 30 and tally.outputs == 30
+    conv = Converter(load_mapping_context(None))
+    last = {o.bundle_id: o.body for raw in frames for o in conv.convert(raw).outputs}
+    assert len(last) == 10  # one Bundle id per report: the sends replace each other
+    assert _visible(out) == {f"{bundle_id}.json": body for bundle_id, body in last.items()}
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_partition_keeps_every_version_of_an_id_in_one_part_in_order(tmp_path: Path) -> None:
+    """Parts renamed in any order (two workers, either finishing first) give the same files as renaming the
+    whole list in order."""
+    staged = [(f"id{n % 7}", f".tmp-id{n % 7}.json.{n}") for n in range(60)]
+    parts = partition(staged, 3)
+    assert sorted(e for part in parts for e in part) == sorted(staged)
+    for part in parts:
+        ids = {bundle_id for bundle_id, _ in part}
+        assert all(bundle_id not in ids for other in parts if other is not part for bundle_id, _ in other)
+        assert part == [e for e in staged if e[0] in ids]  # the input order, within the part
+    for _, tmp in staged:
+        (tmp_path / tmp).write_text(tmp)
+    for part in reversed(parts):
+        publish(str(tmp_path), part)
+    last = {f"id{n % 7}.json": f".tmp-id{n % 7}.json.{n}".encode() for n in range(60)}
+    assert _visible(tmp_path) == last
+    assert partition(staged, 1) == [staged] and partition([], 2) == []
 
 
 def _non_message_files(folder: Path) -> None:
