@@ -211,22 +211,23 @@ class Sampler:
             time.sleep(self.interval)
 
 
-def machine_cpu() -> tuple[float, float]:
+def machine_cpu() -> tuple[float, float, float]:
     """Seconds of CPU the whole machine spent so far: (busy: user, nice, system, irq, softirq, steal; idle and
-    iowait), from the first line of ``/proc/stat``."""
+    iowait; steal alone: time the hypervisor gave this VM's CPUs to others), from the first line of
+    ``/proc/stat``."""
     with open("/proc/stat") as fh:
         user, nice, system, idle, iowait, irq, softirq, steal = (int(x) for x in fh.readline().split()[1:9])
-    return (user + nice + system + irq + softirq + steal) / _TICK, (idle + iowait) / _TICK
+    return (user + nice + system + irq + softirq + steal) / _TICK, (idle + iowait) / _TICK, steal / _TICK
 
 
 def whole(cfg: Path, src: Path, workers: int, label: str) -> dict[str, Any]:
     report = cfg.parent / "report.json"
-    busy0, idle0 = machine_cpu()
+    busy0, idle0, steal0 = machine_cpu()
     t0, proc = backfill(cfg, src, workers, report)
     sampler = Sampler()
     sampler.watch(proc)
     elapsed = time.perf_counter() - t0
-    busy1, idle1 = machine_cpu()
+    busy1, idle1, steal1 = machine_cpu()
     data: dict[str, Any] = json.loads(report.read_text())
     rate = int(data["inputs"]) / elapsed
     parent = sampler.cpu.get(proc.pid, 0.0)
@@ -240,11 +241,17 @@ def whole(cfg: Path, src: Path, workers: int, label: str) -> dict[str, Any]:
         f"{sampler.max_one / 2**20:,.0f} MiB, all processes {sampler.max_sum / 2**20:,.0f} MiB; "
         f"skipped files {sum(data.get('skipped_files', {}).values())}, rejected {sum(data['rejected'].values())}; "
         f"whole machine per message (every process and kernel thread, /proc/stat): busy {(busy1 - busy0) * per:,.0f} "
-        f"us, idle {(idle1 - idle0) * per:,.0f} us",
+        f"us (of which steal {(steal1 - steal0) * per:,.0f} us: the hypervisor's), "
+        f"idle {(idle1 - idle0) * per:,.0f} us",
         flush=True,
     )
     data.update(wall_s=elapsed, rss_one=sampler.max_one, rss_sum=sampler.max_sum, report=str(report))
-    data.update(cpu_parent_us=parent * per, cpu_workers_us=others * per, machine_busy_us=(busy1 - busy0) * per)
+    data.update(
+        cpu_parent_us=parent * per,
+        cpu_workers_us=others * per,
+        machine_busy_us=(busy1 - busy0) * per,
+        steal_us=(steal1 - steal0) * per,
+    )
     return data
 
 
@@ -362,11 +369,12 @@ def main() -> None:
         flush=True,
     )
     busy = statistics.median(r["machine_busy_us"] for r in results[2])
+    steal = statistics.median(r["steal_us"] for r in results[2])
     cores = os.cpu_count() or 1
     print(
-        f"whole machine busy per message with 2 workers (median): {busy:,.0f} us: {cores} cores can give at most "
-        f"{cores * 1e6 / busy:,.0f} msg/s = {cores * 1e6 / busy * one / n_cmp:.2f}x the 1-worker rate, whatever the "
-        f"split between parent and workers",
+        f"whole machine busy per message with 2 workers (median): {busy:,.0f} us (steal {steal:,.0f} us): {cores} "
+        f"cores can give at most {cores * 1e6 / busy:,.0f} msg/s = {cores * 1e6 / busy * one / n_cmp:.2f}x the "
+        f"1-worker rate, whatever the split between parent and workers",
         flush=True,
     )
     full = whole(config(work / "w2"), work / "in-oru", 2, "all cores = 2 workers, the whole input")
