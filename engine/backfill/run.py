@@ -30,6 +30,7 @@ this process writes them, which keeps every version of a report in archive order
 from __future__ import annotations
 
 import collections
+import functools
 import os
 import signal
 import time
@@ -316,7 +317,7 @@ class _Loop:
         o = self.options
         executor = make_executor(o.workers, self.context, o.model, o.staging)
         if self.staged is not None and o.workers > 0:
-            self.staged.renamer = lambda _directory, staged: _rename_in_workers(executor, o.workers, staged)
+            self.staged.renamer = functools.partial(_rename_in_workers, executor, o.workers)
         pending: collections.deque[_Batch] = collections.deque()
         limit = max(1, o.workers) * o.inflight_per_worker
         try:
@@ -364,8 +365,9 @@ class _Loop:
                 self.staged.discard([tmp for done in results for _, tmp in done[1]])
 
 
-def _rename_in_workers(executor: Executor, workers: int, staged: list[tuple[str, str]]) -> None:
-    """The flush thread's renames, done by the worker processes: one task per worker, each holding every
+def _rename_in_workers(executor: Executor, workers: int, directory: str, staged: list[tuple[str, str]]) -> None:
+    """The flush thread's renames (:attr:`StagedFolder.renamer`), done by the worker processes in their own output
+    folder (``directory`` is the same folder): one task per worker, each holding every
     version of its Bundle ids in input order (:func:`engine.backfill.staging.partition`). Returns when all
     are done; a failed rename raises (the flush fails, nothing is committed, the next run redoes it). Flushes
     run one at a time, so one interval's renames never overtake the previous interval's.
